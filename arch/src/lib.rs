@@ -1,0 +1,1 @@
+//! x86_64 boot setup for Canto guests.

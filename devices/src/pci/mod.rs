@@ -1,0 +1,1 @@
+//! PCI: the root bus, configuration space, and MSI-X.

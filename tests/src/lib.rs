@@ -1,0 +1,1 @@
+//! Shared helpers for tests that boot guests under the `canto` binary.
