@@ -1,1 +1,252 @@
-//! Shared helpers for tests that boot guests under the `canto` binary.
+//! The one helper every guest-booting test shares: it finds the `canto` binary and the guest
+//! image, builds the command line, runs the VMM with a timeout and collects the serial output.
+//!
+//! Tests that need /dev/kvm or the guest image skip with a printed reason when they are missing,
+//! except in CI (`CI=true`), where a missing prerequisite fails the test loudly.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits inside the workspace")
+        .to_owned()
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns false (after printing why) when a prerequisite is missing outside CI; panics in CI.
+pub fn prerequisite(ok: bool, what: &str) -> bool {
+    if !ok {
+        if in_ci() {
+            panic!("CI=true and {what}: this test cannot run, so it fails");
+        }
+        eprintln!("SKIPPED: {what}");
+    }
+    ok
+}
+
+/// True when /dev/kvm can be opened read-write.
+pub fn kvm_available() -> bool {
+    prerequisite(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok(),
+        "/dev/kvm cannot be opened (no KVM on this host, or no permission)",
+    )
+}
+
+/// The `canto` binary that `make test` built (override with CANTO_BIN).
+pub fn canto_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CANTO_BIN") {
+        return bin.into();
+    }
+    let root = workspace_root();
+    let candidates = [
+        root.join("target/debug/canto"),
+        root.join("target/release/canto"),
+    ];
+    candidates
+        .iter()
+        .filter(|p| p.exists())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .cloned()
+        .unwrap_or_else(|| panic!("no canto binary: run `cargo build -p canto` (make test does)"))
+}
+
+/// The Linux guest `make guest` builds.
+pub struct GuestImage {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub test_wav: PathBuf,
+}
+
+impl GuestImage {
+    /// The image under target/guest, or None (with the reason printed) when it was not built.
+    pub fn find() -> Option<Self> {
+        let dir = workspace_root().join("target/guest");
+        let image = Self {
+            kernel: dir.join("vmlinux"),
+            initramfs: dir.join("initramfs.cpio.gz"),
+            test_wav: dir.join("test.wav"),
+        };
+        let built = image.kernel.exists() && image.initramfs.exists();
+        prerequisite(built, "the guest image is not built (run `make guest`)").then_some(image)
+    }
+}
+
+/// How a VMM run ended.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+    pub timed_out: bool,
+}
+
+impl RunOutput {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Panics with the whole output when the run did not exit 0 or `marker` is missing.
+    pub fn expect_line(&self, marker: &str) {
+        assert!(
+            self.success() && self.stdout.lines().any(|l| l.trim_end() == marker),
+            "expected exit 0 and a line '{marker}'; got {self:#?}"
+        );
+    }
+}
+
+/// A `canto` invocation.
+pub struct Canto {
+    args: Vec<String>,
+    timeout: Duration,
+}
+
+impl Canto {
+    pub fn new() -> Self {
+        Self {
+            args: Vec::new(),
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// `canto --kernel K --initramfs I --cmdline "canto.run=NAME ..."` for the Linux guest.
+    pub fn linux(image: &GuestImage, run: &str) -> Self {
+        Self::new()
+            .arg("--kernel")
+            .arg(image.kernel.to_str().expect("utf-8 path"))
+            .arg("--initramfs")
+            .arg(image.initramfs.to_str().expect("utf-8 path"))
+            .arg("--cmdline")
+            .arg(&format!("canto.run={run}"))
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs the VMM; kills it at the timeout. Serial output is stdout (`--serial stdio`).
+    pub fn run(self) -> RunOutput {
+        let start = Instant::now();
+        let mut child = Command::new(canto_bin())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start canto");
+        let mut out = child.stdout.take().expect("piped");
+        let mut err = child.stderr.take().expect("piped");
+        let out_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = out.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = err.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        });
+        let mut timed_out = false;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if start.elapsed() > self.timeout => {
+                    timed_out = true;
+                    let _ = child.kill();
+                    break child.wait().ok();
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break None,
+            }
+        };
+        RunOutput {
+            status: if timed_out { None } else { status },
+            stdout: out_reader.join().unwrap_or_default(),
+            stderr: err_reader.join().unwrap_or_default(),
+            elapsed: start.elapsed(),
+            timed_out,
+        }
+    }
+}
+
+impl Default for Canto {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes a newc cpio archive holding `files` (path inside the archive, mode, contents), for
+/// appending to the guest's initramfs (Linux merges concatenated archives).
+pub fn newc_archive(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
+    fn pad4(out: &mut Vec<u8>) {
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    let entries = files
+        .iter()
+        .map(|(p, m, d)| (*p, *m, *d))
+        .chain(std::iter::once(("TRAILER!!!", 0, &[][..])));
+    for (ino, (path, mode, data)) in entries.enumerate() {
+        let name_size = path.len() + 1;
+        let header = format!(
+            "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
+            ino + 1,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name_size,
+            0
+        );
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(path.as_bytes());
+        out.push(0);
+        pad4(&mut out);
+        out.extend_from_slice(data);
+        pad4(&mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newc_archive_layout() {
+        let a = newc_archive(&[("canto/x", 0o100644, b"abc")]);
+        assert!(a.starts_with(b"070701"));
+        assert_eq!(a.len() % 4, 0);
+        let text = String::from_utf8_lossy(&a);
+        assert!(text.contains("canto/x\0"));
+        assert!(text.contains("TRAILER!!!"));
+        // File size field of the first entry (7th field) is 3.
+        assert_eq!(&a[6 + 6 * 8..6 + 7 * 8], b"00000003");
+    }
+}

@@ -1,0 +1,37 @@
+# Canto: two commands set everything up on a fresh Debian/Ubuntu machine:
+#   make demo   build Canto and the guest, boot it, play sound
+#   make test   everything CI checks
+SHELL := /bin/bash
+CARGO ?= cargo
+GUEST := target/guest
+CANTO := target/release/canto
+
+.PHONY: all deps build guest demo test check unit guest-tests bench fuzz clean
+
+all: build
+
+deps:
+	@bash resources/install-deps.sh all
+
+build:
+	@bash resources/install-deps.sh build
+	$(CARGO) build --release -p canto
+
+guest:
+	@bash resources/install-deps.sh guest
+	bash resources/build-guest.sh
+
+demo: build guest
+	@echo "canto: booting the guest (on a software KVM this takes about a minute)"
+	$(CANTO) --kernel $(GUEST)/vmlinux --initramfs $(GUEST)/initramfs.cpio.gz --cmdline "canto.run=boot"
+
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: deps guest check
+	$(CARGO) build -p canto
+	$(CARGO) test --workspace
+
+clean:
+	$(CARGO) clean

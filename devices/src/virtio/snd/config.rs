@@ -1,0 +1,451 @@
+//! The sound device's topology and backend choice, and its command-line syntax.
+//!
+//! `backend=alsa[,device=NAME]`, `backend=wav,path=FILE` or `backend=null`, optionally followed
+//! by `streams=OUT:IN` (or `outputs=N`, `inputs=M`) and `jacks=N`. Without `backend`, ALSA's
+//! `default` PCM is used. `device` and `path` values may contain commas (`device=hw:1,0`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The most output (and, separately, input) streams a device may have.
+pub const MAX_STREAMS_PER_DIRECTION: u32 = 8;
+/// The most jacks a device may advertise.
+pub const MAX_JACKS: u32 = 8;
+
+const VALID_KEYS: &str = "backend, device, path, streams, outputs, inputs, jacks";
+const VALID_BACKENDS: &str = "alsa, wav, null";
+
+/// Where the device's audio goes to and comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// An ALSA PCM opened by name (`default`, `pulse`, `hw:0,0`, `file:'/tmp/x.raw',raw`, ...).
+    Alsa { device: String },
+    /// A WAV file per output stream; input streams capture silence. Output stream 0 writes
+    /// `path`; output stream N > 0 writes `path` with `-N` appended to the file stem.
+    Wav { path: PathBuf },
+    /// Discards output and captures silence, paced in real time.
+    Null,
+}
+
+impl BackendConfig {
+    /// The backend's name as the command line spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendConfig::Alsa { .. } => "alsa",
+            BackendConfig::Wav { .. } => "wav",
+            BackendConfig::Null => "null",
+        }
+    }
+}
+
+/// The sound device's configuration: its backend and its stream and jack topology.
+///
+/// Stream ids 0..outputs are output streams, outputs..outputs+inputs are input streams. Each
+/// stream has one stereo channel map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoundConfig {
+    pub backend: BackendConfig,
+    pub outputs: u32,
+    pub inputs: u32,
+    pub jacks: u32,
+}
+
+impl Default for SoundConfig {
+    /// ALSA's `default` PCM, one output stream, one input stream, no jacks.
+    fn default() -> Self {
+        SoundConfig {
+            backend: BackendConfig::Alsa {
+                device: "default".to_string(),
+            },
+            outputs: 1,
+            inputs: 1,
+            jacks: 0,
+        }
+    }
+}
+
+impl SoundConfig {
+    /// The same topology with another backend (the VMM falls back to `null` this way).
+    pub fn with_backend(&self, backend: BackendConfig) -> SoundConfig {
+        SoundConfig {
+            backend,
+            ..self.clone()
+        }
+    }
+
+    /// The total number of PCM streams.
+    pub fn streams(&self) -> u32 {
+        self.outputs.saturating_add(self.inputs)
+    }
+
+    /// Checks the limits that the parser checks, for configurations built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_max("outputs", self.outputs, MAX_STREAMS_PER_DIRECTION)?;
+        check_max("inputs", self.inputs, MAX_STREAMS_PER_DIRECTION)?;
+        check_max("jacks", self.jacks, MAX_JACKS)?;
+        if self.streams() == 0 {
+            return Err(ConfigError::NoStreams);
+        }
+        match &self.backend {
+            BackendConfig::Alsa { device } if device.is_empty() => {
+                Err(ConfigError::EmptyValue("device".to_string()))
+            }
+            BackendConfig::Alsa { device } if device.contains('\0') => Err(ConfigError::NulByte),
+            BackendConfig::Wav { path } if path.as_os_str().is_empty() => {
+                Err(ConfigError::EmptyValue("path".to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn check_max(key: &'static str, value: u32, max: u32) -> Result<(), ConfigError> {
+    if value > max {
+        Err(ConfigError::TooMany { key, value, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// Why a sound option string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "empty sound option; expected backend=alsa[,device=NAME], backend=wav,path=FILE or \
+         backend=null, optionally with streams=OUT:IN"
+    )]
+    Empty,
+    #[error("`{0}` is not KEY=VALUE; valid keys: {VALID_KEYS}")]
+    NotKeyValue(String),
+    #[error("unknown key `{0}`; valid keys: {VALID_KEYS}")]
+    UnknownKey(String),
+    #[error("key `{0}` is given twice")]
+    DuplicateKey(String),
+    #[error("`{0}` has an empty value")]
+    EmptyValue(String),
+    #[error("unknown backend `{0}`; valid backends: {VALID_BACKENDS}")]
+    UnknownBackend(String),
+    #[error("`{key}` applies only to backend={needs}, not backend={backend}")]
+    KeyNeedsBackend {
+        key: &'static str,
+        needs: &'static str,
+        backend: &'static str,
+    },
+    #[error("backend=wav needs path=FILE")]
+    MissingPath,
+    #[error("{key}={value} is not a whole number")]
+    BadNumber { key: &'static str, value: String },
+    #[error("streams={0} is not OUT:IN (e.g. streams=1:1)")]
+    BadStreams(String),
+    #[error("streams=OUT:IN and outputs=/inputs= cannot be combined")]
+    ConflictingStreamKeys,
+    #[error("{key}={value} is too many; at most {max}")]
+    TooMany {
+        key: &'static str,
+        value: u32,
+        max: u32,
+    },
+    #[error("the sound device needs at least one stream")]
+    NoStreams,
+    #[error("the ALSA device name contains a NUL byte")]
+    NulByte,
+}
+
+const KEYS: [&str; 7] = [
+    "backend", "device", "path", "streams", "outputs", "inputs", "jacks",
+];
+
+/// Splits `KEY=VALUE,KEY=VALUE` into trimmed pairs. ALSA device names and paths may contain
+/// commas (`hw:1,0`, `file:'/tmp/x.raw',raw`): a part that is not a known `KEY=VALUE` continues
+/// the value of a preceding `device=` or `path=`.
+fn split_options(s: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for part in s.split(',') {
+        let known = part
+            .split_once('=')
+            .filter(|(key, _)| KEYS.contains(&key.trim()));
+        match (known, pairs.last_mut()) {
+            (Some((key, value)), _) => pairs.push((key.trim().to_string(), value.to_string())),
+            (None, Some((key, value))) if key == "device" || key == "path" => {
+                value.push(',');
+                value.push_str(part);
+            }
+            (None, _) => {
+                let part = part.trim();
+                return Err(match part.split_once('=') {
+                    Some((key, _)) => ConfigError::UnknownKey(key.trim().to_string()),
+                    None => ConfigError::NotKeyValue(part.to_string()),
+                });
+            }
+        }
+    }
+    Ok(pairs
+        .into_iter()
+        .map(|(key, value)| (key, value.trim().to_string()))
+        .collect())
+}
+
+fn parse_count(key: &'static str, value: &str) -> Result<u32, ConfigError> {
+    value.parse::<u32>().map_err(|_| ConfigError::BadNumber {
+        key,
+        value: value.to_string(),
+    })
+}
+
+impl FromStr for SoundConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Err(ConfigError::Empty);
+        }
+        let mut backend: Option<String> = None;
+        let mut device: Option<String> = None;
+        let mut path: Option<String> = None;
+        let mut streams: Option<(u32, u32)> = None;
+        let mut outputs: Option<u32> = None;
+        let mut inputs: Option<u32> = None;
+        let mut jacks: Option<u32> = None;
+        let mut seen: Vec<&'static str> = Vec::new();
+
+        for (key, value) in split_options(s)? {
+            let (key, value) = (key.as_str(), value.as_str());
+            if seen.contains(&key) {
+                return Err(ConfigError::DuplicateKey(key.to_string()));
+            }
+            if value.is_empty() {
+                return Err(ConfigError::EmptyValue(key.to_string()));
+            }
+            match key {
+                "backend" => backend = Some(value.to_string()),
+                "device" => device = Some(value.to_string()),
+                "path" => path = Some(value.to_string()),
+                "streams" => {
+                    let bad = || ConfigError::BadStreams(value.to_string());
+                    let (out, inp) = value.split_once(':').ok_or_else(bad)?;
+                    let out = out.trim().parse::<u32>().map_err(|_| bad())?;
+                    let inp = inp.trim().parse::<u32>().map_err(|_| bad())?;
+                    streams = Some((out, inp));
+                }
+                "outputs" => outputs = Some(parse_count("outputs", value)?),
+                "inputs" => inputs = Some(parse_count("inputs", value)?),
+                "jacks" => jacks = Some(parse_count("jacks", value)?),
+                _ => return Err(ConfigError::UnknownKey(key.to_string())),
+            }
+            if let Some(known) = KEYS.iter().find(|k| **k == key) {
+                seen.push(known);
+            }
+        }
+
+        let backend_name = backend.as_deref().unwrap_or("alsa");
+        let backend = match backend_name {
+            "alsa" => {
+                if path.is_some() {
+                    return Err(ConfigError::KeyNeedsBackend {
+                        key: "path",
+                        needs: "wav",
+                        backend: "alsa",
+                    });
+                }
+                BackendConfig::Alsa {
+                    device: device.unwrap_or_else(|| "default".to_string()),
+                }
+            }
+            "wav" | "null" => {
+                let name = if backend_name == "wav" { "wav" } else { "null" };
+                if device.is_some() {
+                    return Err(ConfigError::KeyNeedsBackend {
+                        key: "device",
+                        needs: "alsa",
+                        backend: name,
+                    });
+                }
+                if name == "wav" {
+                    BackendConfig::Wav {
+                        path: PathBuf::from(path.ok_or(ConfigError::MissingPath)?),
+                    }
+                } else {
+                    if path.is_some() {
+                        return Err(ConfigError::KeyNeedsBackend {
+                            key: "path",
+                            needs: "wav",
+                            backend: "null",
+                        });
+                    }
+                    BackendConfig::Null
+                }
+            }
+            other => return Err(ConfigError::UnknownBackend(other.to_string())),
+        };
+
+        let defaults = SoundConfig::default();
+        let (outputs, inputs) = match (streams, outputs, inputs) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(ConfigError::ConflictingStreamKeys)
+            }
+            (Some(pair), None, None) => pair,
+            (None, out, inp) => (
+                out.unwrap_or(defaults.outputs),
+                inp.unwrap_or(defaults.inputs),
+            ),
+        };
+        let config = SoundConfig {
+            backend,
+            outputs,
+            inputs,
+            jacks: jacks.unwrap_or(0),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl fmt::Display for SoundConfig {
+    /// The command-line form, which [`FromStr`] parses back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.backend {
+            BackendConfig::Alsa { device } => write!(f, "backend=alsa,device={device}")?,
+            BackendConfig::Wav { path } => write!(f, "backend=wav,path={}", path.display())?,
+            BackendConfig::Null => write!(f, "backend=null")?,
+        }
+        write!(f, ",streams={}:{}", self.outputs, self.inputs)?;
+        if self.jacks > 0 {
+            write!(f, ",jacks={}", self.jacks)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_backend() {
+        let alsa: SoundConfig = "backend=alsa".parse().unwrap();
+        assert_eq!(alsa, SoundConfig::default());
+        let hw: SoundConfig = "backend=alsa,device=hw:1,0,streams=1:0".parse().unwrap();
+        assert_eq!(
+            hw.backend,
+            BackendConfig::Alsa {
+                device: "hw:1,0".into()
+            }
+        );
+        assert_eq!((hw.outputs, hw.inputs), (1, 0));
+        let file: SoundConfig = "device=file:'/tmp/x.raw',raw".parse().unwrap();
+        assert_eq!(
+            file.backend,
+            BackendConfig::Alsa {
+                device: "file:'/tmp/x.raw',raw".into()
+            }
+        );
+        let named: SoundConfig = "backend=alsa,device=pulse".parse().unwrap();
+        assert_eq!(
+            named.backend,
+            BackendConfig::Alsa {
+                device: "pulse".into()
+            }
+        );
+        let wav: SoundConfig = "backend=wav,path=/tmp/out.wav".parse().unwrap();
+        assert_eq!(
+            wav.backend,
+            BackendConfig::Wav {
+                path: "/tmp/out.wav".into()
+            }
+        );
+        let null: SoundConfig = " backend = null , streams = 2:0 ".parse().unwrap();
+        assert_eq!(null.backend, BackendConfig::Null);
+        assert_eq!((null.outputs, null.inputs), (2, 0));
+        let split: SoundConfig = "backend=null,outputs=3,inputs=2,jacks=1".parse().unwrap();
+        assert_eq!((split.outputs, split.inputs, split.jacks), (3, 2, 1));
+        let only_out: SoundConfig = "backend=null,outputs=2".parse().unwrap();
+        assert_eq!((only_out.outputs, only_out.inputs), (2, 1));
+        let default_backend: SoundConfig = "streams=1:0".parse().unwrap();
+        assert_eq!(default_backend.backend, SoundConfig::default().backend);
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for text in [
+            "backend=alsa,device=default,streams=1:1",
+            "backend=wav,path=/tmp/a.wav,streams=2:0,jacks=2",
+            "backend=null,streams=0:3",
+        ] {
+            let config: SoundConfig = text.parse().unwrap();
+            assert_eq!(config.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_bad_key_or_value() {
+        let cases: &[(&str, ConfigError)] = &[
+            ("", ConfigError::Empty),
+            ("backend", ConfigError::NotKeyValue("backend".into())),
+            ("backend=jack", ConfigError::UnknownBackend("jack".into())),
+            ("backend=null,volume=3", ConfigError::UnknownKey("volume".into())),
+            (
+                "backend=null,backend=wav",
+                ConfigError::DuplicateKey("backend".into()),
+            ),
+            ("backend=wav", ConfigError::MissingPath),
+            ("backend=alsa,device=", ConfigError::EmptyValue("device".into())),
+            (
+                "backend=null,device=x",
+                ConfigError::KeyNeedsBackend {
+                    key: "device",
+                    needs: "alsa",
+                    backend: "null",
+                },
+            ),
+            (
+                "backend=alsa,path=/x",
+                ConfigError::KeyNeedsBackend {
+                    key: "path",
+                    needs: "wav",
+                    backend: "alsa",
+                },
+            ),
+            ("backend=null,streams=2", ConfigError::BadStreams("2".into())),
+            ("backend=null,streams=a:1", ConfigError::BadStreams("a:1".into())),
+            (
+                "backend=null,streams=1:1,outputs=2",
+                ConfigError::ConflictingStreamKeys,
+            ),
+            (
+                "backend=null,outputs=-1",
+                ConfigError::BadNumber {
+                    key: "outputs",
+                    value: "-1".into(),
+                },
+            ),
+            (
+                "backend=null,streams=9:0",
+                ConfigError::TooMany {
+                    key: "outputs",
+                    value: 9,
+                    max: MAX_STREAMS_PER_DIRECTION,
+                },
+            ),
+            (
+                "backend=null,jacks=99",
+                ConfigError::TooMany {
+                    key: "jacks",
+                    value: 99,
+                    max: MAX_JACKS,
+                },
+            ),
+            ("backend=null,streams=0:0", ConfigError::NoStreams),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<SoundConfig>().as_ref(), Err(want), "{text}");
+        }
+        let message = "backend=null,volume=3"
+            .parse::<SoundConfig>()
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("volume") && message.contains("streams"), "{message}");
+        let message = "backend=jack".parse::<SoundConfig>().unwrap_err().to_string();
+        assert!(message.contains("alsa, wav, null"), "{message}");
+    }
+}

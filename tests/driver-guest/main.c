@@ -1,0 +1,50 @@
+/* The driver-guest: picks the test named by `test=NAME` on the command line and runs it.
+ * Adding a test: write `void test_foo(void)` in tests/, declare it in tests/tests.h, and add a
+ * row to the table below. */
+#include "dg.h"
+#include "irq.h"
+#include "serial.h"
+#include "tests/tests.h"
+
+static const struct dg_test tests[] = {
+    {"hello", test_hello, "boot, print the command line, reset"},
+    {"enumerate", test_enumerate, "list PCI bus 0; a host bridge and a virtio device"},
+    {"rng", test_rng, "virtio-rng with MSI-X: two 64-byte round trips"},
+    {"reset", test_reset, "reset virtio-rng mid-request, re-init, round trip"},
+    {"garbage", test_garbage, "garbage into every virtio register and config space, then work"},
+    {"rtt", test_rtt, "benchmark: n= virtio-rng 8-byte round trips (TSC cycles)"},
+};
+
+/* Offsets in the Linux zero page (struct boot_params). */
+#define BP_EXT_CMD_LINE_PTR 0x0c8
+#define BP_CMD_LINE_PTR 0x228
+
+void dg_main(const u8 *boot_params);
+void dg_main(const u8 *boot_params)
+{
+    u64 cmdline = *(const u32 *)(boot_params + BP_CMD_LINE_PTR) |
+                  (u64) * (const u32 *)(boot_params + BP_EXT_CMD_LINE_PTR) << 32;
+    dg_cmdline = cmdline ? (const char *)cmdline : "";
+    dg_log("hello from the driver-guest");
+    dg_log("cmdline: %s", dg_cmdline);
+
+    static char name[32];
+    if (!cmdline_get(dg_cmdline, "test", name, sizeof(name)))
+        name[0] = 0;
+    dg_test_name = name;
+    for (size_t i = 0; i < ARRAY_SIZE(tests); i++) {
+        if (strcmp(name, tests[i].name) == 0) {
+            irq_init();
+            u64 t0 = rdtsc();
+            tests[i].run();
+            dg_log("test took %lu TSC cycles", rdtsc() - t0);
+            kprintf("DG PASS %s\n", name);
+            dg_reset();
+        }
+    }
+    serial_puts("DG tests:");
+    for (size_t i = 0; i < ARRAY_SIZE(tests); i++)
+        kprintf(" %s", tests[i].name);
+    serial_puts("\nDG FAIL unknown test\n");
+    dg_reset();
+}

@@ -1,0 +1,12 @@
+/* Every test, for main.c's table. */
+#ifndef DG_TESTS_H
+#define DG_TESTS_H
+
+void test_hello(void);
+void test_enumerate(void);
+void test_rng(void);
+void test_reset(void);
+void test_garbage(void);
+void test_rtt(void);
+
+#endif

@@ -1,0 +1,68 @@
+//! User errors on the command line: each one exits non-zero with one clear line, never a panic.
+
+use canto_tests::Canto;
+
+fn run_err(args: &[&str]) -> String {
+    let mut canto = Canto::new();
+    for a in args {
+        canto = canto.arg(a);
+    }
+    let out = canto.run();
+    assert!(!out.success(), "expected failure for {args:?}: {out:#?}");
+    assert!(
+        !out.stderr.contains("panicked"),
+        "panic for {args:?}: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("RUST_BACKTRACE"), "{}", out.stderr);
+    out.stderr
+}
+
+#[test]
+fn missing_kernel_file() {
+    let err = run_err(&["--kernel", "/nonexistent/vmlinux"]);
+    assert!(
+        err.contains("cannot open kernel '/nonexistent/vmlinux'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn file_that_is_not_a_kernel() {
+    let err = run_err(&["--kernel", "/etc/hostname", "--memory", "64M"]);
+    assert!(err.contains("is not a Linux kernel"), "{err}");
+}
+
+#[test]
+fn missing_initramfs() {
+    let Some(image) = canto_tests::GuestImage::find() else {
+        return;
+    };
+    let err = run_err(&[
+        "--kernel",
+        image.kernel.to_str().unwrap(),
+        "--initramfs",
+        "/nonexistent/initrd",
+        "--memory",
+        "64M",
+    ]);
+    assert!(
+        err.contains("cannot open initramfs '/nonexistent/initrd'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_sizes_and_counts() {
+    assert!(run_err(&["--kernel", "k", "--cpus", "0"]).contains("at least 1 vCPU"));
+    assert!(run_err(&["--kernel", "k", "--memory", "12Q"]).contains("unknown size suffix"));
+    let err = run_err(&["--kernel", "/etc/hostname", "--memory", "1M"]);
+    assert!(err.contains("too little"), "{err}");
+    let err = run_err(&["--kernel", "/etc/hostname", "--memory", "64T"]);
+    assert!(err.contains("more than this host has"), "{err}");
+}
+
+#[test]
+fn unknown_option() {
+    assert!(run_err(&["--kernel", "k", "--frobnicate"]).contains("--frobnicate"));
+}
