@@ -98,6 +98,10 @@ pub struct MemmapEntry(pub hvm_memmap_table_entry);
 // padding), and any bit pattern is a valid value.
 unsafe impl ByteValued for MemmapEntry {}
 
+const _: () = assert!(
+    std::mem::size_of::<hvm_memmap_table_entry>() as u64 == crate::layout::PVH_MEMMAP_ENTRY_SIZE
+);
+
 /// `boot_flag` value marking a valid setup header.
 pub const BOOT_FLAG_MAGIC: u16 = 0xaa55;
 /// `header` value "HdrS".
@@ -259,8 +263,7 @@ pub fn write_pvh_start_info(
             type_: entry.kind.raw(),
             reserved: 0,
         };
-        let addr =
-            PVH_MEMMAP_START + (index * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
+        let addr = PVH_MEMMAP_START + index as u64 * crate::layout::PVH_MEMMAP_ENTRY_SIZE;
         mem.write_obj(MemmapEntry(raw), GuestAddress(addr))
             .map_err(write_error("PVH memory map"))?;
     }

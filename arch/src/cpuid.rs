@@ -161,7 +161,8 @@ fn rewrite_topology_leaf(
 ///   has neither to offer, and an advertised PMU makes guests program counters KVM may not
 ///   virtualize.
 ///
-/// Everything else is left as KVM reported it.
+/// Everything else is left as KVM reported it. On error the table may be partly adjusted; build
+/// a fresh one from KVM's output before retrying.
 pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8) -> Result<(), Error> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(Error::InvalidCpuCount(num_cpus));
@@ -531,5 +532,34 @@ mod tests {
             v
         };
         assert_eq!(sorted(&once), sorted(&twice));
+    }
+
+    #[test]
+    fn kvm_accepts_the_filtered_cpuid_of_every_vcpu() {
+        use crate::test_utils::kvm_or_skip;
+        let Some(kvm) = kvm_or_skip("kvm_accepts_the_filtered_cpuid_of_every_vcpu") else {
+            return;
+        };
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .expect("KVM_GET_SUPPORTED_CPUID");
+        let vm = kvm.create_vm().expect("create VM");
+        let num_cpus = 4;
+        for cpu in 0..num_cpus {
+            let vcpu = vm.create_vcpu(u64::from(cpu)).expect("create vCPU");
+            let mut cpuid = supported.clone();
+            filter_cpuid(&mut cpuid, cpu, num_cpus).unwrap();
+            vcpu.set_cpuid2(&cpuid).expect("KVM_SET_CPUID2");
+            let applied = vcpu
+                .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .expect("KVM_GET_CPUID2");
+            let leaf1 = find(&applied, 1, 0);
+            assert_eq!(leaf1.ebx >> 24, u32::from(cpu), "APIC id of vCPU {cpu}");
+            assert_ne!(leaf1.ecx & LEAF1_ECX_HYPERVISOR, 0);
+            if applied.as_slice().iter().any(|e| e.function == 0xb) {
+                let core_level = find(&applied, 0xb, 1);
+                assert_eq!((core_level.ebx, core_level.edx), (4, u32::from(cpu)));
+            }
+        }
     }
 }

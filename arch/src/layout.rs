@@ -85,6 +85,16 @@ pub const MAX_MEMORY: u64 = 1 << 40;
 /// Guest page size; RAM sizes and initramfs placement are aligned to it.
 pub const PAGE_SIZE: u64 = 0x1000;
 
+// The map's invariants, checked at compile time.
+const _: () = assert!(MMIO_HOLE_END == RAM_64BIT_START);
+const _: () = assert!(PCI_MMIO32_START >= MMIO_HOLE_START);
+const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= IOAPIC_START);
+const _: () = assert!(IOAPIC_START < APIC_START && APIC_START < MMIO_HOLE_END);
+const _: () = assert!(MIN_MEMORY & (PAGE_SIZE - 1) == 0 && MAX_MEMORY & (PAGE_SIZE - 1) == 0);
+const _: () = assert!(MIN_MEMORY > HIMEM_START && MIN_MEMORY < MAX_MEMORY);
+const _: () = assert!(PVH_MODLIST_START + 32 <= ZERO_PAGE_START);
+const _: () = assert!(BOOT_GDT_START + 4 * 8 <= BOOT_IDT_START);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,20 +128,5 @@ mod tests {
             );
         }
         assert!(regions.iter().all(|r| r.1 <= HIMEM_START));
-    }
-
-    #[test]
-    fn mmio_windows_sit_inside_the_hole() {
-        assert_eq!(MMIO_HOLE_END, RAM_64BIT_START);
-        assert!(PCI_MMIO32_START >= MMIO_HOLE_START);
-        assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= IOAPIC_START);
-        assert!(IOAPIC_START < APIC_START && APIC_START < MMIO_HOLE_END);
-    }
-
-    #[test]
-    fn memory_limits_are_page_aligned_and_ordered() {
-        assert_eq!(MIN_MEMORY % PAGE_SIZE, 0);
-        assert_eq!(MAX_MEMORY % PAGE_SIZE, 0);
-        assert!(MIN_MEMORY > HIMEM_START && MIN_MEMORY < MAX_MEMORY);
     }
 }

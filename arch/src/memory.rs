@@ -32,7 +32,7 @@ pub fn validate_mem_size(mem_size: u64) -> Result<(), Error> {
     if mem_size > MAX_MEMORY {
         return Err(Error::TooLarge(mem_size));
     }
-    if mem_size % PAGE_SIZE != 0 {
+    if mem_size & (PAGE_SIZE - 1) != 0 {
         return Err(Error::NotPageAligned(mem_size));
     }
     Ok(())

@@ -8,6 +8,7 @@
 
 static const struct dg_test tests[] = {
     {"hello", test_hello, "boot, print the command line, reset"},
+    {"exception", test_exception, "ud2: must end in a FAIL line naming #UD (checks the IDT)"},
     {"enumerate", test_enumerate, "list PCI bus 0; a host bridge and a virtio device"},
     {"rng", test_rng, "virtio-rng with MSI-X: two 64-byte round trips"},
     {"reset", test_reset, "reset virtio-rng mid-request, re-init, round trip"},

@@ -1,4 +1,5 @@
 #include "pci.h"
+#include "irq.h"
 
 #define CONFIG_ADDRESS 0xcf8
 #define CONFIG_DATA 0xcfc

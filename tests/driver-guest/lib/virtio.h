@@ -86,6 +86,7 @@ struct virtq {
     u16 free_head, num_free;
     u16 avail_idx;  /* next avail->idx we publish */
     u16 last_used;  /* used->idx we have consumed up to */
+    u16 kicked_at;  /* avail_idx at the previous kick (EVENT_IDX's "old") */
     bool event_idx;
 };
 

@@ -3,6 +3,7 @@
 #define DG_TESTS_H
 
 void test_hello(void);
+void test_exception(void);
 void test_enumerate(void);
 void test_rng(void);
 void test_reset(void);

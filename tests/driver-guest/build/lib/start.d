@@ -1,0 +1,1 @@
+build/lib/start.o: lib/start.S
