@@ -197,7 +197,7 @@ impl Default for Canto {
 /// appending to the guest's initramfs (Linux merges concatenated archives).
 pub fn newc_archive(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
     fn pad4(out: &mut Vec<u8>) {
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }

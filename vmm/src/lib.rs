@@ -138,8 +138,8 @@ fn eventfd(what: &'static str) -> Result<EventFd, Error> {
 /// Builds the VM described by `cli`, runs it to the end, and says how the guest ended.
 pub fn run(cli: &Cli) -> Result<VmExit, Error> {
     // Mistakes in the command line are reported before KVM is touched.
-    loader::check_inputs(&cli.kernel, cli.initramfs.as_deref())?;
     vm::check_memory_size(cli.memory)?;
+    loader::check_inputs(&cli.kernel, cli.initramfs.as_deref())?;
     let kvm = vm::open_kvm()?;
     let vm = vm::Vm::new(&kvm, cli.memory)?;
 

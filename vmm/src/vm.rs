@@ -38,12 +38,14 @@ pub enum VmError {
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
-    #[error("{requested} bytes of guest memory is more than this host has ({available} bytes): use a smaller --memory")]
+    #[error("--memory {} is more than this host has ({}): use a smaller --memory", mib(*.requested), mib(*.available))]
     MemoryTooLarge { requested: u64, available: u64 },
-    #[error(
-        "{requested} bytes of guest memory is too little: Canto needs at least {minimum} bytes"
-    )]
+    #[error("--memory {} is too little: Canto needs at least {}", mib(*.requested), mib(*.minimum))]
     MemoryTooSmall { requested: u64, minimum: u64 },
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes >> 20)
 }
 
 /// Opens /dev/kvm, turning the usual failures into instructions.
@@ -79,7 +81,7 @@ fn host_memory() -> Option<u64> {
     if unsafe { libc::sysinfo(&mut info) } != 0 {
         return None;
     }
-    Some(u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit)))
+    Some(info.totalram.saturating_mul(u64::from(info.mem_unit)))
 }
 
 /// Checks a requested RAM size against Canto's minimum and the host's RAM.
