@@ -11,6 +11,8 @@ static const struct dg_test tests[] = {
     {"exception", test_exception, "ud2: must end in a FAIL line naming #UD (checks the IDT)"},
     {"enumerate", test_enumerate, "list PCI bus 0; a host bridge and a virtio device"},
     {"rng", test_rng, "virtio-rng with MSI-X: two 64-byte round trips"},
+    {"rng-batch", test_rng_batch, "virtio-rng: 8 requests in flight, 2 of them chains"},
+    {"rng-event-idx", test_rng_event_idx, "virtio-rng with VIRTIO_F_RING_EVENT_IDX (if offered)"},
     {"reset", test_reset, "reset virtio-rng mid-request, re-init, round trip"},
     {"garbage", test_garbage, "garbage into every virtio register and config space, then work"},
     {"rtt", test_rtt, "benchmark: n= virtio-rng 8-byte round trips (TSC cycles)"},

@@ -110,6 +110,7 @@ impl RunOutput {
 /// A `canto` invocation.
 pub struct Canto {
     args: Vec<String>,
+    env: Vec<(String, String)>,
     timeout: Duration,
 }
 
@@ -117,6 +118,7 @@ impl Canto {
     pub fn new() -> Self {
         Self {
             args: Vec::new(),
+            env: Vec::new(),
             timeout: Duration::from_secs(300),
         }
     }
@@ -137,6 +139,12 @@ impl Canto {
         self
     }
 
+    /// Sets environment variables for the VMM (e.g. a PulseAudio server's, or RUST_LOG).
+    pub fn envs(mut self, env: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env.extend(env);
+        self
+    }
+
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -147,6 +155,7 @@ impl Canto {
         let start = Instant::now();
         let mut child = Command::new(canto_bin())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -248,5 +257,101 @@ mod tests {
         assert!(text.contains("TRAILER!!!"));
         // File size field of the first entry (7th field) is 3.
         assert_eq!(&a[6 + 6 * 8..6 + 7 * 8], b"00000003");
+    }
+}
+
+/// A private, headless PulseAudio server with a null sink: a real-time paced ALSA device
+/// (ALSA PCM `pulse`) on a machine with no sound card. Stopped (by PID) when dropped.
+pub struct PulseServer {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl PulseServer {
+    /// Starts the server; None (with the reason printed, or a panic in CI) when it cannot run.
+    pub fn start(name: &str) -> Option<Self> {
+        let have = Command::new("pulseaudio")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !prerequisite(have, "pulseaudio is not installed (make test installs it)") {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("canto-pulse-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let socket = dir.join("native");
+        let child = Command::new("pulseaudio")
+            .args([
+                "-n",
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--disallow-exit",
+                "--use-pid-file=no",
+                "--disable-shm=yes",
+                "--load=module-null-sink sink_name=vsink format=s16le rate=48000 channels=2 norewinds=1",
+            ])
+            .arg(format!(
+                "--load=module-native-protocol-unix auth-anonymous=1 socket={}",
+                socket.display()
+            ))
+            .envs(Self::env_for(&dir))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start pulseaudio");
+        let server = Self { child, dir };
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "pulseaudio did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    fn env_for(dir: &Path) -> Vec<(String, String)> {
+        let d = dir.display().to_string();
+        vec![
+            ("XDG_RUNTIME_DIR".into(), d.clone()),
+            ("HOME".into(), d.clone()),
+            ("PULSE_RUNTIME_PATH".into(), d.clone()),
+            ("PULSE_STATE_PATH".into(), d.clone()),
+            ("PULSE_SERVER".into(), format!("unix:{d}/native")),
+        ]
+    }
+
+    /// The environment a client (canto, parec) needs to reach this server.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        Self::env_for(&self.dir)
+    }
+
+    /// Starts recording the null sink's monitor as raw S16LE stereo 48 kHz into `path`.
+    pub fn record(&self, path: &Path) -> std::process::Child {
+        Command::new("parec")
+            .args([
+                "-d",
+                "vsink.monitor",
+                "--format=s16le",
+                "--rate=48000",
+                "--channels=2",
+                "--raw",
+            ])
+            .envs(self.client_env())
+            .stdout(std::fs::File::create(path).expect("capture file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start parec")
+    }
+}
+
+impl Drop for PulseServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use canto_devices::virtio::snd::SoundConfig;
 use clap::Parser;
 
 /// Largest vCPU count Canto accepts (what the MP table can describe, and more than a microVM needs).
@@ -35,6 +36,17 @@ pub struct Cli {
     /// Where the guest's serial console goes: stdio, null or file=PATH.
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: SerialMode,
+    /// The sound device: backend=alsa[,device=NAME] | backend=wav,path=FILE | backend=null,
+    /// with optional streams=OUT:IN. Default: ALSA `default`, or null (with a note) when it
+    /// cannot be opened.
+    #[arg(long, value_name = "SPEC", conflicts_with = "no_sound")]
+    pub sound: Option<SoundConfig>,
+    /// No sound device.
+    #[arg(long)]
+    pub no_sound: bool,
+    /// No virtio-rng entropy device.
+    #[arg(long)]
+    pub no_rng: bool,
     /// Print the guest's PCI devices and exit after building the VM.
     #[arg(long)]
     pub print_devices: bool,
@@ -140,6 +152,8 @@ mod tests {
         assert_eq!(cli.memory, 1 << 30);
         assert_eq!(cli.cmdline, "quiet");
         assert_eq!(cli.serial, SerialMode::File("/tmp/x".into()));
+        let cli = parse(&["--kernel", "k", "--sound", "backend=wav,path=/tmp/o.wav"]).unwrap();
+        assert_eq!(cli.sound.unwrap().backend.name(), "wav");
     }
 
     #[test]
@@ -154,6 +168,9 @@ mod tests {
         assert!(err(&["--kernel", "k", "--serial", "tty"]).contains("unknown serial mode"));
         assert!(err(&["--kernel", "k", "--serial", "file="]).contains("needs a path"));
         assert!(err(&["--kernel", "k", "--bogus"]).contains("--bogus"));
+        assert!(err(&["--kernel", "k", "--sound", "backend=jack"]).contains("jack"));
+        assert!(err(&["--kernel", "k", "--sound", "backend=null", "--no-sound"])
+            .contains("cannot be used with"));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 
 pub mod cmdline;
 pub mod config;
+pub mod devices;
 mod event_loop;
+pub mod interrupts;
 pub mod loader;
 pub mod vcpu;
 pub mod vm;
@@ -22,7 +24,8 @@ use canto_devices::bus::Bus;
 use canto_devices::legacy::{
     I8042Reset, SerialConsole, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use canto_devices::virtio::{SharedSubscriber, VirtioDevice};
+use event_manager::{EventManager, SubscriberOps};
 use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
@@ -41,6 +44,8 @@ pub enum Error {
     Vm(#[from] vm::VmError),
     #[error(transparent)]
     Load(#[from] loader::LoadError),
+    #[error(transparent)]
+    Devices(#[from] devices::DeviceError),
     #[error("cannot open the serial output file '{path}': {source}")]
     SerialFile {
         path: std::path::PathBuf,
@@ -69,7 +74,6 @@ pub enum Error {
     Guest(String),
 }
 
-type SharedSubscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// Serial output that reaches its destination byte by byte, so a crash loses nothing.
 struct FlushingWriter<W: Write>(W);
@@ -176,14 +180,33 @@ pub fn run(cli: &Cli) -> Result<VmExit, Error> {
         I8042_PORT_LEN,
     )?;
 
+    let mut events: EventManager<SharedSubscriber> =
+        EventManager::new().map_err(Error::EventLoop)?;
+    let router = Arc::new(interrupts::GsiRouter::new(vm.fd.clone()));
+    router.install_legacy().map_err(|source| Error::Io {
+        what: "cannot install the interrupt routes",
+        source,
+    })?;
+    let pci = devices::build_pci(
+        &vm,
+        &pio,
+        mmio.clone(),
+        &router,
+        events.remote_endpoint(),
+        devices::DeviceOptions {
+            rng: !cli.no_rng,
+            sound: devices::choose_sound(cli.sound.clone(), cli.no_sound),
+        },
+    )?;
     if cli.print_devices {
+        for device in pci.list() {
+            println!("{device}");
+        }
         return Ok(VmExit::PowerOff);
     }
 
     let vcpus = create_vcpus(&kvm, &vm, cli.cpus, &kernel.entry)?;
 
-    let mut events: EventManager<SharedSubscriber> =
-        EventManager::new().map_err(Error::EventLoop)?;
     let vcpu_exit_evt = Arc::new(eventfd("exit eventfd")?);
     let exit = ExitReporter::new(vcpu_exit_evt.clone());
     let done = Arc::new(AtomicBool::new(false));
@@ -233,9 +256,16 @@ pub fn run(cli: &Cli) -> Result<VmExit, Error> {
             break Ok(());
         }
     };
+    // A vCPU may be waiting on the event loop (a device activating); dropping the loop answers it.
+    drop(events);
     stop.store(true, Ordering::Release);
     for thread in threads {
         thread.stop();
+    }
+    // The sound device's streams end here: their threads stop and backends flush (a WAV file
+    // gets its final header) even when the guest did not release them.
+    if let Some(sound) = &pci.sound {
+        sound.lock().unwrap_or_else(|e| e.into_inner()).reset();
     }
     result?;
     match exit.reason() {

@@ -103,7 +103,7 @@ pub fn check_memory_size(requested: u64) -> Result<(), VmError> {
 
 /// A VM with its RAM mapped and its in-kernel interrupt controllers and PIT created.
 pub struct Vm {
-    pub fd: VmFd,
+    pub fd: std::sync::Arc<VmFd>,
     pub mem: GuestMemoryMmap,
     pub mem_size: u64,
 }
@@ -146,7 +146,11 @@ impl Vm {
             unsafe { fd.set_user_memory_region(kvm_region) }
                 .map_err(setup("guest memory region"))?;
         }
-        Ok(Self { fd, mem, mem_size })
+        Ok(Self {
+            fd: std::sync::Arc::new(fd),
+            mem,
+            mem_size,
+        })
     }
 }
 

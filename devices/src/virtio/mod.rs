@@ -4,6 +4,10 @@
 //! queues, and nothing about PCI. The transport (`pci`) owns negotiation, the status state machine
 //! and queue setup, and calls [`VirtioDevice::activate`] once the driver sets DRIVER_OK.
 
+pub mod pci;
+pub mod rng;
+pub mod snd;
+
 use std::sync::{Arc, Mutex};
 
 use event_manager::{MutEventSubscriber, SubscriberId};

@@ -131,10 +131,8 @@ static void garbage_function(const struct pci_dev *d)
 static void queue_outside_ram(void)
 {
     const u64 bad = 0xf00000000000ull;
-    DG_CHECK(virtio_negotiate(&rng, 0));
-    DG_CHECK(virtio_setup_queue(&rng, 0, 16));
-    /* Re-point the enabled queue? No: addresses are only writable before queue_enable. So set the
-     * queue up again by hand, the same as virtio_setup_queue but with a bad descriptor table. */
+    /* As virtio_setup_queue does, by hand, with a bad descriptor table (the driver and device
+     * areas stay valid, in the queue page rng_up allocated). */
     DG_CHECK(virtio_negotiate(&rng, 0));
     struct virtq *q = &rng.vq[0];
     u64 c = rng.common;
@@ -154,7 +152,7 @@ static void queue_outside_ram(void)
     bool refused = !enabled || !(s & VIRTIO_STATUS_DRIVER_OK) || (s & (VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED));
     if (!refused) {
         /* Accepted at DRIVER_OK: a request must then make the device give up on the queue. */
-        memset((void *)q->mem + 0x400, 0, 0x800);
+        memset((u8 *)q->mem + 0x400, 0, 0x800);
         q->avail->ring[0] = 0;
         barrier();
         *(volatile u16 *)&q->avail->idx = 1;

@@ -9,5 +9,7 @@ void test_rng(void);
 void test_reset(void);
 void test_garbage(void);
 void test_rtt(void);
+void test_rng_batch(void);
+void test_rng_event_idx(void);
 
 #endif

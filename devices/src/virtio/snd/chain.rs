@@ -9,7 +9,9 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions,
+};
 
 /// The most descriptors a chain may have (the largest queue size Canto offers). Longer chains
 /// (possible with indirect tables) are refused.
@@ -151,7 +153,12 @@ where
         if desc.len() == 0 {
             continue;
         }
-        if !mem.check_range(desc.addr(), desc.len() as usize) {
+        let access = if desc.is_write_only() {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        if !mem.check_range(desc.addr(), desc.len() as usize, access) {
             return Err(ChainError::OutsideRam {
                 addr: desc.addr().raw_value(),
                 len: desc.len(),

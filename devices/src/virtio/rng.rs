@@ -1,0 +1,616 @@
+//! virtio-rng, the entropy device (VIRTIO 1.2 §5.4): one queue of device-writable buffers that
+//! the device fills with random bytes from the host's `getrandom(2)`.
+//!
+//! The work runs in the event loop: activation returns a subscriber that waits on the queue's
+//! kick eventfd, fills every available chain and raises the queue interrupt when the driver wants
+//! one (EVENT_IDX honoured).
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::virtio::{
+    ActivateContext, ActivateError, SharedSubscriber, VirtioDevice, VirtioInterrupt,
+    VirtioInterruptType, VIRTIO_F_VERSION_1,
+};
+
+/// Virtio device type of the entropy device.
+pub const VIRTIO_ID_RNG: u32 = 4;
+/// The largest queue the driver may set up.
+pub const RNG_QUEUE_SIZE: u16 = 256;
+/// The most random bytes one request gets, however large its buffers: a guest cannot make the
+/// device do unbounded work (or drain the host's entropy) with one chain.
+pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
+/// Random bytes are produced and copied in pieces of this size.
+const CHUNK_SIZE: usize = 4096;
+
+/// Why a request could not be served (it is then returned with what was written so far).
+#[derive(Debug, thiserror::Error)]
+pub enum RngError {
+    #[error("getrandom failed: {0}")]
+    Entropy(#[source] io::Error),
+    #[error("writing the guest's buffer at {addr:#x}: {source}")]
+    GuestMemory {
+        addr: u64,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("virtio queue: {0}")]
+    Queue(#[from] virtio_queue::Error),
+}
+
+/// The entropy device.
+pub struct Rng {
+    queue_max_sizes: [u16; 1],
+    /// The running worker, kept so a reset can let go of it.
+    worker: Option<Arc<Mutex<RngWorker>>>,
+}
+
+impl Rng {
+    pub fn new() -> Self {
+        Self {
+            queue_max_sizes: [RNG_QUEUE_SIZE],
+            worker: None,
+        }
+    }
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    /// The entropy device has no configuration space.
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<Vec<SharedSubscriber>, ActivateError> {
+        let got = ctx.queues.len();
+        let Some(active) = ctx.queues.into_iter().find(|q| q.index == 0) else {
+            return Err(ActivateError::QueueCount { got, want: 1 });
+        };
+        if got != 1 {
+            return Err(ActivateError::QueueCount { got, want: 1 });
+        }
+        let worker = Arc::new(Mutex::new(RngWorker {
+            mem: ctx.mem,
+            queue: active.queue,
+            kick: active.kick,
+            interrupt: ctx.interrupt,
+            buffer: vec![0; CHUNK_SIZE],
+        }));
+        self.worker = Some(worker.clone());
+        Ok(vec![worker])
+    }
+
+    fn reset(&mut self) {
+        // The transport has already removed the subscriber from the event loop; dropping the
+        // last handle here lets go of the queue and guest memory.
+        self.worker = None;
+    }
+}
+
+/// Serves the queue from the event loop.
+struct RngWorker {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    kick: EventFd,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    buffer: Vec<u8>,
+}
+
+impl RngWorker {
+    /// Serves every available chain; raises one interrupt at the end if the driver wants it.
+    fn process_queue(&mut self) {
+        let mut used = false;
+        loop {
+            if let Err(e) = self.queue.disable_notification(&self.mem) {
+                log::error!("virtio-rng: disabling notifications: {e}");
+                break;
+            }
+            let mut progressed = false;
+            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+                progressed = true;
+                let head = chain.head_index();
+                let len = match fill_chain(&self.mem, chain, &mut self.buffer) {
+                    Ok(len) => len,
+                    Err((len, e)) => {
+                        log::warn!("virtio-rng: request {head}: {e}");
+                        len
+                    }
+                };
+                if let Err(e) = self.queue.add_used(&self.mem, head, len) {
+                    log::error!("virtio-rng: returning request {head}: {e}");
+                    break;
+                }
+                used = true;
+            }
+            match self.queue.enable_notification(&self.mem) {
+                // More arrived while notifications were off. A ring that yields nothing while
+                // claiming more (a driver bug) must not spin the event loop: only loop on
+                // progress.
+                Ok(true) if progressed => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    log::error!("virtio-rng: enabling notifications: {e}");
+                    break;
+                }
+            }
+        }
+        if !used {
+            return;
+        }
+        let notify = self
+            .queue
+            .needs_notification(&self.mem)
+            .unwrap_or_else(|e| {
+                log::error!("virtio-rng: reading used_event: {e}");
+                true
+            });
+        if notify {
+            if let Err(e) = self.interrupt.trigger(VirtioInterruptType::Queue(0)) {
+                log::error!("virtio-rng: raising the queue interrupt: {e}");
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for RngWorker {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if !events.event_set().contains(EventSet::IN) {
+            return;
+        }
+        // Non-blocking: a spurious wake-up finds nothing to read, and that is fine.
+        let _ = self.kick.read();
+        self.process_queue();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.kick, EventSet::IN)) {
+            log::error!("virtio-rng: watching the queue's kick eventfd: {e}");
+        }
+    }
+}
+
+/// Fills the writable buffers of `chain` with random bytes, at most [`MAX_BYTES_PER_REQUEST`],
+/// and returns how many were written. A chain with a driver-readable descriptor or a buffer
+/// outside guest RAM is malformed and gets nothing (length 0). On failure part-way, the error
+/// comes with the bytes written so far.
+fn fill_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    buffer: &mut [u8],
+) -> Result<u32, (u32, RngError)> {
+    // Check the whole chain first, so a malformed one leaves guest memory untouched.
+    for desc in chain.clone() {
+        let inside = GuestMemoryBackend::check_range(mem, desc.addr(), desc.len() as usize);
+        if !desc.is_write_only() || !inside {
+            log::warn!(
+                "virtio-rng: request {} has a {} buffer at {:#x}+{:#x}; returned empty",
+                chain.head_index(),
+                if inside { "read-only" } else { "out-of-RAM" },
+                desc.addr().0,
+                desc.len()
+            );
+            return Ok(0);
+        }
+    }
+    let mut remaining = MAX_BYTES_PER_REQUEST;
+    let mut written = 0usize;
+    for desc in chain {
+        let mut addr = desc.addr();
+        let mut left = (desc.len() as usize).min(remaining);
+        while left > 0 {
+            let piece = &mut buffer[..left.min(CHUNK_SIZE)];
+            fill_random(piece).map_err(|e| (written as u32, RngError::Entropy(e)))?;
+            mem.write_slice(piece, addr).map_err(|source| {
+                (
+                    written as u32,
+                    RngError::GuestMemory {
+                        addr: addr.0,
+                        source,
+                    },
+                )
+            })?;
+            let n = piece.len();
+            // Cannot overflow: the range was checked to be inside guest memory.
+            addr = vm_memory::GuestAddress(addr.0 + n as u64);
+            left -= n;
+            remaining -= n;
+            written += n;
+        }
+        if remaining == 0 {
+            break;
+        }
+    }
+    // At most MAX_BYTES_PER_REQUEST, so it fits.
+    Ok(written as u32)
+}
+
+/// Fills `buf` from the kernel's CSPRNG.
+fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a valid, exclusively borrowed buffer of `rest.len()` bytes for the
+        // whole call, and getrandom writes at most that many bytes into it.
+        let ret = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        filled += ret as usize;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use event_manager::{EventManager, SubscriberOps};
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, GuestAddress};
+
+    use super::*;
+    use crate::virtio::{ActiveQueue, VIRTIO_F_RING_EVENT_IDX};
+
+    const RAM: usize = 0x20_0000;
+    /// Where the tests put the used ring. MockSplitQueue places its own used ring right after
+    /// the available ring's entries without their 2-byte size in mind, so it overlaps the
+    /// available ring's used_event field; the tests keep the used ring well away instead.
+    const USED_RING: u64 = 0x8000;
+
+    #[derive(Default)]
+    struct CountingInterrupt {
+        count: AtomicUsize,
+    }
+
+    impl VirtioInterrupt for CountingInterrupt {
+        fn trigger(&self, kind: VirtioInterruptType) -> io::Result<()> {
+            assert_eq!(kind, VirtioInterruptType::Queue(0));
+            self.count.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).unwrap()
+    }
+
+    /// A descriptor; `next` matters only with VRING_DESC_F_NEXT.
+    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
+    }
+
+    struct Running {
+        manager: EventManager<SharedSubscriber>,
+        kick: EventFd,
+        interrupt: Arc<CountingInterrupt>,
+    }
+
+    impl Running {
+        fn start(
+            mem: &GuestMemoryMmap,
+            mock: &MockSplitQueue<GuestMemoryMmap>,
+            event_idx: bool,
+        ) -> Self {
+            let mut queue: Queue = mock.create_queue().unwrap();
+            queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+            queue.set_event_idx(event_idx);
+            let kick = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+            let interrupt = Arc::new(CountingInterrupt::default());
+            let mut rng = Rng::new();
+            let features = VIRTIO_F_VERSION_1
+                | if event_idx {
+                    VIRTIO_F_RING_EVENT_IDX
+                } else {
+                    0
+                };
+            let subscribers = rng
+                .activate(ActivateContext {
+                    mem: mem.clone(),
+                    interrupt: interrupt.clone(),
+                    queues: vec![ActiveQueue {
+                        index: 0,
+                        queue,
+                        kick: kick.try_clone().unwrap(),
+                    }],
+                    acked_features: features,
+                })
+                .unwrap();
+            let mut manager = EventManager::<SharedSubscriber>::new().unwrap();
+            for subscriber in subscribers {
+                manager.add_subscriber(subscriber);
+            }
+            Self {
+                manager,
+                kick,
+                interrupt,
+            }
+        }
+
+        fn kick(&mut self) {
+            self.kick.write(1).unwrap();
+            assert_eq!(self.manager.run_with_timeout(1000).unwrap(), 1);
+        }
+
+        fn interrupts(&self) -> usize {
+            self.interrupt.count.load(Ordering::SeqCst)
+        }
+    }
+
+    /// The used ring's index and entries (id, len).
+    fn used(mem: &GuestMemoryMmap, used_ring: u64) -> (u16, Vec<(u32, u32)>) {
+        let idx: u16 = mem.read_obj(GuestAddress(used_ring + 2)).unwrap();
+        let elems = (0..idx)
+            .map(|i| {
+                let at = GuestAddress(used_ring + 4 + 8 * u64::from(i));
+                (
+                    mem.read_obj(at).unwrap(),
+                    mem.read_obj(at.unchecked_add(4)).unwrap(),
+                )
+            })
+            .collect();
+        (idx, elems)
+    }
+
+    fn all_zero(mem: &GuestMemoryMmap, addr: u64, len: usize) -> bool {
+        let mut buf = vec![0u8; len];
+        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        buf.iter().all(|b| *b == 0)
+    }
+
+    #[test]
+    fn round_trip_fills_buffers_and_interrupts_once() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, 16);
+        mock.add_desc_chains(
+            &[
+                desc(0x10_0000, 64, VRING_DESC_F_WRITE, 0),
+                desc(0x11_0000, 32, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2),
+                desc(0x11_1000, 32, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut running = Running::start(&mem, &mock, false);
+        running.kick();
+        let (idx, elems) = used(&mem, USED_RING);
+        assert_eq!(idx, 2);
+        assert_eq!(elems, [(0, 64), (1, 64)]);
+        assert!(!all_zero(&mem, 0x10_0000, 64));
+        assert!(!all_zero(&mem, 0x11_0000, 32));
+        assert!(!all_zero(&mem, 0x11_1000, 32));
+        assert!(all_zero(&mem, 0x10_0040, 64), "nothing past the buffer");
+        assert_eq!(running.interrupts(), 1);
+
+        // A spurious kick with nothing new: no interrupt.
+        running.kick();
+        assert_eq!(running.interrupts(), 1);
+    }
+
+    #[test]
+    fn malformed_chains_come_back_empty() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, 16);
+        mock.add_desc_chains(
+            &[
+                // Driver-readable only.
+                desc(0x10_0000, 64, 0, 0),
+                // Outside RAM.
+                desc(RAM as u64 + 0x1000, 64, VRING_DESC_F_WRITE, 0),
+                // Good first part, then a buffer straddling the end of RAM.
+                desc(0x12_0000, 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 3),
+                desc(RAM as u64 - 8, 16, VRING_DESC_F_WRITE, 0),
+                // Writable, then readable.
+                desc(0x13_0000, 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 5),
+                desc(0x13_1000, 16, 0, 0),
+                // A good one after all that.
+                desc(0x14_0000, 8, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut running = Running::start(&mem, &mock, false);
+        running.kick();
+        let (idx, elems) = used(&mem, USED_RING);
+        assert_eq!(idx, 5);
+        assert_eq!(elems, [(0, 0), (1, 0), (2, 0), (4, 0), (6, 8)]);
+        for (addr, len) in [(0x10_0000, 64), (0x12_0000, 16), (0x13_0000, 16)] {
+            assert!(all_zero(&mem, addr, len), "{addr:#x} untouched");
+        }
+        assert!(!all_zero(&mem, 0x14_0000, 8));
+        assert_eq!(running.interrupts(), 1);
+    }
+
+    #[test]
+    fn huge_requests_are_capped() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, 16);
+        mock.add_desc_chains(
+            &[
+                desc(0x10_0000, 0x8000, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
+                desc(0x10_8000, 0xf_8000, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut running = Running::start(&mem, &mock, false);
+        running.kick();
+        assert_eq!(used(&mem, USED_RING).1, [(0, MAX_BYTES_PER_REQUEST as u32)]);
+        let end = 0x10_0000 + MAX_BYTES_PER_REQUEST as u64;
+        assert!(all_zero(&mem, end, 0x1000), "nothing past the cap");
+        assert!(!all_zero(&mem, end - 64, 64));
+    }
+
+    #[test]
+    fn event_idx_suppresses_interrupts() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, 16);
+        let used_event = mock.avail_addr().unchecked_add(4 + 2 * 16);
+        // The driver wants an interrupt only once used idx passes 5.
+        mem.write_obj(5u16, used_event).unwrap();
+        mock.add_desc_chains(&[desc(0x10_0000, 8, VRING_DESC_F_WRITE, 0)], 0)
+            .unwrap();
+        let mut running = Running::start(&mem, &mock, true);
+        running.kick();
+        assert_eq!(used(&mem, USED_RING).0, 1);
+        assert_eq!(running.interrupts(), 0);
+        // Now it wants one after the next entry.
+        mem.write_obj(1u16, used_event).unwrap();
+        mock.add_desc_chains(&[desc(0x10_1000, 8, VRING_DESC_F_WRITE, 0)], 1)
+            .unwrap();
+        running.kick();
+        assert_eq!(used(&mem, USED_RING).0, 2);
+        assert_eq!(running.interrupts(), 1);
+        // With EVENT_IDX the device asks for kicks through avail_event.
+        let avail_event: u16 = mem.read_obj(GuestAddress(USED_RING + 4 + 8 * 16)).unwrap();
+        assert_eq!(avail_event, 2);
+    }
+
+    #[test]
+    fn broken_avail_index_does_not_spin() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, 16);
+        // avail idx 1000 ahead of a 16-entry ring: the iterator refuses it.
+        mem.write_obj(1000u16, mock.avail_addr().unchecked_add(2))
+            .unwrap();
+        let mut running = Running::start(&mem, &mock, false);
+        running.kick();
+        assert_eq!(used(&mem, USED_RING).0, 0);
+        assert_eq!(running.interrupts(), 0);
+    }
+
+    #[test]
+    fn activation_needs_exactly_queue_zero() {
+        let mem = memory();
+        let interrupt: Arc<dyn VirtioInterrupt> = Arc::new(CountingInterrupt::default());
+        let mut rng = Rng::new();
+        assert_eq!(rng.device_type(), 4);
+        assert_eq!(rng.queue_max_sizes(), [RNG_QUEUE_SIZE]);
+        let mut config = [0xffu8; 4];
+        rng.read_config(0, &mut config);
+        assert_eq!(config, [0; 4]);
+        let ctx = |queues: Vec<ActiveQueue>| ActivateContext {
+            mem: mem.clone(),
+            interrupt: interrupt.clone(),
+            queues,
+            acked_features: VIRTIO_F_VERSION_1,
+        };
+        let queue = |index| ActiveQueue {
+            index,
+            queue: Queue::new(16).unwrap(),
+            kick: EventFd::new(0).unwrap(),
+        };
+        assert!(matches!(
+            rng.activate(ctx(vec![])),
+            Err(ActivateError::QueueCount { got: 0, want: 1 })
+        ));
+        assert!(rng.activate(ctx(vec![queue(1)])).is_err());
+        assert!(rng.activate(ctx(vec![queue(0), queue(1)])).is_err());
+        assert_eq!(rng.activate(ctx(vec![queue(0)])).unwrap().len(), 1);
+        rng.reset();
+        assert!(rng.worker.is_none());
+    }
+
+    #[test]
+    fn through_the_pci_transport_with_reset_mid_use() {
+        use crate::pci::msix::test_utils::RecordingMsiGroup;
+        use crate::pci::msix::MSIX_CONTROL_ENABLE;
+        use crate::pci::PciDevice;
+        use crate::virtio::pci::test_utils::{FakeIoEvents, LocalRegistrar};
+        use crate::virtio::pci::*;
+
+        let mem = memory();
+        let msi = Arc::new(RecordingMsiGroup::default());
+        let registrar = LocalRegistrar::new();
+        let mut dev = VirtioPciDevice::new(
+            Arc::new(Mutex::new(Rng::new())),
+            mem.clone(),
+            msi.clone(),
+            Arc::new(FakeIoEvents::default()),
+            registrar.clone(),
+        )
+        .unwrap();
+        let write = |dev: &mut VirtioPciDevice, offset: u64, value: u64, len: usize| {
+            dev.write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
+        };
+        // MSI-X on (capability found by walking the list), vector 1 unmasked.
+        let mut at = (dev.read_config_register(13) & 0xff) as usize;
+        while dev.read_config_register(at / 4) & 0xff != 0x11 {
+            at = (dev.read_config_register(at / 4) >> 8 & 0xff) as usize;
+        }
+        dev.write_config_register(at / 4, 2, &MSIX_CONTROL_ENABLE.to_le_bytes());
+        write(&mut dev, MSIX_TABLE_OFFSET + 16, 0xfee0_0000, 4);
+        write(&mut dev, MSIX_TABLE_OFFSET + 16 + 12, 0, 4);
+
+        for round in 0..2 {
+            let mock = MockSplitQueue::create(&mem, GuestAddress(0x4_0000 * (round + 1)), 16);
+            let bring_up = |dev: &mut VirtioPciDevice| {
+                write(dev, 0x14, 1, 1);
+                write(dev, 0x14, 3, 1);
+                write(dev, 0x08, 1, 4);
+                write(dev, 0x0c, 1, 4); // VERSION_1
+                write(dev, 0x14, 11, 1);
+                write(dev, 0x16, 0, 2);
+                write(dev, 0x18, 16, 2);
+                write(dev, 0x1a, 1, 2);
+                write(dev, 0x20, mock.desc_table_addr().0, 8);
+                write(dev, 0x28, mock.avail_addr().0, 8);
+                write(dev, 0x30, USED_RING * (round + 1), 8);
+                write(dev, 0x1c, 1, 2);
+                write(dev, 0x14, 15, 1);
+            };
+            bring_up(&mut dev);
+            assert!(dev.is_active(), "round {round}");
+            mock.add_desc_chains(
+                &[desc(0x10_0000 + round * 0x1000, 32, VRING_DESC_F_WRITE, 0)],
+                0,
+            )
+            .unwrap();
+            msi.take();
+            write(&mut dev, NOTIFY_OFFSET, 0, 2); // the MMIO path of a kick
+            assert_eq!(registrar.run_once(1000), 1);
+            assert_eq!(used(&mem, USED_RING * (round + 1)).1, [(0, 32)]);
+            assert_eq!(msi.triggers(), [1]);
+            // Another request in flight, then a reset before it is served.
+            mock.add_desc_chains(&[desc(0x15_0000, 32, VRING_DESC_F_WRITE, 0)], 1)
+                .unwrap();
+            write(&mut dev, 0x14, 0, 1);
+            assert!(!dev.is_active());
+            assert_eq!(registrar.live_count(), 0);
+            assert_eq!(registrar.run_once(0), 0);
+            assert!(
+                all_zero(&mem, 0x15_0000, 32),
+                "a reset device leaves memory alone"
+            );
+        }
+    }
+}

@@ -1,0 +1,680 @@
+//! The ALSA backend: each prepared stream opens the configured PCM (`default` unless told
+//! otherwise) in non-blocking mode with the guest's format, rate, channels, period and buffer
+//! size, and its period thread is paced by the PCM itself: it polls the PCM's descriptors
+//! (translated with `revents`, which plugins such as `pulse` need) together with the stream's
+//! waker.
+//!
+//! Output keeps at most two guest periods in the ALSA buffer (the wake-up threshold `avail_min`
+//! is set so), so the host adds about two periods of latency on top of the guest's buffer.
+//! Xruns are recovered with `snd_pcm_recover` and counted. PCMs that do not pace at all
+//! (alsa-lib's `null` and `file` plugins accept any amount of audio at once) are held to real
+//! time, +5 %, by a monotonic clock; a real device is never held back by it.
+
+use std::ffi::CString;
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::alsa::pcm::{Access, Format, Frames, HwParams, State, PCM};
+use ::alsa::poll::{pollfd, Descriptors, Flags};
+use ::alsa::{Direction, ValueOr};
+
+use super::{Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness};
+use crate::virtio::snd::stats::SoundStats;
+use crate::virtio::snd::waker::Waker;
+use crate::virtio::snd::wire::PcmFormat;
+
+/// How much faster than real time a PCM that does not pace may be fed.
+const REAL_TIME_SLACK_PERCENT: u64 = 5;
+/// The longest a write may wait for room before the period is given up as stalled.
+const MAX_WRITE_WAIT: Duration = Duration::from_millis(500);
+/// The longest `close` lets the PCM drain.
+const MAX_DRAIN: Duration = Duration::from_secs(1);
+/// Recoveries allowed while writing or reading one period.
+const MAX_RECOVERIES: u32 = 3;
+
+/// Opens PCMs by name.
+#[derive(Debug)]
+pub struct AlsaBackend {
+    device: String,
+}
+
+impl AlsaBackend {
+    pub fn new(device: &str) -> Result<AlsaBackend, BackendError> {
+        if device.contains('\0') {
+            return Err(BackendError::AlsaName(device.to_string()));
+        }
+        Ok(AlsaBackend {
+            device: device.to_string(),
+        })
+    }
+}
+
+fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Playback => "playback",
+        Direction::Capture => "capture",
+    }
+}
+
+fn open_pcm(device: &str, direction: Direction) -> Result<PCM, BackendError> {
+    let name = CString::new(device).map_err(|_| BackendError::AlsaName(device.to_string()))?;
+    PCM::open(&name, direction, true).map_err(|source| BackendError::AlsaOpen {
+        device: device.to_string(),
+        direction: direction_name(direction),
+        source,
+    })
+}
+
+/// Opens and closes the PCM in each direction asked for.
+pub fn probe(device: &str, playback: bool, capture: bool) -> Result<(), BackendError> {
+    if playback {
+        open_pcm(device, Direction::Playback)?;
+    }
+    if capture {
+        open_pcm(device, Direction::Capture)?;
+    }
+    Ok(())
+}
+
+fn alsa_format(format: PcmFormat) -> Format {
+    match format {
+        PcmFormat::S8 => Format::S8,
+        PcmFormat::U8 => Format::U8,
+        PcmFormat::S16 => Format::s16(),
+        PcmFormat::U16 => Format::u16(),
+        PcmFormat::S24_3 => Format::s24_3(),
+        PcmFormat::S24 => Format::s24(),
+        PcmFormat::S32 => Format::s32(),
+        PcmFormat::Float => Format::float(),
+    }
+}
+
+fn alsa_error(op: &'static str) -> impl Fn(::alsa::Error) -> BackendError {
+    move |source| BackendError::Alsa { op, source }
+}
+
+fn is_errno(e: &::alsa::Error, errno: i32) -> bool {
+    // alsa-lib returns negative codes; be indifferent to the sign the crate keeps.
+    e.errno().abs() == errno
+}
+
+/// A configured PCM and the sizes ALSA granted.
+struct Setup {
+    pcm: PCM,
+    buffer_frames: Frames,
+    can_pause: bool,
+}
+
+fn configure(device: &str, direction: Direction, params: &PcmParams) -> Result<Setup, BackendError> {
+    let pcm = open_pcm(device, direction)?;
+    let unsupported = |what: String| BackendError::AlsaUnsupported {
+        device: device.to_string(),
+        what,
+    };
+    let period = Frames::from(params.period_frames());
+    // ALSA devices commonly need two periods in their buffer.
+    let buffer = Frames::from(params.buffer_frames()).max(2 * period);
+    {
+        let hw = HwParams::any(&pcm).map_err(alsa_error("hw_params_any"))?;
+        hw.set_access(Access::RWInterleaved)
+            .map_err(|_| unsupported("interleaved read/write access".into()))?;
+        hw.set_format(alsa_format(params.format))
+            .map_err(|_| unsupported(format!("format {:?}", params.format)))?;
+        hw.set_channels(u32::from(params.channels))
+            .map_err(|_| unsupported(format!("{} channels", params.channels)))?;
+        hw.set_rate(params.rate_hz, ValueOr::Nearest)
+            .map_err(|_| unsupported(format!("{} Hz", params.rate_hz)))?;
+        hw.set_period_size_near(period, ValueOr::Nearest)
+            .map_err(alsa_error("set_period_size_near"))?;
+        hw.set_buffer_size_near(buffer)
+            .map_err(alsa_error("set_buffer_size_near"))?;
+        pcm.hw_params(&hw).map_err(alsa_error("hw_params"))?;
+    }
+    let (rate, buffer_frames, can_pause) = {
+        let hw = pcm
+            .hw_params_current()
+            .map_err(alsa_error("hw_params_current"))?;
+        (
+            hw.get_rate().map_err(alsa_error("get_rate"))?,
+            hw.get_buffer_size().map_err(alsa_error("get_buffer_size"))?,
+            hw.can_pause(),
+        )
+    };
+    if rate != params.rate_hz {
+        return Err(unsupported(format!(
+            "{} Hz (it offers {rate} Hz)",
+            params.rate_hz
+        )));
+    }
+    Ok(Setup {
+        pcm,
+        buffer_frames: buffer_frames.max(1),
+        can_pause,
+    })
+}
+
+fn set_sw_params(pcm: &PCM, start_threshold: Frames, avail_min: Frames) -> Result<(), BackendError> {
+    let sw = pcm
+        .sw_params_current()
+        .map_err(alsa_error("sw_params_current"))?;
+    sw.set_start_threshold(start_threshold)
+        .map_err(alsa_error("set_start_threshold"))?;
+    sw.set_avail_min(avail_min)
+        .map_err(alsa_error("set_avail_min"))?;
+    pcm.sw_params(&sw).map_err(alsa_error("sw_params"))
+}
+
+/// Holds PCMs that do not pace to real time (+ slack): at most `allowance` frames ahead of the
+/// frames that have elapsed since the first transfer.
+#[derive(Debug)]
+struct RealTimeGuard {
+    rate_hz: u64,
+    allowance: u64,
+    origin: Option<Instant>,
+    frames: u64,
+}
+
+impl RealTimeGuard {
+    fn new(rate_hz: u32, allowance: u64) -> RealTimeGuard {
+        RealTimeGuard {
+            rate_hz: u64::from(rate_hz.max(1)),
+            allowance,
+            origin: None,
+            frames: 0,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.origin = None;
+        self.frames = 0;
+    }
+
+    fn transferred(&mut self, frames: u64) {
+        self.origin.get_or_insert_with(Instant::now);
+        self.frames += frames;
+    }
+
+    /// When `next` more frames may be transferred, if not now.
+    fn hold_until(&self, next: u64) -> Option<Instant> {
+        let origin = self.origin?;
+        let ahead = (self.frames + next).saturating_sub(self.allowance);
+        let nanos = u128::from(ahead) * 1_000_000_000 * 100
+            / (u128::from(self.rate_hz) * u128::from(100 + REAL_TIME_SLACK_PERCENT));
+        let at = origin + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        (at > Instant::now()).then_some(at)
+    }
+}
+
+/// Common plumbing of both directions: descriptors, polling, recovery.
+struct Pcm {
+    pcm: PCM,
+    device: String,
+    params: PcmParams,
+    frame_bytes: usize,
+    buffer_frames: Frames,
+    /// Frames that must be available before the thread is told the PCM is ready.
+    ready_frames: Frames,
+    can_pause: bool,
+    paused: bool,
+    needs_prepare: bool,
+    fds: Vec<pollfd>,
+    guard: RealTimeGuard,
+    stats: Arc<SoundStats>,
+}
+
+impl Pcm {
+    fn recover(&mut self, error: ::alsa::Error) -> Result<(), BackendError> {
+        self.stats.backend_xrun();
+        log::debug!("virtio-snd: ALSA `{}`: recovering from {error}", self.device);
+        self.guard.reset();
+        self.pcm
+            .try_recover(error, true)
+            .map_err(alsa_error("recover"))
+    }
+
+    fn poll_timeout_ms(&self) -> i32 {
+        let ms = self.params.period_duration().as_millis().saturating_mul(2);
+        i32::try_from(ms.clamp(1, 1000)).unwrap_or(1000)
+    }
+
+    /// Waits until `ready_frames` are available, the waker fires, or two periods pass.
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        let want = u64::try_from(self.params.period_frames()).unwrap_or(0);
+        if let Some(at) = self.guard.hold_until(want) {
+            if waker.wait_until(at) {
+                return Ok(Readiness::Woken);
+            }
+        }
+        for attempt in 0..2 {
+            match self.pcm.avail_update() {
+                Ok(avail) if avail >= self.ready_frames => return Ok(Readiness::Ready),
+                Ok(_) => {}
+                Err(e) => {
+                    self.recover(e)?;
+                    continue;
+                }
+            }
+            if attempt == 1 {
+                break;
+            }
+            let count = self.pcm.count();
+            self.fds.resize(count + 1, pollfd { fd: -1, events: 0, revents: 0 });
+            let filled = self
+                .pcm
+                .fill(&mut self.fds[..count])
+                .map_err(alsa_error("poll_descriptors"))?;
+            self.fds[filled] = pollfd {
+                fd: waker.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let timeout_ms = self.poll_timeout_ms();
+            let ready = ::alsa::poll::poll(&mut self.fds[..=filled], timeout_ms)
+                .map_err(alsa_error("poll"))?;
+            if self.fds[filled].revents & libc::POLLIN != 0 {
+                waker.consume();
+                return Ok(Readiness::Woken);
+            }
+            if ready == 0 {
+                return Ok(Readiness::TimedOut);
+            }
+            let revents = self
+                .pcm
+                .revents(&self.fds[..filled])
+                .map_err(alsa_error("poll_descriptors_revents"))?;
+            if revents.contains(Flags::ERR) {
+                match self.pcm.state() {
+                    State::XRun => self.recover(::alsa::Error::new("poll", -libc::EPIPE))?,
+                    State::Suspended => {
+                        self.recover(::alsa::Error::new("poll", -libc::ESTRPIPE))?
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Readiness::TimedOut)
+    }
+
+    fn pause(&mut self) -> Result<(), BackendError> {
+        self.guard.reset();
+        match self.pcm.state() {
+            State::Running if self.can_pause => {
+                self.pcm.pause(true).map_err(alsa_error("pause"))?;
+                self.paused = true;
+            }
+            State::Running | State::XRun | State::Draining => {
+                self.pcm.drop().map_err(alsa_error("drop"))?;
+                self.needs_prepare = true;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Undoes `pause`; returns whether the PCM is ready to take or give data.
+    fn resume(&mut self) -> Result<(), BackendError> {
+        self.guard.reset();
+        if self.paused {
+            self.pcm.pause(false).map_err(alsa_error("pause release"))?;
+            self.paused = false;
+        }
+        if self.needs_prepare || matches!(self.pcm.state(), State::Setup | State::XRun) {
+            self.pcm.prepare().map_err(alsa_error("prepare"))?;
+            self.needs_prepare = false;
+        }
+        Ok(())
+    }
+
+    fn latency_bytes(&mut self) -> u32 {
+        match self.pcm.delay() {
+            Ok(frames) if frames > 0 => {
+                let bytes = (frames as u64).saturating_mul(self.frame_bytes as u64);
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            }
+            _ => 0,
+        }
+    }
+
+    fn max_wait(&self) -> Duration {
+        self.params.duration_of(
+            (self.buffer_frames.max(0) as u64).saturating_mul(self.frame_bytes as u64),
+        ) + MAX_WRITE_WAIT
+    }
+}
+
+/// Opens output and input streams on the configured PCM.
+impl Backend for AlsaBackend {
+    fn name(&self) -> &'static str {
+        "alsa"
+    }
+
+    fn formats(&self) -> u64 {
+        PcmFormat::ALL.iter().fold(0, |mask, f| mask | f.bit())
+    }
+
+    fn open_output(
+        &self,
+        _stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        let setup = configure(&self.device, Direction::Playback, params)?;
+        let period = Frames::from(params.period_frames());
+        let buffer = setup.buffer_frames;
+        // Keep about two periods queued in ALSA: wake when the fill drops below that.
+        let target_fill = buffer.min(2 * period);
+        let ready_frames = (buffer - target_fill + period).clamp(1, buffer);
+        set_sw_params(&setup.pcm, period.min(buffer), ready_frames)?;
+        Ok(Box::new(AlsaOutput {
+            pcm: Pcm {
+                pcm: setup.pcm,
+                device: self.device.clone(),
+                params: *params,
+                frame_bytes: params.frame_bytes() as usize,
+                buffer_frames: buffer,
+                ready_frames,
+                can_pause: setup.can_pause,
+                paused: false,
+                needs_prepare: false,
+                fds: Vec::new(),
+                guard: RealTimeGuard::new(params.rate_hz, target_fill.max(0) as u64),
+                stats: stats.clone(),
+            },
+            period: vec![0; params.period_bytes as usize],
+        }))
+    }
+
+    fn open_input(
+        &self,
+        _stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        let setup = configure(&self.device, Direction::Capture, params)?;
+        let period = Frames::from(params.period_frames()).min(setup.buffer_frames);
+        // Capture is started explicitly at START, never by a read.
+        set_sw_params(&setup.pcm, setup.buffer_frames * 2, period.max(1))?;
+        Ok(Box::new(AlsaInput {
+            pcm: Pcm {
+                pcm: setup.pcm,
+                device: self.device.clone(),
+                params: *params,
+                frame_bytes: params.frame_bytes() as usize,
+                buffer_frames: setup.buffer_frames,
+                ready_frames: period.max(1),
+                can_pause: setup.can_pause,
+                paused: false,
+                needs_prepare: false,
+                fds: Vec::new(),
+                guard: RealTimeGuard::new(params.rate_hz, 0),
+                stats: stats.clone(),
+            },
+            period: vec![0; params.period_bytes as usize],
+        }))
+    }
+}
+
+struct AlsaOutput {
+    pcm: Pcm,
+    period: Vec<u8>,
+}
+
+impl AlsaOutput {
+    /// Writes `len` bytes (whole frames) of the period buffer, waiting (bounded) for room.
+    fn write(&mut self, len: usize) -> Result<(), BackendError> {
+        let frame_bytes = self.pcm.frame_bytes.max(1);
+        let deadline = Instant::now() + self.pcm.max_wait();
+        let mut done = 0;
+        let mut recoveries = 0;
+        while done < len {
+            let result = {
+                let io = self.pcm.pcm.io_bytes();
+                io.writei(&self.period[done..len])
+            };
+            match result {
+                Ok(frames) if frames > 0 => {
+                    done += frames * frame_bytes;
+                    self.pcm.guard.transferred(frames as u64);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if is_errno(&e, libc::EAGAIN) => {}
+                Err(e) if recoveries < MAX_RECOVERIES => {
+                    recoveries += 1;
+                    self.pcm.recover(e)?;
+                    continue;
+                }
+                Err(e) => return Err(alsa_error("writei")(e)),
+            }
+            if Instant::now() >= deadline {
+                return Err(BackendError::Stalled(self.pcm.max_wait()));
+            }
+            // Room comes as the device plays; a failed wait just retries the write.
+            let _ = self.pcm.pcm.wait(Some(10));
+        }
+        Ok(())
+    }
+
+    /// Pads `len` to whole frames with silence; returns the padded length.
+    fn pad_to_frame(&mut self, len: usize) -> usize {
+        let frame_bytes = self.pcm.frame_bytes.max(1);
+        let padded = len.div_ceil(frame_bytes) * frame_bytes;
+        let padded = padded.min(self.period.len());
+        self.pcm
+            .params
+            .format
+            .fill_silence(&mut self.period[len.min(padded)..padded]);
+        padded
+    }
+}
+
+impl OutputStream for AlsaOutput {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.pcm.resume()
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.pcm.pause()
+    }
+
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        self.pcm.wait_ready(waker)
+    }
+
+    fn period_buffer(&mut self) -> &mut [u8] {
+        &mut self.period
+    }
+
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        let filled = filled.min(self.period.len());
+        if filled == 0 {
+            // Underrun: never replay what the buffer held before.
+            self.pcm.params.format.fill_silence(&mut self.period);
+            let len = self.period.len();
+            self.write(len)?;
+            return Ok(len);
+        }
+        let len = self.pad_to_frame(filled);
+        self.write(len)?;
+        Ok(len - filled)
+    }
+
+    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
+        if self.pcm.paused || self.pcm.needs_prepare {
+            self.pcm.resume()?;
+        }
+        let len = self.pad_to_frame(len.min(self.period.len()));
+        self.write(len)
+    }
+
+    fn latency_bytes(&mut self) -> u32 {
+        self.pcm.latency_bytes()
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn close(mut self: Box<Self>, drain: bool) {
+        let pcm = &mut self.pcm;
+        if drain && !pcm.paused {
+            if pcm.pcm.state() == State::Prepared && pcm.latency_bytes() > 0 {
+                let _ = pcm.pcm.start();
+            }
+            let deadline = Instant::now() + pcm.max_wait().min(MAX_DRAIN);
+            // Non-blocking drain: EAGAIN means still draining.
+            while pcm.pcm.state() == State::Running || pcm.pcm.state() == State::Draining {
+                match pcm.pcm.drain() {
+                    Ok(()) => break,
+                    Err(e) if is_errno(&e, libc::EAGAIN) => {}
+                    Err(_) => break,
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let _ = pcm.pcm.drop();
+    }
+}
+
+struct AlsaInput {
+    pcm: Pcm,
+    period: Vec<u8>,
+}
+
+impl AlsaInput {
+    fn start_capture(&mut self) -> Result<(), BackendError> {
+        if self.pcm.pcm.state() == State::Prepared {
+            self.pcm.pcm.start().map_err(alsa_error("start"))?;
+        }
+        Ok(())
+    }
+}
+
+impl InputStream for AlsaInput {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.pcm.resume()?;
+        self.start_capture()
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.pcm.pause()
+    }
+
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        let readiness = self.pcm.wait_ready(waker)?;
+        // A recovered overrun leaves the PCM prepared, not running.
+        self.start_capture()?;
+        Ok(readiness)
+    }
+
+    fn capture_period(&mut self) -> Result<&[u8], BackendError> {
+        let frame_bytes = self.pcm.frame_bytes.max(1);
+        let len = self.period.len();
+        let deadline = Instant::now() + self.pcm.max_wait();
+        let mut done = 0;
+        let mut recoveries = 0;
+        while done < len {
+            let result = {
+                let io = self.pcm.pcm.io_bytes();
+                io.readi(&mut self.period[done..len])
+            };
+            match result {
+                Ok(frames) if frames > 0 => {
+                    done += frames * frame_bytes;
+                    self.pcm.guard.transferred(frames as u64);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if is_errno(&e, libc::EAGAIN) => {}
+                Err(e) if recoveries < MAX_RECOVERIES => {
+                    recoveries += 1;
+                    self.pcm.recover(e)?;
+                    self.start_capture()?;
+                    continue;
+                }
+                Err(e) => return Err(alsa_error("readi")(e)),
+            }
+            if Instant::now() >= deadline {
+                return Err(BackendError::Stalled(self.pcm.max_wait()));
+            }
+            let _ = self.pcm.pcm.wait(Some(10));
+        }
+        Ok(&self.period)
+    }
+
+    fn latency_bytes(&mut self) -> u32 {
+        self.pcm.latency_bytes()
+    }
+
+    fn close(self: Box<Self>) {
+        let _ = self.pcm.pcm.drop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::snd::waker::Waker;
+
+    fn params() -> PcmParams {
+        PcmParams {
+            format: PcmFormat::S16,
+            rate_hz: 48000,
+            channels: 2,
+            period_bytes: 4 * 480,
+            buffer_bytes: 4 * 480 * 4,
+        }
+    }
+
+    fn stats() -> Arc<SoundStats> {
+        Arc::new(SoundStats::default())
+    }
+
+    #[test]
+    fn a_missing_device_fails_to_probe_and_open() {
+        let err = probe("canto_no_such_pcm", true, false).unwrap_err();
+        assert!(matches!(err, BackendError::AlsaOpen { .. }), "{err}");
+        assert!(err.to_string().contains("canto_no_such_pcm"), "{err}");
+        let backend = AlsaBackend::new("canto_no_such_pcm").unwrap();
+        assert!(backend.open_output(0, &params(), &stats()).is_err());
+        assert!(AlsaBackend::new("a\0b").is_err());
+    }
+
+    #[test]
+    fn the_file_plugin_records_bit_exactly_and_is_held_to_real_time() {
+        let path = std::env::temp_dir().join(format!("canto-alsa-{}.raw", std::process::id()));
+        let device = format!("file:'{}',raw", path.display());
+        let backend = AlsaBackend::new(&device).unwrap();
+        let p = params();
+        let mut out = backend.open_output(0, &p, &stats()).unwrap();
+        let waker = Waker::new().unwrap();
+        out.start().unwrap();
+        let mut sent = Vec::new();
+        let start = Instant::now();
+        for period in 0..10u32 {
+            while out.wait_ready(&waker).unwrap() != Readiness::Ready {}
+            let buf = out.period_buffer();
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (i as u32 * 31 + period * 7) as u8;
+            }
+            sent.extend_from_slice(buf);
+            assert_eq!(out.play_period(p.period_bytes as usize).unwrap(), 0);
+        }
+        // One underrun period: silence, never the previous data.
+        while out.wait_ready(&waker).unwrap() != Readiness::Ready {}
+        assert_eq!(out.play_period(0).unwrap(), p.period_bytes as usize);
+        sent.extend(std::iter::repeat_n(0u8, p.period_bytes as usize));
+        let elapsed = start.elapsed();
+        out.close(true);
+        let recorded = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(recorded.len(), sent.len());
+        assert!(recorded == sent, "the recording differs from the data sent");
+        // 11 periods of 10 ms, of which about 2 may be buffered ahead.
+        assert!(elapsed >= Duration::from_millis(70), "{elapsed:?}");
+    }
+}

@@ -1,0 +1,222 @@
+//! Audio backends: where output streams' PCM goes and where input streams' PCM comes from.
+//!
+//! A [`Backend`] opens one [`OutputStream`] or [`InputStream`] per prepared PCM stream. A stream
+//! object belongs to its period thread, which calls it in a loop: wait until the backend wants a
+//! period ([`OutputStream::wait_ready`], paced by the backend's clock), fill or drain the
+//! stream's period buffer, hand it over. Backends report failures as [`BackendError`] values; the
+//! device turns them into IO_ERR on the requests or messages affected and keeps running.
+//!
+//! - [`alsa`]: an ALSA PCM by name, paced by the PCM (non-blocking, poll).
+//! - [`wav`]: one WAV file per output stream, holding exactly the PCM the guest sent; input
+//!   streams capture silence. Paced by a monotonic clock.
+//! - [`null`]: discards output, captures silence. Paced by a monotonic clock.
+
+pub mod alsa;
+pub mod clock;
+pub mod null;
+pub mod wav;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::config::{BackendConfig, SoundConfig};
+use super::stats::SoundStats;
+use super::waker::Waker;
+use super::wire::PcmFormat;
+
+/// The parameters of a prepared stream, as the driver set them and the device validated them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PcmParams {
+    pub format: PcmFormat,
+    pub rate_hz: u32,
+    pub channels: u8,
+    /// Bytes per period; a multiple of the frame size.
+    pub period_bytes: u32,
+    /// Bytes of the driver's buffer; a multiple of `period_bytes`.
+    pub buffer_bytes: u32,
+}
+
+impl PcmParams {
+    /// Bytes per frame: one sample per channel.
+    pub fn frame_bytes(&self) -> u32 {
+        self.format.sample_bytes() * u32::from(self.channels)
+    }
+
+    pub fn period_frames(&self) -> u32 {
+        self.period_bytes / self.frame_bytes().max(1)
+    }
+
+    pub fn buffer_frames(&self) -> u32 {
+        self.buffer_bytes / self.frame_bytes().max(1)
+    }
+
+    /// How long `bytes` of this stream's PCM last.
+    pub fn duration_of(&self, bytes: u64) -> Duration {
+        let frames = bytes / u64::from(self.frame_bytes().max(1));
+        let nanos = u128::from(frames) * 1_000_000_000 / u128::from(self.rate_hz.max(1));
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    pub fn period_duration(&self) -> Duration {
+        self.duration_of(u64::from(self.period_bytes))
+    }
+}
+
+/// What a backend failed to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot open ALSA PCM `{device}` for {direction}: {source}")]
+    AlsaOpen {
+        device: String,
+        direction: &'static str,
+        source: ::alsa::Error,
+    },
+    #[error("ALSA {op} failed: {source}")]
+    Alsa {
+        op: &'static str,
+        source: ::alsa::Error,
+    },
+    #[error("ALSA PCM `{device}` cannot use {what}")]
+    AlsaUnsupported { device: String, what: String },
+    #[error("the ALSA device name `{0}` contains a NUL byte")]
+    AlsaName(String),
+    #[error("cannot create WAV file {path}: {source}")]
+    WavCreate {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write WAV file {path}: {source}")]
+    WavWrite {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot encode a WAV header for {format:?}: {source}")]
+    WavHeader {
+        format: PcmFormat,
+        source: hound::Error,
+    },
+    #[error("the WAV backend cannot store {0:?} samples")]
+    WavFormat(PcmFormat),
+    #[error("stream {0} has no WAV file of its own")]
+    WavNoFile(u32),
+    #[error("the backend accepted no data for {0:?}")]
+    Stalled(Duration),
+}
+
+/// What a pacing wait ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// The backend wants (output) or has (input) the next period.
+    Ready,
+    /// The stream's waker fired: the period thread has a command to look at.
+    Woken,
+    /// Nothing happened within the backend's internal timeout; wait again.
+    TimedOut,
+}
+
+/// A source of PCM streams.
+pub trait Backend: Send + Sync {
+    /// The backend's name as the command line spells it.
+    fn name(&self) -> &'static str;
+    /// The sample formats it accepts, as a `virtio_snd_pcm_info::formats` mask.
+    fn formats(&self) -> u64;
+    /// Opens output stream `stream_id` (0-based among all streams) with `params`.
+    fn open_output(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError>;
+    /// Opens input stream `stream_id` with `params`.
+    fn open_input(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError>;
+}
+
+/// A prepared output stream, driven by its period thread.
+pub trait OutputStream: Send {
+    /// Starts or resumes playback; pacing restarts from now.
+    fn start(&mut self) -> Result<(), BackendError>;
+    /// Pauses playback. What the backend already holds stays there.
+    fn stop(&mut self) -> Result<(), BackendError>;
+    /// Blocks until the backend wants the next period, `waker` fires, or a bounded internal
+    /// timeout passes. Only called while started.
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError>;
+    /// The buffer the device copies one period of guest PCM into: `period_bytes` long.
+    fn period_buffer(&mut self) -> &mut [u8];
+    /// Plays the first `filled` bytes of the period buffer as this period. Fewer than
+    /// `period_bytes` means the guest had nothing more queued (underrun): ALSA and null play
+    /// silence in its place, WAV records nothing. Returns the bytes of silence added.
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError>;
+    /// Hands over the first `len` bytes of the period buffer without pacing (RELEASE flush).
+    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError>;
+    /// Bytes handed to the backend and not played yet.
+    fn latency_bytes(&mut self) -> u32;
+    /// Completes the release flush, before the device replies to RELEASE (WAV finalizes its
+    /// header here).
+    fn finish(&mut self) -> Result<(), BackendError>;
+    /// Closes the stream. With `drain`, lets the backend play what it holds first (bounded).
+    fn close(self: Box<Self>, drain: bool);
+}
+
+/// A prepared input stream, driven by its period thread.
+pub trait InputStream: Send {
+    /// Starts or resumes capture; pacing restarts from now.
+    fn start(&mut self) -> Result<(), BackendError>;
+    fn stop(&mut self) -> Result<(), BackendError>;
+    /// Blocks until a period of capture is available, `waker` fires, or a bounded internal
+    /// timeout passes. Only called while started.
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError>;
+    /// Captures one period (`period_bytes`) and returns it.
+    fn capture_period(&mut self) -> Result<&[u8], BackendError>;
+    /// Bytes captured by the backend and not handed to the device yet.
+    fn latency_bytes(&mut self) -> u32;
+    fn close(self: Box<Self>);
+}
+
+/// Builds the backend a configuration names. ALSA devices are opened only when a stream is
+/// prepared; WAV files are created here, so a bad path fails at startup.
+pub fn create(config: &SoundConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(match &config.backend {
+        BackendConfig::Alsa { device } => Arc::new(alsa::AlsaBackend::new(device)?),
+        BackendConfig::Wav { path } => Arc::new(wav::WavBackend::new(path, config.outputs)?),
+        BackendConfig::Null => Arc::new(null::NullBackend),
+    })
+}
+
+/// Checks that the configured backend can work: ALSA opens (and closes) the PCM in each
+/// direction the topology uses; WAV creates its files; null always works. The VMM calls it at
+/// startup and falls back to null when ALSA fails.
+pub fn probe(config: &SoundConfig) -> Result<(), BackendError> {
+    match &config.backend {
+        BackendConfig::Alsa { device } => {
+            alsa::probe(device, config.outputs > 0, config.inputs > 0)
+        }
+        BackendConfig::Wav { path } => wav::WavBackend::new(path, config.outputs).map(|_| ()),
+        BackendConfig::Null => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_derive_frames_and_durations() {
+        let params = PcmParams {
+            format: PcmFormat::S24_3,
+            rate_hz: 48000,
+            channels: 2,
+            period_bytes: 6 * 480,
+            buffer_bytes: 6 * 480 * 4,
+        };
+        assert_eq!(params.frame_bytes(), 6);
+        assert_eq!(params.period_frames(), 480);
+        assert_eq!(params.buffer_frames(), 1920);
+        assert_eq!(params.period_duration(), Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,487 @@
+//! The WAV backend: each output stream records into its own WAV file, paced in real time so the
+//! guest sees a card running at its nominal rate. Input streams capture silence.
+//!
+//! The data chunk holds exactly the bytes the guest sent, in the guest's format, bit-exact: the
+//! header comes from `hound` (so any WAV reader agrees with it), the samples are the guest's
+//! bytes unchanged. S24 is stored as hound stores it, 24 valid bits in the low three bytes of a
+//! 4-byte container. A host-side underrun records nothing (no silence is invented).
+//!
+//! Output stream 0 writes the configured path; output stream N > 0 writes `<stem>-N.<ext>` next
+//! to it. Files are created when the backend is built, so a bad path fails at startup. Several
+//! prepare/release cycles with the same format append to the file; a different format starts it
+//! over. The header is brought up to date on every release and when the device goes away.
+
+use std::fs::File;
+use std::io::Cursor;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hound::{SampleFormat, WavSpec, WavSpecEx, WavWriter};
+
+use super::clock::PeriodClock;
+use super::null::SilentInput;
+use super::{Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness};
+use crate::virtio::snd::stats::SoundStats;
+use crate::virtio::snd::waker::Waker;
+use crate::virtio::snd::wire::PcmFormat;
+
+/// The formats a WAV file can hold bit-exactly.
+const WAV_FORMATS: [PcmFormat; 6] = [
+    PcmFormat::U8,
+    PcmFormat::S16,
+    PcmFormat::S24_3,
+    PcmFormat::S24,
+    PcmFormat::S32,
+    PcmFormat::Float,
+];
+
+/// The format a fresh file's header describes until a stream is prepared.
+const INITIAL_FORMAT: (PcmFormat, u32, u8) = (PcmFormat::S16, 48000, 2);
+
+/// The path output stream `index` records into.
+pub fn output_path(base: &Path, index: u32) -> PathBuf {
+    if index == 0 {
+        return base.to_path_buf();
+    }
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match base.extension() {
+        Some(ext) => format!("{stem}-{index}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{index}"),
+    };
+    base.with_file_name(name)
+}
+
+/// Encodes the RIFF/WAVE header (with zero lengths) for a format.
+fn header(format: PcmFormat, rate_hz: u32, channels: u8) -> Result<Vec<u8>, BackendError> {
+    let (bits_per_sample, bytes_per_sample, sample_format) = match format {
+        PcmFormat::U8 => (8, 1, SampleFormat::Int),
+        PcmFormat::S16 => (16, 2, SampleFormat::Int),
+        PcmFormat::S24_3 => (24, 3, SampleFormat::Int),
+        PcmFormat::S24 => (24, 4, SampleFormat::Int),
+        PcmFormat::S32 => (32, 4, SampleFormat::Int),
+        PcmFormat::Float => (32, 4, SampleFormat::Float),
+        PcmFormat::S8 | PcmFormat::U16 => return Err(BackendError::WavFormat(format)),
+    };
+    let spec = WavSpecEx {
+        spec: WavSpec {
+            channels: u16::from(channels.max(1)),
+            sample_rate: rate_hz,
+            bits_per_sample,
+            sample_format,
+        },
+        bytes_per_sample,
+    };
+    let mut out = Cursor::new(Vec::with_capacity(80));
+    let wav_error = |source| BackendError::WavHeader { format, source };
+    WavWriter::new_with_spec_ex(&mut out, spec)
+        .and_then(|writer| writer.finalize())
+        .map_err(wav_error)?;
+    Ok(out.into_inner())
+}
+
+/// One output stream's file.
+#[derive(Debug)]
+struct WavFile {
+    path: PathBuf,
+    file: File,
+    format: (PcmFormat, u32, u8),
+    header_len: u64,
+    data_len: u64,
+    /// Data written since the header was last brought up to date.
+    dirty: bool,
+    /// Bytes refused because the data chunk reached its 4 GiB limit.
+    dropped: u64,
+}
+
+impl WavFile {
+    fn create(path: PathBuf) -> Result<WavFile, BackendError> {
+        let file = File::create(&path).map_err(|source| BackendError::WavCreate {
+            path: path.clone(),
+            source,
+        })?;
+        let mut wav = WavFile {
+            path,
+            file,
+            format: INITIAL_FORMAT,
+            header_len: 0,
+            data_len: 0,
+            dirty: false,
+            dropped: 0,
+        };
+        wav.restart(INITIAL_FORMAT)?;
+        Ok(wav)
+    }
+
+    fn write_error(&self, source: std::io::Error) -> BackendError {
+        BackendError::WavWrite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Empties the file and writes a header for `format`.
+    fn restart(&mut self, format: (PcmFormat, u32, u8)) -> Result<(), BackendError> {
+        let header = header(format.0, format.1, format.2)?;
+        self.file.set_len(0).map_err(|e| self.write_error(e))?;
+        self.file
+            .write_all_at(&header, 0)
+            .map_err(|e| self.write_error(e))?;
+        self.format = format;
+        self.header_len = header.len() as u64;
+        self.data_len = 0;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Gets the file ready for a prepared stream: appends if the format is unchanged.
+    fn begin(&mut self, params: &PcmParams) -> Result<(), BackendError> {
+        let format = (params.format, params.rate_hz, params.channels);
+        if format == self.format {
+            return Ok(());
+        }
+        if self.data_len > 0 {
+            log::warn!(
+                "virtio-snd: {} restarts for a new format {format:?} ({} bytes of {:?} dropped)",
+                self.path.display(),
+                self.data_len,
+                self.format
+            );
+        }
+        self.restart(format)
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), BackendError> {
+        // The RIFF size field counts the header and a pad byte too; keep everything in a u32.
+        let room = u64::from(u32::MAX) - self.header_len - 1 - self.data_len;
+        let keep = (data.len() as u64).min(room) as usize;
+        if keep < data.len() {
+            if self.dropped == 0 {
+                log::warn!("virtio-snd: {} is full (4 GiB)", self.path.display());
+            }
+            self.dropped += (data.len() - keep) as u64;
+        }
+        if keep == 0 {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(&data[..keep], self.header_len + self.data_len)
+            .map_err(|e| self.write_error(e))?;
+        self.data_len += keep as u64;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Writes the chunk sizes (and the pad byte an odd-sized data chunk needs).
+    fn finalize(&mut self) -> Result<(), BackendError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let data_end = self.header_len + self.data_len;
+        let pad = self.data_len % 2;
+        if pad == 1 {
+            self.file
+                .write_all_at(&[0], data_end)
+                .map_err(|e| self.write_error(e))?;
+        }
+        // A later append overwrites the pad byte; the length is set again here each time.
+        self.file
+            .set_len(data_end + pad)
+            .map_err(|e| self.write_error(e))?;
+        // Bounded by `append`: all of these fit in a u32.
+        let riff_size = (data_end + pad - 8) as u32;
+        let data_size = self.data_len as u32;
+        self.file
+            .write_all_at(&riff_size.to_le_bytes(), 4)
+            .and_then(|_| {
+                self.file
+                    .write_all_at(&data_size.to_le_bytes(), self.header_len - 4)
+            })
+            .map_err(|e| self.write_error(e))?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+impl Drop for WavFile {
+    fn drop(&mut self) {
+        if let Err(e) = self.finalize() {
+            log::error!("virtio-snd: {e}");
+        }
+    }
+}
+
+/// One slot per output stream; a prepared stream takes its file out and puts it back on close.
+type Slots = Vec<Mutex<Option<WavFile>>>;
+
+/// Records output streams into WAV files.
+#[derive(Debug)]
+pub struct WavBackend {
+    slots: Arc<Slots>,
+}
+
+impl WavBackend {
+    /// Creates (or truncates) the file of each of `outputs` output streams.
+    pub fn new(path: &Path, outputs: u32) -> Result<WavBackend, BackendError> {
+        let slots = (0..outputs)
+            .map(|index| WavFile::create(output_path(path, index)).map(|f| Mutex::new(Some(f))))
+            .collect::<Result<Slots, _>>()?;
+        Ok(WavBackend {
+            slots: Arc::new(slots),
+        })
+    }
+}
+
+fn lock_slot(slots: &Slots, index: usize) -> Option<std::sync::MutexGuard<'_, Option<WavFile>>> {
+    slots
+        .get(index)
+        .map(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+impl Backend for WavBackend {
+    fn name(&self) -> &'static str {
+        "wav"
+    }
+
+    fn formats(&self) -> u64 {
+        WAV_FORMATS.iter().fold(0, |mask, f| mask | f.bit())
+    }
+
+    fn open_output(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        _stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        let index = stream_id as usize;
+        let mut file = lock_slot(&self.slots, index)
+            .and_then(|mut slot| slot.take())
+            .ok_or(BackendError::WavNoFile(stream_id))?;
+        if let Err(e) = file.begin(params) {
+            if let Some(mut slot) = lock_slot(&self.slots, index) {
+                *slot = Some(file);
+            }
+            return Err(e);
+        }
+        Ok(Box::new(WavOutput {
+            slots: self.slots.clone(),
+            index,
+            file: Some(file),
+            clock: PeriodClock::new(params),
+            period: vec![0; params.period_bytes as usize],
+        }))
+    }
+
+    fn open_input(
+        &self,
+        _stream_id: u32,
+        params: &PcmParams,
+        _stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        Ok(Box::new(SilentInput::new(params)))
+    }
+}
+
+struct WavOutput {
+    slots: Arc<Slots>,
+    index: usize,
+    /// Always `Some` until the stream is dropped.
+    file: Option<WavFile>,
+    clock: PeriodClock,
+    period: Vec<u8>,
+}
+
+impl WavOutput {
+    fn write(&mut self, len: usize) -> Result<(), BackendError> {
+        let len = len.min(self.period.len());
+        match self.file.as_mut() {
+            Some(file) => file.append(&self.period[..len]),
+            None => Ok(()),
+        }
+    }
+}
+
+impl OutputStream for WavOutput {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.clock.start();
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.clock.stop();
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        Ok(self.clock.wait(waker))
+    }
+
+    fn period_buffer(&mut self) -> &mut [u8] {
+        &mut self.period
+    }
+
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        self.write(filled)?;
+        Ok(0)
+    }
+
+    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
+        self.write(len)
+    }
+
+    fn latency_bytes(&mut self) -> u32 {
+        0
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        match self.file.as_mut() {
+            Some(file) => file.finalize(),
+            None => Ok(()),
+        }
+    }
+
+    fn close(self: Box<Self>, _drain: bool) {}
+}
+
+impl Drop for WavOutput {
+    fn drop(&mut self) {
+        if let Some(mut file) = self.file.take() {
+            if let Err(e) = file.finalize() {
+                log::error!("virtio-snd: {e}");
+            }
+            if let Some(mut slot) = lock_slot(&self.slots, self.index) {
+                *slot = Some(file);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(format: PcmFormat, channels: u8) -> PcmParams {
+        let frame = format.sample_bytes() * u32::from(channels);
+        PcmParams {
+            format,
+            rate_hz: 44100,
+            channels,
+            period_bytes: frame * 4,
+            buffer_bytes: frame * 16,
+        }
+    }
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("canto-wav-{}-{name}", std::process::id()))
+    }
+
+    fn stats() -> Arc<SoundStats> {
+        Arc::new(SoundStats::default())
+    }
+
+    #[test]
+    fn names_one_file_per_output() {
+        let base = Path::new("/tmp/out.wav");
+        assert_eq!(output_path(base, 0), base);
+        assert_eq!(output_path(base, 2), Path::new("/tmp/out-2.wav"));
+        assert_eq!(output_path(Path::new("rec"), 1), Path::new("rec-1"));
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_created_fails_with_its_name() {
+        let err = WavBackend::new(Path::new("/nonexistent-dir/x.wav"), 1).unwrap_err();
+        assert!(matches!(err, BackendError::WavCreate { .. }));
+        assert!(err.to_string().contains("/nonexistent-dir/x.wav"), "{err}");
+    }
+
+    #[test]
+    fn stores_every_format_bit_exactly() {
+        for format in WAV_FORMATS {
+            let path = temp_path(&format!("{format:?}.wav"));
+            let backend = WavBackend::new(&path, 1).unwrap();
+            let p = params(format, 2);
+            let mut out = backend.open_output(0, &p, &stats()).unwrap();
+            let data: Vec<u8> = (0..p.period_bytes).map(|i| (i * 7 + 3) as u8).collect();
+            out.period_buffer().copy_from_slice(&data);
+            assert_eq!(out.play_period(data.len()).unwrap(), 0);
+            out.finish().unwrap();
+            out.close(false);
+            drop(backend);
+
+            let bytes = std::fs::read(&path).unwrap();
+            let reader = hound::WavReader::open(&path).unwrap();
+            let spec = reader.spec();
+            assert_eq!(spec.channels, 2);
+            assert_eq!(spec.sample_rate, 44100);
+            assert_eq!(reader.len() * format.sample_bytes(), data.len() as u32);
+            assert_eq!(&bytes[bytes.len() - data.len()..], &data[..], "{format:?}");
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn underruns_record_nothing_and_releases_append() {
+        let path = temp_path("append.wav");
+        let backend = WavBackend::new(&path, 1).unwrap();
+        let p = params(PcmFormat::U8, 1);
+        for round in 0..2u8 {
+            let mut out = backend.open_output(0, &p, &stats()).unwrap();
+            out.period_buffer().fill(round + 1);
+            out.play_period(3).unwrap();
+            out.play_period(0).unwrap();
+            out.finish().unwrap();
+            out.close(true);
+        }
+        // Another format starts the file over.
+        drop(backend);
+        let reader = hound::WavReader::open(&path).unwrap();
+        assert_eq!(reader.len(), 6);
+        let samples: Vec<i32> = reader.into_samples::<i32>().map(|s| s.unwrap()).collect();
+        // hound reads unsigned 8-bit data as signed (x - 128).
+        assert_eq!(samples, vec![1 - 128, 1 - 128, 1 - 128, 2 - 128, 2 - 128, 2 - 128]);
+        // The odd data chunk is padded to an even RIFF size.
+        let bytes = std::fs::read(&path).unwrap();
+        let riff = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        assert_eq!(riff + 8, bytes.len());
+        assert_eq!(bytes.len() % 2, 0);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_new_format_restarts_the_file() {
+        let path = temp_path("restart.wav");
+        let backend = WavBackend::new(&path, 1).unwrap();
+        let mut out = backend.open_output(0, &params(PcmFormat::S16, 2), &stats()).unwrap();
+        out.play_period(8).unwrap();
+        out.close(false);
+        let mut out = backend.open_output(0, &params(PcmFormat::Float, 1), &stats()).unwrap();
+        out.play_period(4).unwrap();
+        out.close(false);
+        drop(backend);
+        let reader = hound::WavReader::open(&path).unwrap();
+        assert_eq!(reader.spec().sample_format, SampleFormat::Float);
+        assert_eq!(reader.len(), 1);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn refuses_formats_and_streams_it_cannot_store() {
+        let path = temp_path("refuse.wav");
+        let backend = WavBackend::new(&path, 1).unwrap();
+        assert!(matches!(
+            backend.open_output(0, &params(PcmFormat::S8, 1), &stats()),
+            Err(BackendError::WavFormat(PcmFormat::S8))
+        ));
+        // The file went back to its slot: the stream can still be prepared.
+        assert!(backend.open_output(0, &params(PcmFormat::S16, 1), &stats()).is_ok());
+        assert!(matches!(
+            backend.open_output(1, &params(PcmFormat::S16, 1), &stats()),
+            Err(BackendError::WavNoFile(1))
+        ));
+        drop(backend);
+        std::fs::remove_file(&path).unwrap();
+    }
+}

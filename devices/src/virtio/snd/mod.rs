@@ -1,0 +1,232 @@
+//! virtio-snd: the virtio sound device (VIRTIO 1.2 §5.14, device type 25).
+//!
+//! # Using it
+//! ```no_run
+//! use canto_devices::virtio::snd::{probe, BackendConfig, Sound, SoundConfig};
+//! let mut config: SoundConfig = "backend=alsa,streams=1:1".parse().unwrap();
+//! if let Err(e) = probe(&config) {
+//!     eprintln!("sound: {e}; using the null backend");
+//!     config = config.with_backend(BackendConfig::Null);
+//! }
+//! let sound = Sound::new(config).unwrap();
+//! // ... hand it to the virtio-pci transport; read sound.stats() for counters.
+//! ```
+//!
+//! # Design
+//! - Topology: output streams, then input streams ([`SoundConfig`]), each offering every rate
+//!   from 8 to 192 kHz, 1 to 8 channels and the backend's formats; one stereo channel map per
+//!   stream; optional jacks (always connected, no remapping). No features, no events.
+//! - The event loop runs [`worker::SoundWorker`]: control requests are carried out and answered
+//!   at once; TX/RX messages are validated and queued on their stream as references to guest
+//!   memory (no copy); the eventq's buffers are held, and no event is ever sent.
+//! - PREPARE starts a period thread per stream ([`period`]), paced by the backend (ALSA poll, or
+//!   a monotonic clock for null and WAV). Per period it copies guest PCM once, straight into the
+//!   backend's period buffer, and returns each message once all its bytes were handed over.
+//!   `latency_bytes` in a message's status is what the backend holds and has not played yet
+//!   (ALSA's delay; 0 for null and WAV).
+//! - STOP keeps queued messages; RELEASE hands every queued byte to the backend and returns every
+//!   message before it is answered; device reset joins every thread and drops queued messages.
+//! - Locks: each stream's message queue, and the txq/rxq rings (shared by the event loop, which
+//!   pops, and the period threads, which return chains). None is held across audio I/O or a
+//!   wait, so a vCPU's notification never waits for audio.
+
+pub mod backend;
+pub mod chain;
+pub mod config;
+pub mod control;
+pub mod io;
+pub mod period;
+pub mod stats;
+pub mod stream;
+pub mod waker;
+pub mod wire;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+pub use backend::{probe, Backend, BackendError};
+pub use config::{BackendConfig, ConfigError, SoundConfig};
+pub use stats::{SoundStats, SoundStatsSnapshot};
+
+use self::control::Topology;
+use self::wire::{NUM_QUEUES, VIRTIO_ID_SOUND};
+use self::worker::{SoundWorker, WorkerQueues};
+use super::{
+    ActivateContext, ActivateError, SharedSubscriber, VirtioDevice, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_VERSION_1,
+};
+
+/// The size of each of the four queues the device offers.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Why a sound device could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid sound configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("sound backend: {0}")]
+    Backend(#[from] BackendError),
+}
+
+/// The virtio sound device.
+pub struct Sound {
+    config: SoundConfig,
+    backend: Arc<dyn Backend>,
+    topology: Arc<Topology>,
+    config_space: [u8; 16],
+    queue_sizes: [u16; NUM_QUEUES],
+    stats: Arc<SoundStats>,
+    worker: Option<Arc<Mutex<SoundWorker>>>,
+}
+
+impl Sound {
+    /// Builds the device and its backend. WAV files are created here (a bad path fails now);
+    /// ALSA devices are opened when a stream is prepared (see [`probe`] to check them first).
+    pub fn new(config: SoundConfig) -> Result<Sound, Error> {
+        config.validate()?;
+        let backend = backend::create(&config)?;
+        Sound::with_backend(config, backend)
+    }
+
+    /// Builds the device on a given backend (tests, or a backend the VMM made itself).
+    pub fn with_backend(config: SoundConfig, backend: Arc<dyn Backend>) -> Result<Sound, Error> {
+        config.validate()?;
+        let topology = Topology::new(&config, backend.formats());
+        let mut config_space = [0u8; 16];
+        config_space[0..4].copy_from_slice(&config.jacks.to_le_bytes());
+        config_space[4..8].copy_from_slice(&config.streams().to_le_bytes());
+        // One channel map per stream; `controls` (VIRTIO 1.3) stays 0.
+        config_space[8..12].copy_from_slice(&(topology.chmaps.len() as u32).to_le_bytes());
+        Ok(Sound {
+            config,
+            backend,
+            topology: Arc::new(topology),
+            config_space,
+            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            stats: Arc::new(SoundStats::default()),
+            worker: None,
+        })
+    }
+
+    pub fn config(&self) -> &SoundConfig {
+        &self.config
+    }
+
+    /// The backend's name: `alsa`, `wav` or `null`.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// The device's counters now (cumulative over resets).
+    pub fn stats(&self) -> SoundStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// The live counters, to read from another thread.
+    pub fn stats_handle(&self) -> Arc<SoundStats> {
+        self.stats.clone()
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .shutdown();
+        }
+    }
+}
+
+impl VirtioDevice for Sound {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_SOUND
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = offset
+                .checked_add(i as u64)
+                .and_then(|at| usize::try_from(at).ok())
+                .and_then(|at| self.config_space.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "virtio-snd: ignoring a {}-byte write to read-only config at {offset:#x}",
+            data.len()
+        );
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<Vec<SharedSubscriber>, ActivateError> {
+        if ctx.queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                got: ctx.queues.len(),
+                want: NUM_QUEUES,
+            });
+        }
+        self.stop_worker();
+        let event_idx = ctx.acked_features & VIRTIO_F_RING_EVENT_IDX != 0;
+        let mut slots: [Option<(virtio_queue::Queue, vmm_sys_util::eventfd::EventFd)>; 4] =
+            Default::default();
+        for active in ctx.queues {
+            let mut queue = active.queue;
+            virtio_queue::QueueT::set_event_idx(&mut queue, event_idx);
+            match slots.get_mut(usize::from(active.index)) {
+                Some(slot) if slot.is_none() => *slot = Some((queue, active.kick)),
+                _ => {
+                    return Err(ActivateError::QueueCount {
+                        got: usize::from(active.index) + 1,
+                        want: NUM_QUEUES,
+                    })
+                }
+            }
+        }
+        let [Some(controlq), Some(eventq), Some(txq), Some(rxq)] = slots else {
+            return Err(ActivateError::QueueCount {
+                got: 0,
+                want: NUM_QUEUES,
+            });
+        };
+        let worker = SoundWorker::new(
+            ctx.mem,
+            ctx.interrupt,
+            WorkerQueues {
+                controlq,
+                eventq,
+                txq,
+                rxq,
+            },
+            self.topology.clone(),
+            self.backend.clone(),
+            self.stats.clone(),
+        )
+        .map_err(ActivateError::Worker)?;
+        let worker = Arc::new(Mutex::new(worker));
+        self.worker = Some(worker.clone());
+        Ok(vec![worker as SharedSubscriber])
+    }
+
+    fn reset(&mut self) {
+        self.stop_worker();
+    }
+}
+
+impl Drop for Sound {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}

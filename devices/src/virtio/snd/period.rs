@@ -1,0 +1,471 @@
+//! Period threads: one per prepared stream, paced by the backend.
+//!
+//! An output thread, each time the backend wants a period, takes messages from the front of the
+//! stream's queue and copies one period of their PCM straight from guest memory into the
+//! backend's period buffer: the only copy of the data on the device side, made as late as
+//! possible (the Linux 6.1 driver re-queues a period before the application has refilled it).
+//! A message goes back to the driver once all its bytes were handed to the backend, with status
+//! OK and `latency_bytes` = the bytes the backend holds and has not played yet (0 for the
+//! clock-paced null and WAV backends). With nothing queued, the backend gets silence (ALSA,
+//! null) or nothing (WAV), and an underrun is counted.
+//!
+//! An input thread, each time the backend has captured a period, copies it into the queued RX
+//! messages and returns each one once full.
+//!
+//! Neither thread holds a lock across backend I/O or a wait: the stream's queue lock is taken
+//! only to pop a message, the queue's ring lock only to return finished ones.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::backend::{BackendError, InputStream, OutputStream, PcmParams, Readiness};
+use super::io::{Completer, Completion, IoMessage};
+use super::stats::SoundStats;
+use super::stream::{Command, StreamShared};
+use super::wire::{S_IO_ERR, S_OK};
+
+/// How long a stopped thread sleeps between looks at its mailbox (commands wake it anyway).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// What a period thread works with.
+pub struct PeriodContext {
+    pub shared: Arc<StreamShared>,
+    pub completer: Arc<Completer>,
+    pub stats: Arc<SoundStats>,
+    pub params: PcmParams,
+}
+
+/// A message being consumed (TX) or filled (RX).
+struct InFlight {
+    message: IoMessage,
+    /// PCM bytes consumed or filled so far.
+    offset: usize,
+    /// Some of its bytes could not be played or captured: it completes with IO_ERR.
+    failed: bool,
+}
+
+impl InFlight {
+    fn new(message: IoMessage) -> InFlight {
+        InFlight {
+            message,
+            offset: 0,
+            failed: false,
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.message.data_len().saturating_sub(self.offset)
+    }
+}
+
+/// Logs the first of a run of backend errors loudly, the rest quietly.
+#[derive(Default)]
+struct ErrorLog {
+    streak: u64,
+}
+
+impl ErrorLog {
+    fn failed(&mut self, stream: u32, error: &BackendError) {
+        if self.streak == 0 {
+            log::warn!("virtio-snd: stream {stream}: {error}");
+        } else {
+            log::debug!("virtio-snd: stream {stream}: {error} (x{})", self.streak + 1);
+        }
+        self.streak += 1;
+    }
+
+    fn succeeded(&mut self) {
+        self.streak = 0;
+    }
+}
+
+/// The part both directions share: the mailbox, the message in flight, completions.
+struct Worker {
+    ctx: PeriodContext,
+    running: bool,
+    current: Option<InFlight>,
+    finished: Vec<InFlight>,
+    completions: Vec<Completion>,
+    errors: ErrorLog,
+}
+
+impl Worker {
+    fn new(ctx: PeriodContext) -> Worker {
+        Worker {
+            ctx,
+            running: false,
+            current: None,
+            finished: Vec::new(),
+            completions: Vec::new(),
+            errors: ErrorLog::default(),
+        }
+    }
+
+    fn id(&self) -> u32 {
+        self.ctx.shared.id
+    }
+
+    fn next_message(&mut self) -> Option<&mut InFlight> {
+        if self.current.is_none() {
+            self.current = self.ctx.shared.pop().map(InFlight::new);
+        }
+        self.current.as_mut()
+    }
+
+    /// Moves the current message to `finished` once it has no bytes left.
+    fn retire_if_done(&mut self) {
+        if self.current.as_ref().is_some_and(|c| c.remaining() == 0) {
+            self.finished.extend(self.current.take());
+        }
+    }
+
+    /// Returns the finished messages to the driver. `captured` RX bytes are each message's
+    /// offset; TX messages report only their status.
+    fn complete_finished(&mut self, latency_bytes: u32) {
+        let mem = self.ctx.completer.mem();
+        self.completions.clear();
+        for done in self.finished.drain(..) {
+            let status = if done.failed {
+                self.ctx.stats.io_error();
+                S_IO_ERR
+            } else {
+                S_OK
+            };
+            // A failed RX message reports no captured bytes, only its status.
+            let captured = if done.failed { 0 } else { done.offset };
+            self.completions
+                .push(done.message.complete(mem, status, latency_bytes, captured));
+        }
+        self.ctx.completer.complete(&self.completions);
+    }
+
+    /// Ends the thread's use of the queue: the message in flight goes back to the front.
+    fn park(&mut self) {
+        if let Some(current) = self.current.take() {
+            self.ctx.shared.push_front(current.message);
+        }
+    }
+
+    /// Takes every message: the one in flight, then the queued ones.
+    fn take_all(&mut self) -> VecDeque<InFlight> {
+        let mut all: VecDeque<InFlight> = self.current.take().into_iter().collect();
+        all.extend(self.ctx.shared.take_all().into_iter().map(InFlight::new));
+        all
+    }
+}
+
+/// Starts an output stream's period thread.
+pub fn spawn_output(
+    ctx: PeriodContext,
+    stream: Box<dyn OutputStream>,
+) -> std::io::Result<JoinHandle<()>> {
+    let name = format!("snd-out{}", ctx.shared.id);
+    let thread = OutputThread {
+        worker: Worker::new(ctx),
+        stream,
+    };
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || thread.run())
+}
+
+struct OutputThread {
+    worker: Worker,
+    stream: Box<dyn OutputStream>,
+}
+
+impl OutputThread {
+    fn run(mut self) {
+        loop {
+            if let Some(command) = self.worker.ctx.shared.take_command() {
+                match command {
+                    Command::Start => {
+                        let result = self.stream.start();
+                        self.worker.running = result.is_ok();
+                        self.worker.ctx.shared.reply(result);
+                    }
+                    Command::Stop => {
+                        self.worker.running = false;
+                        let result = self.stream.stop();
+                        self.worker.ctx.shared.reply(result);
+                    }
+                    Command::Release => {
+                        self.flush();
+                        self.worker.ctx.shared.reply(Ok(()));
+                        // Let the backend play what it holds; the driver has its answer.
+                        self.stream.close(true);
+                        return;
+                    }
+                    Command::Exit => {
+                        self.worker.park();
+                        self.worker.ctx.shared.reply(Ok(()));
+                        self.stream.close(false);
+                        return;
+                    }
+                }
+                continue;
+            }
+            if !self.worker.running {
+                self.worker.ctx.shared.waker.wait_for(IDLE_WAIT);
+                continue;
+            }
+            match self.stream.wait_ready(&self.worker.ctx.shared.waker) {
+                Ok(Readiness::Ready) => self.play_period(true),
+                Ok(Readiness::Woken | Readiness::TimedOut) => {}
+                Err(e) => {
+                    self.worker.errors.failed(self.worker.id(), &e);
+                    // Keep the guest's clock running: the period's messages fail at the
+                    // period's pace instead of piling up.
+                    let period = self.worker.ctx.params.period_duration();
+                    if !self.worker.ctx.shared.waker.wait_for(period) {
+                        self.play_period(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Consumes one period of queued PCM. With `play`, it goes to the backend; without (the
+    /// backend is failing), the messages complete with IO_ERR.
+    fn play_period(&mut self, play: bool) {
+        let worker = &mut self.worker;
+        let period = worker.ctx.params.period_bytes as usize;
+        let format = worker.ctx.params.format;
+        let buffer = self.stream.period_buffer();
+        let period = period.min(buffer.len());
+        let completer = worker.ctx.completer.clone();
+        let mem = completer.mem();
+        let stream_id = worker.ctx.shared.id;
+        let mut filled = 0;
+        let mut copied = 0u64;
+        while filled < period {
+            let Some(current) = worker.next_message() else {
+                break;
+            };
+            let n = (period - filled).min(current.remaining());
+            let piece = &mut buffer[filled..filled + n];
+            if !play {
+                current.failed = true;
+            } else if let Err(e) = current.message.read_data(mem, current.offset, piece) {
+                log::debug!("virtio-snd: stream {stream_id}: cannot read PCM: {e}");
+                current.failed = true;
+                format.fill_silence(piece);
+            } else {
+                copied += n as u64;
+            }
+            filled += n;
+            current.offset += n;
+            worker.retire_if_done();
+        }
+        worker.ctx.stats.tx_copied(copied);
+        if play {
+            match self.stream.play_period(filled) {
+                Ok(silence) => {
+                    worker.errors.succeeded();
+                    worker.ctx.stats.tx_played(copied);
+                    worker.ctx.stats.tx_silence(silence as u64);
+                }
+                Err(e) => {
+                    worker.errors.failed(worker.ctx.shared.id, &e);
+                    worker.finished.iter_mut().for_each(|m| m.failed = true);
+                    if let Some(current) = worker.current.as_mut() {
+                        current.failed = true;
+                    }
+                }
+            }
+            if filled < period {
+                worker.ctx.stats.tx_underrun();
+                log::debug!(
+                    "virtio-snd: stream {}: underrun, {filled} of {period} bytes queued",
+                    worker.ctx.shared.id
+                );
+            }
+        }
+        if !worker.finished.is_empty() {
+            let latency = self.stream.latency_bytes();
+            worker.complete_finished(latency);
+        }
+    }
+
+    /// RELEASE: hands every queued byte to the backend without pacing, then returns every
+    /// message, all before the driver gets its answer.
+    fn flush(&mut self) {
+        let worker = &mut self.worker;
+        let completer = worker.ctx.completer.clone();
+        let mem = completer.mem();
+        let mut error = None;
+        for mut message in worker.take_all() {
+            while message.remaining() > 0 && error.is_none() && !message.failed {
+                let buffer = self.stream.period_buffer();
+                let n = message.remaining().min(buffer.len());
+                if n == 0 {
+                    break;
+                }
+                if message
+                    .message
+                    .read_data(mem, message.offset, &mut buffer[..n])
+                    .is_err()
+                {
+                    message.failed = true;
+                    break;
+                }
+                worker.ctx.stats.tx_copied(n as u64);
+                match self.stream.flush_bytes(n) {
+                    Ok(()) => worker.ctx.stats.tx_played(n as u64),
+                    Err(e) => error = Some(e),
+                }
+                message.offset += n;
+            }
+            if message.remaining() > 0 {
+                message.failed = true;
+            }
+            worker.finished.push(message);
+        }
+        if let Some(e) = error {
+            log::warn!("virtio-snd: stream {}: release flush: {e}", worker.id());
+        }
+        if let Err(e) = self.stream.finish() {
+            log::error!("virtio-snd: stream {}: {e}", worker.id());
+        }
+        let latency = self.stream.latency_bytes();
+        worker.complete_finished(latency);
+    }
+}
+
+/// Starts an input stream's period thread.
+pub fn spawn_input(
+    ctx: PeriodContext,
+    stream: Box<dyn InputStream>,
+) -> std::io::Result<JoinHandle<()>> {
+    let name = format!("snd-in{}", ctx.shared.id);
+    let thread = InputThread {
+        worker: Worker::new(ctx),
+        stream,
+    };
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || thread.run())
+}
+
+struct InputThread {
+    worker: Worker,
+    stream: Box<dyn InputStream>,
+}
+
+impl InputThread {
+    fn run(mut self) {
+        loop {
+            if let Some(command) = self.worker.ctx.shared.take_command() {
+                match command {
+                    Command::Start => {
+                        let result = self.stream.start();
+                        self.worker.running = result.is_ok();
+                        self.worker.ctx.shared.reply(result);
+                    }
+                    Command::Stop => {
+                        self.worker.running = false;
+                        let result = self.stream.stop();
+                        self.worker.ctx.shared.reply(result);
+                    }
+                    Command::Release => {
+                        // The end of the stream: messages return with what they hold.
+                        let all = self.worker.take_all();
+                        self.worker.finished.extend(all);
+                        let latency = self.stream.latency_bytes();
+                        self.worker.complete_finished(latency);
+                        self.worker.ctx.shared.reply(Ok(()));
+                        self.stream.close();
+                        return;
+                    }
+                    Command::Exit => {
+                        self.worker.park();
+                        self.worker.ctx.shared.reply(Ok(()));
+                        self.stream.close();
+                        return;
+                    }
+                }
+                continue;
+            }
+            if !self.worker.running {
+                self.worker.ctx.shared.waker.wait_for(IDLE_WAIT);
+                continue;
+            }
+            match self.stream.wait_ready(&self.worker.ctx.shared.waker) {
+                Ok(Readiness::Ready) => self.capture_period(),
+                Ok(Readiness::Woken | Readiness::TimedOut) => {}
+                Err(e) => {
+                    self.worker.errors.failed(self.worker.id(), &e);
+                    let period = self.worker.ctx.params.period_duration();
+                    if !self.worker.ctx.shared.waker.wait_for(period) {
+                        self.fail_period();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies one captured period into the queued RX messages.
+    fn capture_period(&mut self) {
+        let worker = &mut self.worker;
+        let completer = worker.ctx.completer.clone();
+        let mem = completer.mem();
+        let stats = worker.ctx.stats.clone();
+        let data = match self.stream.capture_period() {
+            Ok(data) => {
+                worker.errors.succeeded();
+                data
+            }
+            Err(e) => {
+                worker.errors.failed(worker.ctx.shared.id, &e);
+                self.fail_period();
+                return;
+            }
+        };
+        let mut offset = 0;
+        while offset < data.len() {
+            let Some(current) = worker.next_message() else {
+                worker.ctx.stats.rx_overrun();
+                log::debug!(
+                    "virtio-snd: stream {}: overrun, {} captured bytes dropped",
+                    worker.ctx.shared.id,
+                    data.len() - offset
+                );
+                break;
+            };
+            let n = (data.len() - offset).min(current.remaining());
+            match current
+                .message
+                .write_data(mem, current.offset, &data[offset..offset + n])
+            {
+                Ok(()) => stats.rx_copied(n as u64),
+                Err(_) => current.failed = true,
+            }
+            offset += n;
+            current.offset += n;
+            worker.retire_if_done();
+        }
+        if !worker.finished.is_empty() {
+            let latency = self.stream.latency_bytes();
+            worker.complete_finished(latency);
+        }
+    }
+
+    /// The backend failed: one period's worth of messages complete with IO_ERR, unfilled.
+    fn fail_period(&mut self) {
+        let worker = &mut self.worker;
+        let mut budget = worker.ctx.params.period_bytes as usize;
+        while budget > 0 {
+            let Some(current) = worker.next_message() else {
+                break;
+            };
+            let n = budget.min(current.remaining());
+            current.failed = true;
+            current.offset += n;
+            budget -= n;
+            worker.retire_if_done();
+        }
+        worker.complete_finished(0);
+    }
+}

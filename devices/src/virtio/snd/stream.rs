@@ -1,0 +1,571 @@
+//! A PCM stream's control side: the state machine of §5.14.6.6.1, parameter validation, and
+//! the period thread's lifetime.
+//!
+//! | request    | allowed from                              | to        |
+//! |------------|-------------------------------------------|-----------|
+//! | SET_PARAMS | initial, params set, prepared, released   | params set|
+//! | PREPARE    | params set, prepared (no-op), released    | prepared  |
+//! | START      | prepared, stopped                         | started   |
+//! | STOP       | started                                   | stopped   |
+//! | RELEASE    | prepared, stopped                         | released  |
+//!
+//! Anything else is answered BAD_MSG and changes nothing. PREPARE opens the backend stream and
+//! spawns the period thread; SET_PARAMS on a prepared stream, RELEASE and device reset end it
+//! (joined, so no thread or backend stream outlives its use). Messages the guest queued stay
+//! queued across SET_PARAMS/PREPARE; RELEASE returns them all before it is answered.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::backend::{Backend, BackendError, PcmParams};
+use super::io::{Completer, Direction, IoMessage};
+use super::period;
+use super::stats::SoundStats;
+use super::waker::Waker;
+use super::wire::{
+    mask_has, rate_hz, PcmFormat, PcmInfo, SetParams, S_BAD_MSG, S_IO_ERR, S_NOT_SUPP, S_OK,
+};
+
+/// The largest period the device accepts (1 MiB; the Linux driver's largest is ~480 KiB).
+pub const MAX_PERIOD_BYTES: u32 = 1 << 20;
+/// The largest buffer the device accepts (8 MiB).
+pub const MAX_BUFFER_BYTES: u32 = 8 << 20;
+/// How long a control request waits for the period thread to carry out a command. Well under
+/// the Linux driver's 1 s control timeout.
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// What the device offers for one stream (its `virtio_snd_pcm_info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub id: u32,
+    pub direction: Direction,
+    pub formats: u64,
+    pub rates: u64,
+    pub channels_min: u8,
+    pub channels_max: u8,
+}
+
+impl StreamInfo {
+    pub fn pcm_info(&self) -> PcmInfo {
+        PcmInfo {
+            hda_fn_nid: 0,
+            features: 0,
+            formats: self.formats,
+            rates: self.rates,
+            direction: self.direction.wire(),
+            channels_min: self.channels_min,
+            channels_max: self.channels_max,
+        }
+    }
+}
+
+/// The PCM stream states of §5.14.6.6.1 (`Initial` is the state after device reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PcmState {
+    Initial,
+    ParamsSet,
+    Prepared,
+    Started,
+    Stopped,
+    Released,
+}
+
+/// Checks SET_PARAMS against what PCM_INFO offered; returns the parameters or a status code.
+pub fn validate_params(request: &SetParams, info: &StreamInfo) -> Result<PcmParams, u32> {
+    // The driver MUST NOT select features the device did not offer (it offers none).
+    if request.features != 0 {
+        return Err(S_BAD_MSG);
+    }
+    let format = PcmFormat::from_code(request.format)
+        .filter(|f| mask_has(info.formats, f.code()))
+        .ok_or(S_BAD_MSG)?;
+    let rate_hz = rate_hz(request.rate)
+        .filter(|_| mask_has(info.rates, request.rate))
+        .ok_or(S_BAD_MSG)?;
+    if request.channels < info.channels_min || request.channels > info.channels_max {
+        return Err(S_BAD_MSG);
+    }
+    let frame_bytes = format.sample_bytes() * u32::from(request.channels);
+    let (period, buffer) = (request.period_bytes, request.buffer_bytes);
+    if frame_bytes == 0
+        || period == 0
+        || period % frame_bytes != 0
+        || buffer < period
+        || buffer % period != 0
+    {
+        return Err(S_BAD_MSG);
+    }
+    // Valid, but more than the device is willing to hold.
+    if period > MAX_PERIOD_BYTES || buffer > MAX_BUFFER_BYTES {
+        return Err(S_NOT_SUPP);
+    }
+    Ok(PcmParams {
+        format,
+        rate_hz,
+        channels: request.channels,
+        period_bytes: period,
+        buffer_bytes: buffer,
+    })
+}
+
+/// A command from the control side to the period thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Start (or resume) the backend and consume messages at its pace.
+    Start,
+    /// Stop consuming; queued and partly consumed messages stay.
+    Stop,
+    /// Flush: hand every queued message to the backend, return them all, then end the thread.
+    Release,
+    /// End the thread, leaving queued messages queued (a partly consumed one goes back first).
+    Exit,
+}
+
+/// Why a command did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the stream has no period thread")]
+    NoThread,
+    #[error("the period thread did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: VecDeque<IoMessage>,
+    command: Option<Command>,
+    reply: Option<Result<(), BackendError>>,
+}
+
+/// What a stream's control side and its period thread share: the queue of messages waiting to
+/// be consumed, and a one-slot command mailbox.
+pub struct StreamShared {
+    pub id: u32,
+    pub direction: Direction,
+    pub waker: Waker,
+    shared: Mutex<Shared>,
+    replied: Condvar,
+    pending_limit: usize,
+}
+
+impl StreamShared {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // Every update leaves `Shared` consistent, so a poisoned lock is still usable.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a message behind the others, unless `pending_limit` are already queued.
+    pub fn push(&self, message: IoMessage) -> Result<(), IoMessage> {
+        let mut shared = self.lock();
+        if shared.pending.len() >= self.pending_limit {
+            return Err(message);
+        }
+        shared.pending.push_back(message);
+        Ok(())
+    }
+
+    /// Puts a partly consumed message back at the front.
+    pub fn push_front(&self, message: IoMessage) {
+        self.lock().pending.push_front(message);
+    }
+
+    pub fn pop(&self) -> Option<IoMessage> {
+        self.lock().pending.pop_front()
+    }
+
+    /// Takes every queued message, oldest first.
+    pub fn take_all(&self) -> VecDeque<IoMessage> {
+        std::mem::take(&mut self.lock().pending)
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// The period thread takes the command posted to it, if any.
+    pub fn take_command(&self) -> Option<Command> {
+        self.lock().command.take()
+    }
+
+    /// The period thread answers the command it took.
+    pub fn reply(&self, result: Result<(), BackendError>) {
+        self.lock().reply = Some(result);
+        self.replied.notify_all();
+    }
+
+    /// Posts a command, wakes the period thread and waits (bounded) for its answer.
+    fn send(&self, command: Command) -> Result<(), CommandError> {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let mut shared = self.lock();
+        shared.command = Some(command);
+        shared.reply = None;
+        drop(shared);
+        self.waker.wake();
+        let mut shared = self.lock();
+        loop {
+            if let Some(result) = shared.reply.take() {
+                return result.map_err(CommandError::from);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(CommandError::Timeout(COMMAND_TIMEOUT));
+            }
+            shared = self
+                .replied
+                .wait_timeout(shared, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// What PREPARE needs to start a period thread.
+pub struct StreamResources<'a> {
+    pub backend: &'a Arc<dyn Backend>,
+    pub tx: &'a Arc<Completer>,
+    pub rx: &'a Arc<Completer>,
+    pub stats: &'a Arc<SoundStats>,
+}
+
+/// One PCM stream, driven by control requests from the event loop.
+pub struct StreamControl {
+    pub info: StreamInfo,
+    state: PcmState,
+    params: Option<PcmParams>,
+    shared: Arc<StreamShared>,
+    thread: Option<JoinHandle<()>>,
+    /// A released stream's thread, still letting the backend drain; joined at the next PREPARE
+    /// or at reset.
+    retired: Option<JoinHandle<()>>,
+}
+
+impl StreamControl {
+    /// `pending_limit` bounds the messages queued for the stream (the queue's size).
+    pub fn new(info: StreamInfo, pending_limit: usize) -> std::io::Result<StreamControl> {
+        Ok(StreamControl {
+            info,
+            state: PcmState::Initial,
+            params: None,
+            shared: Arc::new(StreamShared {
+                id: info.id,
+                direction: info.direction,
+                waker: Waker::new()?,
+                shared: Mutex::new(Shared::default()),
+                replied: Condvar::new(),
+                pending_limit,
+            }),
+            thread: None,
+            retired: None,
+        })
+    }
+
+    pub fn state(&self) -> PcmState {
+        self.state
+    }
+
+    pub fn params(&self) -> Option<PcmParams> {
+        self.params
+    }
+
+    /// Whether I/O messages are taken: from PREPARE (pre-buffering) to RELEASE.
+    pub fn accepts_io(&self) -> bool {
+        matches!(
+            self.state,
+            PcmState::Prepared | PcmState::Started | PcmState::Stopped
+        )
+    }
+
+    /// Queues an I/O message for the period thread; gives it back if the queue is full.
+    pub fn enqueue(&self, message: IoMessage) -> Result<(), IoMessage> {
+        self.shared.push(message)
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.shared.pending_len()
+    }
+
+    pub fn set_params(&mut self, request: &SetParams) -> u32 {
+        if !matches!(
+            self.state,
+            PcmState::Initial | PcmState::ParamsSet | PcmState::Prepared | PcmState::Released
+        ) {
+            return S_BAD_MSG;
+        }
+        let params = match validate_params(request, &self.info) {
+            Ok(params) => params,
+            Err(status) => return status,
+        };
+        if self.state == PcmState::Prepared {
+            // The prepared backend stream has the old parameters: close it now.
+            self.end_thread();
+        }
+        self.params = Some(params);
+        self.state = PcmState::ParamsSet;
+        S_OK
+    }
+
+    pub fn prepare(&mut self, resources: &StreamResources) -> u32 {
+        match self.state {
+            PcmState::ParamsSet | PcmState::Released => {}
+            // Already prepared with these parameters: nothing to redo, nothing to leak.
+            PcmState::Prepared => return S_OK,
+            _ => return S_BAD_MSG,
+        }
+        let Some(params) = self.params else {
+            return S_BAD_MSG;
+        };
+        self.join_retired();
+        let context = period::PeriodContext {
+            shared: self.shared.clone(),
+            completer: match self.info.direction {
+                Direction::Output => resources.tx.clone(),
+                Direction::Input => resources.rx.clone(),
+            },
+            stats: resources.stats.clone(),
+            params,
+        };
+        let id = self.info.id;
+        let spawned = match self.info.direction {
+            Direction::Output => resources
+                .backend
+                .open_output(id, &params, resources.stats)
+                .map(|stream| period::spawn_output(context, stream)),
+            Direction::Input => resources
+                .backend
+                .open_input(id, &params, resources.stats)
+                .map(|stream| period::spawn_input(context, stream)),
+        };
+        match spawned {
+            Ok(Ok(thread)) => {
+                self.thread = Some(thread);
+                self.state = PcmState::Prepared;
+                S_OK
+            }
+            Ok(Err(e)) => {
+                log::error!("virtio-snd: stream {id}: cannot start its period thread: {e}");
+                S_IO_ERR
+            }
+            Err(e) => {
+                log::warn!("virtio-snd: stream {id}: {e}");
+                S_IO_ERR
+            }
+        }
+    }
+
+    pub fn start(&mut self) -> u32 {
+        if !matches!(self.state, PcmState::Prepared | PcmState::Stopped) {
+            return S_BAD_MSG;
+        }
+        match self.command(Command::Start) {
+            Ok(()) => {
+                self.state = PcmState::Started;
+                S_OK
+            }
+            Err(e) => {
+                log::warn!("virtio-snd: stream {}: START failed: {e}", self.info.id);
+                S_IO_ERR
+            }
+        }
+    }
+
+    pub fn stop(&mut self) -> u32 {
+        if self.state != PcmState::Started {
+            return S_BAD_MSG;
+        }
+        match self.command(Command::Stop) {
+            Ok(()) => {
+                self.state = PcmState::Stopped;
+                S_OK
+            }
+            // The thread stopped consuming even if the backend failed to pause.
+            Err(CommandError::Backend(e)) => {
+                log::warn!("virtio-snd: stream {}: STOP: {e}", self.info.id);
+                self.state = PcmState::Stopped;
+                S_IO_ERR
+            }
+            Err(e) => {
+                log::warn!("virtio-snd: stream {}: STOP failed: {e}", self.info.id);
+                S_IO_ERR
+            }
+        }
+    }
+
+    /// Flushes and returns every queued message, then answers. The backend may go on draining
+    /// in the retired thread.
+    pub fn release(&mut self) -> u32 {
+        if !matches!(self.state, PcmState::Prepared | PcmState::Stopped) {
+            return S_BAD_MSG;
+        }
+        let result = self.command(Command::Release);
+        // The thread ends after a release, whatever it answered.
+        self.retired = self.thread.take();
+        self.state = PcmState::Released;
+        match result {
+            Ok(()) => S_OK,
+            Err(e) => {
+                log::warn!("virtio-snd: stream {}: RELEASE: {e}", self.info.id);
+                S_IO_ERR
+            }
+        }
+    }
+
+    /// Device reset: the thread ends, queued messages are dropped (the driver reinitializes the
+    /// queues, so nothing may be written to their rings), and the stream is back to `Initial`.
+    pub fn reset(&mut self) {
+        self.end_thread();
+        self.join_retired();
+        drop(self.shared.take_all());
+        self.params = None;
+        self.state = PcmState::Initial;
+    }
+
+    fn command(&mut self, command: Command) -> Result<(), CommandError> {
+        match &self.thread {
+            Some(thread) if !thread.is_finished() => self.shared.send(command),
+            _ => Err(CommandError::NoThread),
+        }
+    }
+
+    /// Ends the period thread (queued messages stay queued) and joins it.
+    fn end_thread(&mut self) {
+        if self.thread.is_none() {
+            return;
+        }
+        if let Err(e) = self.command(Command::Exit) {
+            log::warn!("virtio-snd: stream {}: ending its thread: {e}", self.info.id);
+        }
+        if let Some(thread) = self.thread.take() {
+            join(self.info.id, thread);
+        }
+    }
+
+    fn join_retired(&mut self) {
+        if let Some(thread) = self.retired.take() {
+            join(self.info.id, thread);
+        }
+    }
+}
+
+fn join(id: u32, thread: JoinHandle<()>) {
+    if thread.join().is_err() {
+        log::error!("virtio-snd: stream {id}: its period thread panicked");
+    }
+}
+
+impl Drop for StreamControl {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::snd::wire::{all_rates_mask, rate_code};
+
+    fn info() -> StreamInfo {
+        StreamInfo {
+            id: 0,
+            direction: Direction::Output,
+            formats: PcmFormat::S16.bit() | PcmFormat::U8.bit() | PcmFormat::S24_3.bit(),
+            rates: all_rates_mask(),
+            channels_min: 1,
+            channels_max: 8,
+        }
+    }
+
+    fn good() -> SetParams {
+        SetParams {
+            stream_id: 0,
+            buffer_bytes: 4 * 4096,
+            period_bytes: 4096,
+            features: 0,
+            channels: 2,
+            format: PcmFormat::S16.code(),
+            rate: rate_code(48000).unwrap(),
+        }
+    }
+
+    #[test]
+    fn accepts_valid_parameters() {
+        let params = validate_params(&good(), &info()).unwrap();
+        assert_eq!(params.rate_hz, 48000);
+        assert_eq!(params.frame_bytes(), 4);
+        // S24_3 stereo: 6-byte frames.
+        let odd = SetParams {
+            format: PcmFormat::S24_3.code(),
+            period_bytes: 6 * 100,
+            buffer_bytes: 6 * 100 * 3,
+            ..good()
+        };
+        assert!(validate_params(&odd, &info()).is_ok());
+        // The buffer may be a single period.
+        let single = SetParams {
+            buffer_bytes: 4096,
+            ..good()
+        };
+        assert!(validate_params(&single, &info()).is_ok());
+    }
+
+    #[test]
+    fn rejects_each_bad_field() {
+        let bad = |request: SetParams| validate_params(&request, &info()).unwrap_err();
+        assert_eq!(bad(SetParams { features: 1, ..good() }), S_BAD_MSG);
+        assert_eq!(bad(SetParams { features: 1 << 31, ..good() }), S_BAD_MSG);
+        // A known format the stream does not offer, unknown formats, and codes past 63.
+        assert_eq!(bad(SetParams { format: PcmFormat::Float.code(), ..good() }), S_BAD_MSG);
+        for format in [0, 20, 63, 64, 200, 255] {
+            assert_eq!(bad(SetParams { format, ..good() }), S_BAD_MSG, "format {format}");
+        }
+        for rate in [0, 13, 14, 15, 63, 64, 255] {
+            assert_eq!(bad(SetParams { rate, ..good() }), S_BAD_MSG, "rate {rate}");
+        }
+        assert_eq!(bad(SetParams { channels: 0, ..good() }), S_BAD_MSG);
+        assert_eq!(bad(SetParams { channels: 9, ..good() }), S_BAD_MSG);
+        assert_eq!(bad(SetParams { channels: 255, ..good() }), S_BAD_MSG);
+        assert_eq!(bad(SetParams { period_bytes: 0, ..good() }), S_BAD_MSG);
+        assert_eq!(bad(SetParams { period_bytes: 0, buffer_bytes: 0, ..good() }), S_BAD_MSG);
+        // Not a multiple of the 4-byte S16 stereo frame (2 would be for mono or U8).
+        assert_eq!(bad(SetParams { period_bytes: 4094, buffer_bytes: 4094 * 4, ..good() }), S_BAD_MSG);
+        let s24_3 = SetParams { format: PcmFormat::S24_3.code(), ..good() };
+        assert_eq!(bad(SetParams { period_bytes: 4096, buffer_bytes: 4096 * 2, ..s24_3 }), S_BAD_MSG);
+        assert_eq!(bad(SetParams { buffer_bytes: 2048, ..good() }), S_BAD_MSG);
+        assert_eq!(bad(SetParams { buffer_bytes: 4096 * 3 + 4, ..good() }), S_BAD_MSG);
+        assert_eq!(bad(SetParams { buffer_bytes: 0, ..good() }), S_BAD_MSG);
+        assert_eq!(
+            bad(SetParams { period_bytes: 2 << 20, buffer_bytes: 4 << 20, ..good() }),
+            S_NOT_SUPP
+        );
+        assert_eq!(
+            bad(SetParams { period_bytes: 4 << 20, buffer_bytes: 4 << 20, ..good() }),
+            S_NOT_SUPP
+        );
+        assert_eq!(
+            bad(SetParams { period_bytes: 1 << 20, buffer_bytes: 16 << 20, ..good() }),
+            S_NOT_SUPP
+        );
+        assert_eq!(
+            bad(SetParams { period_bytes: 0xffff_fffc, buffer_bytes: 0xffff_fffc, ..good() }),
+            S_NOT_SUPP
+        );
+    }
+
+    #[test]
+    fn channel_range_follows_pcm_info() {
+        let narrow = StreamInfo {
+            channels_min: 2,
+            channels_max: 2,
+            ..info()
+        };
+        assert_eq!(
+            validate_params(&SetParams { channels: 1, period_bytes: 2048, ..good() }, &narrow)
+                .unwrap_err(),
+            S_BAD_MSG
+        );
+        assert!(validate_params(&good(), &narrow).is_ok());
+    }
+}

@@ -1,0 +1,1 @@
+//! Device-level tests: a fake driver on real guest memory.

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Build the Canto guest image: target/guest/{vmlinux,initramfs.cpio,initramfs.cpio.gz,test.wav}.
+# Usage (from anywhere): bash resources/build-guest.sh
+# See resources/README.md for what is built, the cache and the measurements.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+RES=$ROOT/resources/guest
+OUT=$ROOT/target/guest
+
+log() { printf 'canto-guest: %s\n' "$*" >&2; }
+die() { printf 'canto-guest: ERROR: %s\n' "$*" >&2; exit 1; }
+
+KSRC_PKG=linux-source-6.12
+KSRC_TAR=/usr/src/linux-source-6.12.tar.xz
+KSRC_DIR=linux-source-6.12 # top directory inside the tarball
+
+# ---------------------------------------------------------------- packages --
+# Everything the build needs on a fresh Debian bookworm machine.
+# (linux-source-6.12 comes from bookworm-security.)
+PKGS=(make gcc libc6-dev bison flex libelf-dev bc cpio xz-utils patch binutils
+      python3 gzip coreutils util-linux "$KSRC_PKG" busybox-static alsa-utils libasound2-data)
+
+ensure_packages() {
+    local missing=() p
+    for p in "${PKGS[@]}"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing missing packages: ${missing[*]}"
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "missing packages (${missing[*]}) and not root; run: apt-get install -y ${missing[*]}"
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# ------------------------------------------------------------------ kernel --
+CACHE=${CANTO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/canto}
+
+kernel_key() {
+    # Anything that changes the kernel changes the key: the config fragment,
+    # the patches (names and contents, in order), the source package version
+    # and the recipe version below (bump it when the build steps change).
+    {
+        echo "canto-guest-kernel-recipe 1"
+        echo "source $KSRC_PKG $(dpkg-query -W -f='${Version}' "$KSRC_PKG")"
+        echo "== kernel.config"; cat "$RES/kernel.config"
+        local p
+        for p in "$RES"/patches/*.patch; do
+            echo "== patch $(basename "$p")"; cat "$p"
+        done
+    } | sha256sum | cut -c1-16
+}
+
+# Fails naming every fragment line that did not survive olddefconfig.
+verify_config() {
+    local cfg=$1 frag=$2 line sym bad=()
+    while IFS= read -r line; do
+        case $line in
+            CONFIG_*=*)
+                grep -qxF "$line" "$cfg" || bad+=("$line (got: $(grep -m1 "^${line%%=*}=" "$cfg" || echo 'not set'))")
+                ;;
+            "# CONFIG_"*" is not set")
+                sym=${line#\# }; sym=${sym%% *}
+                if grep -q "^$sym=" "$cfg"; then bad+=("$sym should be off (got: $(grep -m1 "^$sym=" "$cfg"))"); fi
+                ;;
+        esac
+    done < "$frag"
+    if [ ${#bad[@]} -gt 0 ]; then
+        printf 'canto-guest: ERROR: kernel .config does not match resources/guest/kernel.config:\n' >&2
+        printf 'canto-guest:   %s\n' "${bad[@]}" >&2
+        return 1
+    fi
+}
+
+build_kernel() {
+    local key kdir src ver t0
+    key=$(kernel_key)
+    kdir=$CACHE/kernel-$key
+    mkdir -p "$kdir"
+    # One build per cache directory at a time.
+    exec 9>"$kdir/.lock"
+    flock 9
+
+    if [ -f "$kdir/vmlinux" ]; then
+        log "kernel: cached ($kdir/vmlinux)"
+    else
+        src=$kdir/$KSRC_DIR
+        if [ ! -f "$src/.canto-patched" ]; then
+            log "kernel: extracting $KSRC_TAR into $kdir"
+            rm -rf "$kdir/extract.tmp" "$src"
+            mkdir -p "$kdir/extract.tmp"
+            tar -xJf "$KSRC_TAR" -C "$kdir/extract.tmp"
+            local p
+            for p in "$RES"/patches/*.patch; do
+                log "kernel: applying $(basename "$p")"
+                patch -d "$kdir/extract.tmp/$KSRC_DIR" -p1 --quiet --forward < "$p" \
+                    || die "patch $(basename "$p") does not apply to $KSRC_PKG"
+            done
+            touch "$kdir/extract.tmp/$KSRC_DIR/.canto-patched"
+            mv "$kdir/extract.tmp/$KSRC_DIR" "$src"
+            rm -rf "$kdir/extract.tmp"
+        fi
+        if [ ! -f "$src/.canto-configured" ]; then
+            log "kernel: configuring (tinyconfig + resources/guest/kernel.config)"
+            {
+                make -C "$src" tinyconfig
+                "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$RES/kernel.config"
+                make -C "$src" olddefconfig
+            } > "$kdir/config.log" 2>&1 || { tail -n 30 "$kdir/config.log" >&2; die "kernel configuration failed (log: $kdir/config.log)"; }
+            verify_config "$src/.config" "$RES/kernel.config" || die "kernel configuration check failed"
+            touch "$src/.canto-configured"
+        fi
+        ver=$(make -s -C "$src" kernelversion 2>/dev/null || echo 6.12)
+        log "kernel: building kernel $ver (first build takes ~3-5 min; log: $kdir/build.log)..."
+        t0=$SECONDS
+        make -C "$src" -j"$(nproc)" vmlinux > "$kdir/build.log" 2>&1 \
+            || { tail -n 40 "$kdir/build.log" >&2; die "kernel build failed (log: $kdir/build.log)"; }
+        log "kernel: built in $((SECONDS - t0)) s"
+        verify_config "$src/.config" "$RES/kernel.config" || die "kernel configuration check failed after build"
+        # PVH entry: an ELF note of owner "Xen", type 18 (XEN_ELFNOTE_PHYS32_ENTRY).
+        readelf -n "$src/vmlinux" | grep -A3 '^  Xen' | grep -q '0x00000012' \
+            || die "vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); is CONFIG_PVH set?"
+        cp "$src/vmlinux" "$kdir/vmlinux.tmp"
+        cp "$src/.config" "$kdir/config"
+        mv "$kdir/vmlinux.tmp" "$kdir/vmlinux"
+    fi
+    exec 9>&-
+    mkdir -p "$OUT"
+    cp "$kdir/vmlinux" "$OUT/vmlinux.tmp" && mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+    cp "$kdir/config" "$OUT/vmlinux.config"
+}
+
+# ---------------------------------------------------------------- test.wav --
+build_wav() {
+    python3 "$RES/make-test-wav.py" "$OUT/test.wav.tmp"
+    mv "$OUT/test.wav.tmp" "$OUT/test.wav"
+}
+
+# --------------------------------------------------------------- initramfs --
+# Copy a file (following symlinks) to the same path under the staging root.
+stage_file() {
+    local src=$1 dst=${2:-$1}
+    mkdir -p "$STAGE$(dirname "$dst")"
+    cp -L "$src" "$STAGE$dst"
+}
+
+build_initramfs() {
+    STAGE=$OUT/initramfs.d
+    rm -rf "$STAGE"
+    mkdir -p "$STAGE"/{bin,dev,proc,sys,tmp,etc,canto/run}
+    chmod 1777 "$STAGE/tmp"
+
+    # busybox (static) and the applets /init and the run scripts use.
+    stage_file /bin/busybox /bin/busybox
+    local a
+    for a in sh mount cat echo reboot setsid cttyhack ls sleep mkdir dmesg; do
+        ln -s busybox "$STAGE/bin/$a"
+    done
+
+    # aplay/arecord (one binary) plus exactly the shared objects ldd lists,
+    # including the dynamic loader at its absolute path.
+    local aplay lib
+    aplay=$(command -v aplay)
+    stage_file "$aplay" /bin/aplay
+    ln -s aplay "$STAGE/bin/arecord"
+    for lib in $(ldd "$aplay" | grep -o '/[^ ]*'); do
+        stage_file "$lib" "$lib"
+    done
+
+    # alsa-lib's configuration: alsa.conf defines every PCM/CTL name,
+    # including "hw" (used by `aplay -D hw:0,0`).
+    stage_file /usr/share/alsa/alsa.conf
+    # The "default" device: alsa.conf's cards.* fallback for a card without a
+    # driver-specific file is pcm/default.conf via cards/aliases.conf;
+    # /etc/asound.conf makes "default" the first card's hw PCM through plug
+    # (format/rate conversion), so plain `aplay file.wav` works too.
+    install -m 0644 "$RES/asound.conf" "$STAGE/etc/asound.conf"
+    install -m 0644 "$RES/fstab" "$STAGE/etc/fstab"
+
+    install -m 0755 "$RES/init" "$STAGE/init"
+    for a in "$RES"/run/*; do
+        install -m 0755 "$a" "$STAGE/canto/run/$(basename "$a")"
+    done
+    install -m 0644 "$OUT/test.wav" "$STAGE/canto/test.wav"
+
+    # Reproducible newc archive: sorted names, root owner, fixed mtimes.
+    find "$STAGE" -exec touch -h -d @0 {} +
+    (cd "$STAGE" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort \
+        | cpio -o -H newc --reproducible --owner=0:0 --quiet) > "$OUT/initramfs.cpio.tmp"
+    # The archive ends with the newc TRAILER!!! record; cpio pads the output
+    # to a 512-byte block, so another archive can be appended directly.
+    mv "$OUT/initramfs.cpio.tmp" "$OUT/initramfs.cpio"
+    gzip -9 -n -c "$OUT/initramfs.cpio" > "$OUT/initramfs.cpio.gz.tmp"
+    mv "$OUT/initramfs.cpio.gz.tmp" "$OUT/initramfs.cpio.gz"
+    rm -rf "$STAGE"
+}
+
+# -------------------------------------------------------------------- main --
+ensure_packages
+mkdir -p "$OUT"
+build_kernel
+build_wav
+build_initramfs
+log "done: $(cd "$ROOT" && for f in target/guest/vmlinux target/guest/initramfs.cpio target/guest/initramfs.cpio.gz target/guest/test.wav; do printf '%s (%s bytes) ' "$f" "$(stat -c %s "$f")"; done)"
