@@ -51,6 +51,9 @@ fn canto_args(elf: &std::path::Path, cmdline: &str) -> Canto {
         .arg("64M")
         .arg("--serial")
         .arg("stdio")
+        // The null sound backend: no host audio device needed, nothing played.
+        .arg("--sound")
+        .arg("backend=null")
         .arg("--cmdline")
         .arg(cmdline)
         .timeout(Duration::from_secs(20))

@@ -11,7 +11,10 @@ fn linux_guest_boots_to_ready_and_exits_zero() {
     let Some(image) = GuestImage::find() else {
         return;
     };
-    let out = Canto::linux(&image, "boot").arg("--memory").arg("256M").run();
+    let out = Canto::linux(&image, "boot")
+        .arg("--memory")
+        .arg("256M")
+        .run();
     out.expect_line("CANTO-READY");
     // Canto's platform arguments reached the kernel.
     assert!(out.stdout.contains("console=ttyS0"), "{}", out.stdout);

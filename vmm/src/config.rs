@@ -169,8 +169,10 @@ mod tests {
         assert!(err(&["--kernel", "k", "--serial", "file="]).contains("needs a path"));
         assert!(err(&["--kernel", "k", "--bogus"]).contains("--bogus"));
         assert!(err(&["--kernel", "k", "--sound", "backend=jack"]).contains("jack"));
-        assert!(err(&["--kernel", "k", "--sound", "backend=null", "--no-sound"])
-            .contains("cannot be used with"));
+        assert!(
+            err(&["--kernel", "k", "--sound", "backend=null", "--no-sound"])
+                .contains("cannot be used with")
+        );
     }
 
     #[test]

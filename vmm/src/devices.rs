@@ -89,8 +89,8 @@ pub fn build_pci(
     let registrar = Arc::new(RemoteRegistrar { endpoint });
     let mut add = |device: Arc<Mutex<dyn VirtioDevice>>| -> Result<(), DeviceError> {
         let vectors = msix_vector_count(&*device.lock().unwrap_or_else(|e| e.into_inner()));
-        let msi = KvmMsiGroup::new(router.clone(), &vm.fd, vectors)
-            .map_err(DeviceError::Interrupts)?;
+        let msi =
+            KvmMsiGroup::new(router.clone(), &vm.fd, vectors).map_err(DeviceError::Interrupts)?;
         let transport = VirtioPciDevice::new(
             device,
             vm.mem.clone(),

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use canto_devices::pci::{MsiInterruptGroup, MsiMessage};
 use canto_devices::virtio::pci::IoEventRegistrar;
 use canto_devices::virtio::{SharedSubscriber, SubscriberRegistrar};
-use event_manager::{RemoteEndpoint, SubscriberId, SubscriberOps as _};
+use event_manager::{RemoteEndpoint, SubscriberId};
 use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,

@@ -74,7 +74,6 @@ pub enum Error {
     Guest(String),
 }
 
-
 /// Serial output that reaches its destination byte by byte, so a crash loses nothing.
 struct FlushingWriter<W: Write>(W);
 

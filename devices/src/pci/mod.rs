@@ -29,8 +29,11 @@ pub const PCI_CONFIG_IO_LEN: u64 = 8;
 
 /// Config address register: enable bit, bus, device, function and register fields.
 const CONFIG_ADDRESS_ENABLE: u32 = 1 << 31;
-/// Bits of the address register that hold something; the reserved ones (30:24, 1:0) read zero.
-const CONFIG_ADDRESS_MASK: u32 = 0x80ff_fffc;
+/// Bits of the address register that hold something; the reserved ones (30:28, 1:0) read zero.
+/// Bits 27:24 are kept: AMD-style extended register numbers, which select registers past 255.
+const CONFIG_ADDRESS_MASK: u32 = 0x8fff_fffc;
+/// AMD-style extended register number (bits 11:8 of the register offset).
+const CONFIG_ADDRESS_EXTENDED_REGISTER: u32 = 0x0f00_0000;
 /// Slots on bus 0 (device numbers 0..32); 0 is the host bridge.
 const SLOTS: usize = 32;
 
@@ -388,8 +391,9 @@ impl PciRoot {
         let device = ((address >> 11) & 0x1f) as usize;
         let function = (address >> 8) & 0x7;
         let reg = ((address >> 2) & 0x3f) as usize;
-        // Only bus 0 exists, and every function is single-function (function 0).
-        if bus != 0 || function != 0 {
+        // Only bus 0 exists, every function is single-function (function 0), and configuration
+        // spaces end at 256 bytes, so an extended register is absent rather than an alias.
+        if bus != 0 || function != 0 || address & CONFIG_ADDRESS_EXTENDED_REGISTER != 0 {
             return None;
         }
         self.slots.get(device)?.as_ref().map(|_| (device, reg))
@@ -436,7 +440,8 @@ impl PciRoot {
     /// occupied place is refused and logged, and the BAR stays where it was. While the guest
     /// sizes a BAR (all ones in its address bits) the mapping stays put.
     fn sync_bar_mappings(&mut self, slot: usize) {
-        let Some(entry) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
+        // Taken out of the table while it is worked on, so the bus can be borrowed alongside.
+        let Some(mut entry) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
         let wanted: Vec<(Option<u64>, bool)> = {
@@ -454,58 +459,62 @@ impl PciRoot {
                 })
                 .collect()
         };
-
         let mut moved = Vec::new();
-        for (i, (wanted, sizing)) in wanted.into_iter().enumerate() {
-            let bar = &self.slots[slot].as_ref().map(|s| &s.bars[i]);
-            let Some(bar) = bar else { return };
-            let (index, size, current) = (bar.index, bar.size, bar.mapped_at);
-            let bus_device = bar.bus_device.clone();
-            let new_mapping = match (current, wanted) {
-                (None, None) => continue,
-                (Some(_), Some(_)) | (None, Some(_)) if sizing => {
-                    log::debug!("PCI {slot:02x}.0 BAR {index}: being sized, mapping kept");
-                    continue;
-                }
-                (Some(old), None) => {
-                    if let Err(e) = self.mmio_bus.remove(old) {
-                        log::error!("PCI {slot:02x}.0 BAR {index}: unmapping {old:#x}: {e}");
-                    }
-                    None
-                }
-                (Some(old), Some(new)) if old == new => continue,
-                (current, Some(new)) => {
-                    let result = if !self.placement_allowed(new, size) {
-                        Err("it would overlap RAM or a reserved range".to_string())
-                    } else {
-                        match current {
-                            Some(old) => self.mmio_bus.relocate(old, new),
-                            None => self.mmio_bus.insert(bus_device, new, size),
-                        }
-                        .map_err(|e| e.to_string())
-                    };
-                    match result {
-                        Ok(()) => Some(new),
-                        Err(why) => {
-                            log::warn!(
-                                "PCI {slot:02x}.0 BAR {index}: refusing to map {size:#x} bytes at {new:#x} ({why}); keeping {current:#x?}"
-                            );
-                            continue;
-                        }
-                    }
-                }
-            };
-            if let Some(entry) = self.slots[slot].as_mut() {
-                entry.bars[i].mapped_at = new_mapping;
+        for (bar, (wanted, sizing)) in entry.bars.iter_mut().zip(wanted) {
+            if let Some(mapping) = self.remap_bar(slot, bar, wanted, sizing) {
+                bar.mapped_at = mapping;
+                moved.push((bar.index, mapping));
             }
-            moved.push((index, new_mapping));
         }
+        if !moved.is_empty() {
+            let mut device = lock(&entry.device);
+            for (index, mapping) in moved {
+                device.bar_mapped(index, mapping);
+            }
+        }
+        self.slots[slot] = Some(entry);
+    }
 
-        if let Some(entry) = &self.slots[slot] {
-            if !moved.is_empty() {
-                let mut device = lock(&entry.device);
-                for (index, mapping) in moved {
-                    device.bar_mapped(index, mapping);
+    /// Moves one BAR on the MMIO bus towards `wanted`; returns its new mapping if it changed.
+    fn remap_bar(
+        &self,
+        slot: usize,
+        bar: &SlotBar,
+        wanted: Option<u64>,
+        sizing: bool,
+    ) -> Option<Option<u64>> {
+        let (index, size, current) = (bar.index, bar.size, bar.mapped_at);
+        match (current, wanted) {
+            (None, None) => None,
+            (_, Some(_)) if sizing => {
+                log::debug!("PCI 00:{slot:02x}.0 BAR {index}: being sized, mapping kept");
+                None
+            }
+            (Some(old), None) => {
+                if let Err(e) = self.mmio_bus.remove(old) {
+                    log::error!("PCI 00:{slot:02x}.0 BAR {index}: unmapping {old:#x}: {e}");
+                }
+                Some(None)
+            }
+            (Some(old), Some(new)) if old == new => None,
+            (current, Some(new)) => {
+                let result = if !self.placement_allowed(new, size) {
+                    Err("it would overlap RAM or a reserved range".to_string())
+                } else {
+                    match current {
+                        Some(old) => self.mmio_bus.relocate(old, new),
+                        None => self.mmio_bus.insert(bar.bus_device.clone(), new, size),
+                    }
+                    .map_err(|e| e.to_string())
+                };
+                match result {
+                    Ok(()) => Some(Some(new)),
+                    Err(why) => {
+                        log::warn!(
+                            "PCI 00:{slot:02x}.0 BAR {index}: refusing to map {size:#x} bytes at {new:#x} ({why}); keeping {current:#x?}"
+                        );
+                        None
+                    }
                 }
             }
         }
@@ -677,6 +686,11 @@ mod tests {
         root.write(0xcf8, 0, &(CONFIG_ADDRESS_ENABLE | 1 << 16).to_le_bytes());
         root.read(0xcf8, 4, &mut data);
         assert_eq!(data, [0xff; 4]);
+        // Extended register 0x100 of the bridge: absent, not an alias of register 0.
+        root.write(0xcf8, 0, &(CONFIG_ADDRESS_ENABLE | 1 << 24).to_le_bytes());
+        root.read(0xcf8, 4, &mut data);
+        assert_eq!(data, [0xff; 4]);
+        root.write(0xcf8, 4, &[0; 4]);
         // Enable bit clear: all ones, writes ignored.
         root.write(0xcf8, 0, &0u32.to_le_bytes());
         root.read(0xcf8, 4, &mut data);

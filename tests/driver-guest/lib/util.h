@@ -31,13 +31,17 @@ static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) :
 static inline u16 inw(u16 port) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 
-/* MMIO: one access of exactly the given width (volatile, so gcc neither splits nor merges it). */
-static inline u8 mmio_read8(u64 a) { return *(volatile u8 *)a; }
-static inline u16 mmio_read16(u64 a) { return *(volatile u16 *)a; }
-static inline u32 mmio_read32(u64 a) { return *(volatile u32 *)a; }
-static inline void mmio_write8(u64 a, u8 v) { *(volatile u8 *)a = v; }
-static inline void mmio_write16(u64 a, u16 v) { *(volatile u16 *)a = v; }
-static inline void mmio_write32(u64 a, u32 v) { *(volatile u32 *)a = v; }
+/* MMIO: one access of exactly the given width, in inline asm like Linux's readl/writel. Plain
+ * volatile pointers are not enough here: gcc 12.2 -O2 duplicates volatile stores that follow a
+ * static variable's update in a loop (its loop store motion re-issues the last iteration's
+ * stores after the loop), which sent queue_enable twice to the device. The Makefile also turns
+ * that pass off (-fno-tree-loop-im) for the volatile ring accesses. */
+static inline u8 mmio_read8(u64 a) { u8 v; __asm__ volatile("movb %1, %0" : "=q"(v) : "m"(*(volatile u8 *)a) : "memory"); return v; }
+static inline u16 mmio_read16(u64 a) { u16 v; __asm__ volatile("movw %1, %0" : "=r"(v) : "m"(*(volatile u16 *)a) : "memory"); return v; }
+static inline u32 mmio_read32(u64 a) { u32 v; __asm__ volatile("movl %1, %0" : "=r"(v) : "m"(*(volatile u32 *)a) : "memory"); return v; }
+static inline void mmio_write8(u64 a, u8 v) { __asm__ volatile("movb %1, %0" : "=m"(*(volatile u8 *)a) : "q"(v) : "memory"); }
+static inline void mmio_write16(u64 a, u16 v) { __asm__ volatile("movw %1, %0" : "=m"(*(volatile u16 *)a) : "r"(v) : "memory"); }
+static inline void mmio_write32(u64 a, u32 v) { __asm__ volatile("movl %1, %0" : "=m"(*(volatile u32 *)a) : "r"(v) : "memory"); }
 /* 64-bit registers as two 32-bit writes, low half first: VIRTIO 1.2 §4.1.3.1 allows it and a
  * device must accept it, while not every VMM handles an 8-byte MMIO access. */
 static inline void mmio_write64(u64 a, u64 v) { mmio_write32(a, (u32)v); mmio_write32(a + 4, (u32)(v >> 32)); }

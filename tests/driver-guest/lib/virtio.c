@@ -38,8 +38,7 @@ const char *virtio_probe_pci(struct virtio_dev *v, const struct pci_dev *pci)
     for (int i = 0; i < VIRTIO_MAX_QUEUES; i++)
         v->vq[i].mem = pages[i];
     v->pci = *pci;
-    if (!v->pci.bar[0].size && !v->pci.bar[1].size && !v->pci.bar[2].size && !v->pci.bar[4].size)
-        pci_decode_bars(&v->pci);
+    pci_decode_bars(&v->pci); /* again: the caller's copy may come from a bare scan */
     pci_enable(&v->pci);
 
     /* Walk the vendor-specific capabilities; the first of each type is the one to use (§4.1.4). */

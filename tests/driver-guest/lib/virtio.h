@@ -113,7 +113,7 @@ struct vbuf {
 /* Finds the function with this device id on bus 0, decodes its BARs, enables memory + bus master
  * and locates its virtio capabilities and MSI-X table. NULL or a reason. */
 const char *virtio_probe(struct virtio_dev *v, u16 device_id);
-/* Same, for a function already found. */
+/* Same, for a function already found (by pci_scan_bus0 or pci_find). */
 const char *virtio_probe_pci(struct virtio_dev *v, const struct pci_dev *pci);
 
 /* Writes 0 to device_status and waits until it reads back 0 (§4.1.4.3.2). */

@@ -192,12 +192,20 @@ pub(crate) mod tests {
 
     const WRITE: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
 
-    fn chain_of(mem: &GuestMemoryMmap, descs: &[(u64, u32, bool)]) -> Result<ChainBuffers, ChainError> {
+    fn chain_of(
+        mem: &GuestMemoryMmap,
+        descs: &[(u64, u32, bool)],
+    ) -> Result<ChainBuffers, ChainError> {
         let vq = MockSplitQueue::new(mem, 16);
         let raw: Vec<RawDescriptor> = descs
             .iter()
             .map(|(addr, len, write)| {
-                RawDescriptor::from(Descriptor::new(*addr, *len, if *write { WRITE } else { 0 }, 0))
+                RawDescriptor::from(Descriptor::new(
+                    *addr,
+                    *len,
+                    if *write { WRITE } else { 0 },
+                    0,
+                ))
             })
             .collect();
         let chain = vq.build_desc_chain(&raw).unwrap();
@@ -213,7 +221,12 @@ pub(crate) mod tests {
         let mem = memory();
         let chain = chain_of(
             &mem,
-            &[(0x1_0000, 4, false), (0x1_1000, 0, false), (0x1_2000, 100, false), (0x1_3000, 8, true)],
+            &[
+                (0x1_0000, 4, false),
+                (0x1_1000, 0, false),
+                (0x1_2000, 100, false),
+                (0x1_3000, 8, true),
+            ],
         )
         .unwrap();
         assert_eq!(chain.readable.len(), 104);
@@ -225,13 +238,19 @@ pub(crate) mod tests {
     fn reads_and_writes_across_segments() {
         let mem = memory();
         let chain = chain_of(&mem, &[(0x1_0000, 3, true), (0x1_1000, 5, true)]).unwrap();
-        chain.writable.write_at(&mem, 1, &[1, 2, 3, 4, 5, 6]).unwrap();
+        chain
+            .writable
+            .write_at(&mem, 1, &[1, 2, 3, 4, 5, 6])
+            .unwrap();
         let mut back = [0u8; 8];
         chain.writable.read_at(&mem, 0, &mut back).unwrap();
         assert_eq!(back, [0, 1, 2, 3, 4, 5, 6, 0]);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1_1000)).unwrap(), 3);
         assert!(chain.writable.write_at(&mem, 7, &[0, 0]).is_err());
-        assert!(chain.writable.read_at(&mem, u64::MAX, &mut back[..1]).is_err());
+        assert!(chain
+            .writable
+            .read_at(&mem, u64::MAX, &mut back[..1])
+            .is_err());
     }
 
     #[test]

@@ -383,13 +383,19 @@ mod tests {
             ("", ConfigError::Empty),
             ("backend", ConfigError::NotKeyValue("backend".into())),
             ("backend=jack", ConfigError::UnknownBackend("jack".into())),
-            ("backend=null,volume=3", ConfigError::UnknownKey("volume".into())),
+            (
+                "backend=null,volume=3",
+                ConfigError::UnknownKey("volume".into()),
+            ),
             (
                 "backend=null,backend=wav",
                 ConfigError::DuplicateKey("backend".into()),
             ),
             ("backend=wav", ConfigError::MissingPath),
-            ("backend=alsa,device=", ConfigError::EmptyValue("device".into())),
+            (
+                "backend=alsa,device=",
+                ConfigError::EmptyValue("device".into()),
+            ),
             (
                 "backend=null,device=x",
                 ConfigError::KeyNeedsBackend {
@@ -406,8 +412,14 @@ mod tests {
                     backend: "alsa",
                 },
             ),
-            ("backend=null,streams=2", ConfigError::BadStreams("2".into())),
-            ("backend=null,streams=a:1", ConfigError::BadStreams("a:1".into())),
+            (
+                "backend=null,streams=2",
+                ConfigError::BadStreams("2".into()),
+            ),
+            (
+                "backend=null,streams=a:1",
+                ConfigError::BadStreams("a:1".into()),
+            ),
             (
                 "backend=null,streams=1:1,outputs=2",
                 ConfigError::ConflictingStreamKeys,
@@ -444,8 +456,14 @@ mod tests {
             .parse::<SoundConfig>()
             .unwrap_err()
             .to_string();
-        assert!(message.contains("volume") && message.contains("streams"), "{message}");
-        let message = "backend=jack".parse::<SoundConfig>().unwrap_err().to_string();
+        assert!(
+            message.contains("volume") && message.contains("streams"),
+            "{message}"
+        );
+        let message = "backend=jack"
+            .parse::<SoundConfig>()
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("alsa, wav, null"), "{message}");
     }
 }

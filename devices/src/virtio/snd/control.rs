@@ -40,8 +40,13 @@ impl InfoKind {
 /// A decoded control request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    Info { kind: InfoKind, query: QueryInfo },
-    JackRemap { jack_id: u32 },
+    Info {
+        kind: InfoKind,
+        query: QueryInfo,
+    },
+    JackRemap {
+        jack_id: u32,
+    },
     SetParams(SetParams),
     Prepare(u32),
     Release(u32),
@@ -318,12 +323,28 @@ mod tests {
     fn decodes_every_request_with_size_checks() {
         assert_eq!(decode(&[]), Request::Malformed);
         assert_eq!(decode(&[1, 0, 0]), Request::Malformed);
-        assert_eq!(decode(&0x9999u32.to_le_bytes()), Request::Unsupported(0x9999));
+        assert_eq!(
+            decode(&0x9999u32.to_le_bytes()),
+            Request::Unsupported(0x9999)
+        );
         // Control elements (VIRTIO 1.3) are not offered.
-        assert_eq!(decode(&query(0x0300, 0, 1, 16)), Request::Unsupported(0x0300));
+        assert_eq!(
+            decode(&query(0x0300, 0, 1, 16)),
+            Request::Unsupported(0x0300)
+        );
         for code in [R_JACK_INFO, R_PCM_INFO, R_CHMAP_INFO] {
             let full = query(code, 1, 2, 3);
-            assert!(matches!(decode(&full), Request::Info { query: QueryInfo { start_id: 1, count: 2, size: 3 }, .. }));
+            assert!(matches!(
+                decode(&full),
+                Request::Info {
+                    query: QueryInfo {
+                        start_id: 1,
+                        count: 2,
+                        size: 3
+                    },
+                    ..
+                }
+            ));
             assert_eq!(decode(&full[..15]), Request::Malformed);
         }
         for code in [R_PCM_PREPARE, R_PCM_RELEASE, R_PCM_START, R_PCM_STOP] {
@@ -335,7 +356,11 @@ mod tests {
                 Request::Prepare(7) | Request::Release(7) | Request::Start(7) | Request::Stop(7)
             ));
         }
-        let set = SetParams { stream_id: 1, ..Default::default() }.encode();
+        let set = SetParams {
+            stream_id: 1,
+            ..Default::default()
+        }
+        .encode();
         assert_eq!(decode(&set), Request::SetParams(SetParams::decode(&set)));
         assert_eq!(decode(&set[..23]), Request::Malformed);
         let mut remap = query(R_JACK_REMAP, 5, 0, 0);
@@ -348,10 +373,23 @@ mod tests {
     fn info_requests_are_bounded() {
         let t = topology();
         let ok = |kind, q| t.info(kind, q);
-        let q = |start_id, count, size| QueryInfo { start_id, count, size };
-        assert!(matches!(ok(InfoKind::Pcm, q(0, 3, 32)), Reply::Info { count: 3, .. }));
-        assert!(matches!(ok(InfoKind::Pcm, q(3, 0, 32)), Reply::Info { count: 0, .. }));
-        assert!(matches!(ok(InfoKind::Pcm, q(0, 1, 1024)), Reply::Info { .. }));
+        let q = |start_id, count, size| QueryInfo {
+            start_id,
+            count,
+            size,
+        };
+        assert!(matches!(
+            ok(InfoKind::Pcm, q(0, 3, 32)),
+            Reply::Info { count: 3, .. }
+        ));
+        assert!(matches!(
+            ok(InfoKind::Pcm, q(3, 0, 32)),
+            Reply::Info { count: 0, .. }
+        ));
+        assert!(matches!(
+            ok(InfoKind::Pcm, q(0, 1, 1024)),
+            Reply::Info { .. }
+        ));
         let bad = Reply::Status(S_BAD_MSG);
         assert_eq!(ok(InfoKind::Pcm, q(0, 4, 32)), bad);
         assert_eq!(ok(InfoKind::Pcm, q(3, 1, 32)), bad);
@@ -363,7 +401,10 @@ mod tests {
         assert_eq!(ok(InfoKind::Pcm, q(0, 1, 1025)), bad);
         assert_eq!(ok(InfoKind::Pcm, q(0, 1, u32::MAX)), bad);
         assert_eq!(ok(InfoKind::Jack, q(0, 2, 23)), bad);
-        assert!(matches!(ok(InfoKind::Jack, q(0, 2, 24)), Reply::Info { .. }));
+        assert!(matches!(
+            ok(InfoKind::Jack, q(0, 2, 24)),
+            Reply::Info { .. }
+        ));
         assert_eq!(ok(InfoKind::Chmap, q(0, 4, 24)), bad);
         assert_eq!(t.jack_remap(1), Reply::Status(S_NOT_SUPP));
         assert_eq!(t.jack_remap(2), Reply::Status(S_BAD_MSG));

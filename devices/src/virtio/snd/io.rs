@@ -176,10 +176,10 @@ impl IoMessage {
         captured: usize,
     ) -> Completion {
         let status_at = self.buffers.writable.len() - PCM_STATUS_SIZE as u64;
-        let written = self
-            .buffers
-            .writable
-            .write_at(mem, status_at, &pcm_status(status, latency_bytes));
+        let written =
+            self.buffers
+                .writable
+                .write_at(mem, status_at, &pcm_status(status, latency_bytes));
         let len = match (written, self.direction) {
             (Err(e), _) => {
                 log::warn!("virtio-snd: cannot write an I/O status: {e}");
@@ -187,9 +187,7 @@ impl IoMessage {
             }
             (Ok(()), Direction::Output) => PCM_STATUS_SIZE as u32,
             // Bounded by data_len, itself bounded by MAX_IO_DATA_BYTES.
-            (Ok(()), Direction::Input) => {
-                (captured.min(self.data_len()) + PCM_STATUS_SIZE) as u32
-            }
+            (Ok(()), Direction::Input) => (captured.min(self.data_len()) + PCM_STATUS_SIZE) as u32,
         };
         Completion {
             head: self.buffers.head,

@@ -71,7 +71,10 @@ impl ErrorLog {
         if self.streak == 0 {
             log::warn!("virtio-snd: stream {stream}: {error}");
         } else {
-            log::debug!("virtio-snd: stream {stream}: {error} (x{})", self.streak + 1);
+            log::debug!(
+                "virtio-snd: stream {stream}: {error} (x{})",
+                self.streak + 1
+            );
         }
         self.streak += 1;
     }
@@ -195,13 +198,13 @@ impl OutputThread {
                         self.flush();
                         self.worker.ctx.shared.reply(Ok(()));
                         // Let the backend play what it holds; the driver has its answer.
-                        self.stream.close(true);
+                        self.stream.close(Some(&self.worker.ctx.shared.waker));
                         return;
                     }
                     Command::Exit => {
                         self.worker.park();
                         self.worker.ctx.shared.reply(Ok(()));
-                        self.stream.close(false);
+                        self.stream.close(None);
                         return;
                     }
                 }
@@ -314,7 +317,10 @@ impl OutputThread {
                 worker.ctx.stats.tx_copied(n as u64);
                 match self.stream.flush_bytes(n) {
                     Ok(()) => worker.ctx.stats.tx_played(n as u64),
-                    Err(e) => error = Some(e),
+                    Err(e) => {
+                        message.failed = true;
+                        error = Some(e);
+                    }
                 }
                 message.offset += n;
             }

@@ -137,6 +137,11 @@ pub enum CommandError {
 #[derive(Default)]
 struct Shared {
     pending: VecDeque<IoMessage>,
+    /// PCM bytes of the messages in `pending`.
+    pending_bytes: u64,
+    /// The most PCM bytes `pending` may hold: twice the driver's buffer. A driver has at most
+    /// its buffer in flight, so only a misbehaving one meets the limit.
+    byte_limit: u64,
     command: Option<Command>,
     reply: Option<Result<(), BackendError>>,
 }
@@ -158,28 +163,42 @@ impl StreamShared {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a message behind the others, unless `pending_limit` are already queued.
+    /// Queues a message behind the others, unless `pending_limit` messages or the byte limit
+    /// are already reached.
     pub fn push(&self, message: IoMessage) -> Result<(), IoMessage> {
         let mut shared = self.lock();
-        if shared.pending.len() >= self.pending_limit {
+        let bytes = shared.pending_bytes + message.data_len() as u64;
+        if shared.pending.len() >= self.pending_limit || bytes > shared.byte_limit {
             return Err(message);
         }
+        shared.pending_bytes = bytes;
         shared.pending.push_back(message);
         Ok(())
     }
 
     /// Puts a partly consumed message back at the front.
     pub fn push_front(&self, message: IoMessage) {
-        self.lock().pending.push_front(message);
+        let mut shared = self.lock();
+        shared.pending_bytes += message.data_len() as u64;
+        shared.pending.push_front(message);
     }
 
     pub fn pop(&self) -> Option<IoMessage> {
-        self.lock().pending.pop_front()
+        let mut shared = self.lock();
+        let message = shared.pending.pop_front()?;
+        shared.pending_bytes -= message.data_len() as u64;
+        Some(message)
     }
 
     /// Takes every queued message, oldest first.
     pub fn take_all(&self) -> VecDeque<IoMessage> {
-        std::mem::take(&mut self.lock().pending)
+        let mut shared = self.lock();
+        shared.pending_bytes = 0;
+        std::mem::take(&mut shared.pending)
+    }
+
+    fn set_byte_limit(&self, params: &PcmParams) {
+        self.lock().byte_limit = 2 * u64::from(params.buffer_bytes);
     }
 
     pub fn pending_len(&self) -> usize {
@@ -319,6 +338,7 @@ impl StreamControl {
             return S_BAD_MSG;
         };
         self.join_retired();
+        self.shared.set_byte_limit(&params);
         let context = period::PeriodContext {
             shared: self.shared.clone(),
             completer: match self.info.direction {
@@ -417,7 +437,10 @@ impl StreamControl {
     /// queues, so nothing may be written to their rings), and the stream is back to `Initial`.
     pub fn reset(&mut self) {
         self.end_thread();
+        // A released stream may still be draining: cut it short, the stream is going away.
+        self.shared.waker.cancel();
         self.join_retired();
+        self.shared.waker.uncancel();
         drop(self.shared.take_all());
         self.params = None;
         self.state = PcmState::Initial;
@@ -436,7 +459,10 @@ impl StreamControl {
             return;
         }
         if let Err(e) = self.command(Command::Exit) {
-            log::warn!("virtio-snd: stream {}: ending its thread: {e}", self.info.id);
+            log::warn!(
+                "virtio-snd: stream {}: ending its thread: {e}",
+                self.info.id
+            );
         }
         if let Some(thread) = self.thread.take() {
             join(self.info.id, thread);
@@ -514,42 +540,146 @@ mod tests {
     #[test]
     fn rejects_each_bad_field() {
         let bad = |request: SetParams| validate_params(&request, &info()).unwrap_err();
-        assert_eq!(bad(SetParams { features: 1, ..good() }), S_BAD_MSG);
-        assert_eq!(bad(SetParams { features: 1 << 31, ..good() }), S_BAD_MSG);
+        assert_eq!(
+            bad(SetParams {
+                features: 1,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
+        assert_eq!(
+            bad(SetParams {
+                features: 1 << 31,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
         // A known format the stream does not offer, unknown formats, and codes past 63.
-        assert_eq!(bad(SetParams { format: PcmFormat::Float.code(), ..good() }), S_BAD_MSG);
+        assert_eq!(
+            bad(SetParams {
+                format: PcmFormat::Float.code(),
+                ..good()
+            }),
+            S_BAD_MSG
+        );
         for format in [0, 20, 63, 64, 200, 255] {
-            assert_eq!(bad(SetParams { format, ..good() }), S_BAD_MSG, "format {format}");
+            assert_eq!(
+                bad(SetParams { format, ..good() }),
+                S_BAD_MSG,
+                "format {format}"
+            );
         }
         for rate in [0, 13, 14, 15, 63, 64, 255] {
             assert_eq!(bad(SetParams { rate, ..good() }), S_BAD_MSG, "rate {rate}");
         }
-        assert_eq!(bad(SetParams { channels: 0, ..good() }), S_BAD_MSG);
-        assert_eq!(bad(SetParams { channels: 9, ..good() }), S_BAD_MSG);
-        assert_eq!(bad(SetParams { channels: 255, ..good() }), S_BAD_MSG);
-        assert_eq!(bad(SetParams { period_bytes: 0, ..good() }), S_BAD_MSG);
-        assert_eq!(bad(SetParams { period_bytes: 0, buffer_bytes: 0, ..good() }), S_BAD_MSG);
+        assert_eq!(
+            bad(SetParams {
+                channels: 0,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
+        assert_eq!(
+            bad(SetParams {
+                channels: 9,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
+        assert_eq!(
+            bad(SetParams {
+                channels: 255,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
+        assert_eq!(
+            bad(SetParams {
+                period_bytes: 0,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
+        assert_eq!(
+            bad(SetParams {
+                period_bytes: 0,
+                buffer_bytes: 0,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
         // Not a multiple of the 4-byte S16 stereo frame (2 would be for mono or U8).
-        assert_eq!(bad(SetParams { period_bytes: 4094, buffer_bytes: 4094 * 4, ..good() }), S_BAD_MSG);
-        let s24_3 = SetParams { format: PcmFormat::S24_3.code(), ..good() };
-        assert_eq!(bad(SetParams { period_bytes: 4096, buffer_bytes: 4096 * 2, ..s24_3 }), S_BAD_MSG);
-        assert_eq!(bad(SetParams { buffer_bytes: 2048, ..good() }), S_BAD_MSG);
-        assert_eq!(bad(SetParams { buffer_bytes: 4096 * 3 + 4, ..good() }), S_BAD_MSG);
-        assert_eq!(bad(SetParams { buffer_bytes: 0, ..good() }), S_BAD_MSG);
         assert_eq!(
-            bad(SetParams { period_bytes: 2 << 20, buffer_bytes: 4 << 20, ..good() }),
+            bad(SetParams {
+                period_bytes: 4094,
+                buffer_bytes: 4094 * 4,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
+        let s24_3 = SetParams {
+            format: PcmFormat::S24_3.code(),
+            ..good()
+        };
+        assert_eq!(
+            bad(SetParams {
+                period_bytes: 4096,
+                buffer_bytes: 4096 * 2,
+                ..s24_3
+            }),
+            S_BAD_MSG
+        );
+        assert_eq!(
+            bad(SetParams {
+                buffer_bytes: 2048,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
+        assert_eq!(
+            bad(SetParams {
+                buffer_bytes: 4096 * 3 + 4,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
+        assert_eq!(
+            bad(SetParams {
+                buffer_bytes: 0,
+                ..good()
+            }),
+            S_BAD_MSG
+        );
+        assert_eq!(
+            bad(SetParams {
+                period_bytes: 2 << 20,
+                buffer_bytes: 4 << 20,
+                ..good()
+            }),
             S_NOT_SUPP
         );
         assert_eq!(
-            bad(SetParams { period_bytes: 4 << 20, buffer_bytes: 4 << 20, ..good() }),
+            bad(SetParams {
+                period_bytes: 4 << 20,
+                buffer_bytes: 4 << 20,
+                ..good()
+            }),
             S_NOT_SUPP
         );
         assert_eq!(
-            bad(SetParams { period_bytes: 1 << 20, buffer_bytes: 16 << 20, ..good() }),
+            bad(SetParams {
+                period_bytes: 1 << 20,
+                buffer_bytes: 16 << 20,
+                ..good()
+            }),
             S_NOT_SUPP
         );
         assert_eq!(
-            bad(SetParams { period_bytes: 0xffff_fffc, buffer_bytes: 0xffff_fffc, ..good() }),
+            bad(SetParams {
+                period_bytes: 0xffff_fffc,
+                buffer_bytes: 0xffff_fffc,
+                ..good()
+            }),
             S_NOT_SUPP
         );
     }
@@ -562,8 +692,15 @@ mod tests {
             ..info()
         };
         assert_eq!(
-            validate_params(&SetParams { channels: 1, period_bytes: 2048, ..good() }, &narrow)
-                .unwrap_err(),
+            validate_params(
+                &SetParams {
+                    channels: 1,
+                    period_bytes: 2048,
+                    ..good()
+                },
+                &narrow
+            )
+            .unwrap_err(),
             S_BAD_MSG
         );
         assert!(validate_params(&good(), &narrow).is_ok());

@@ -1,1 +1,1405 @@
-//! Device-level tests: a fake driver on real guest memory.
+//! Device-level tests: a fake driver drives the device through real split queues in real guest
+//! memory (`GuestMemoryMmap`), laid out with virtio-queue's `MockSplitQueue`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::stream::PcmState;
+use super::wire::*;
+use super::*;
+use crate::virtio::{ActiveQueue, VirtioInterrupt, VirtioInterruptType};
+
+const MEM_SIZE: u64 = 32 << 20;
+const DATA_START: u64 = 1 << 20;
+/// An address past the end of guest RAM.
+const OUTSIDE: u64 = 0x1_0000_0000;
+
+/// Counts interrupts per queue.
+#[derive(Default)]
+struct CountingInterrupt {
+    counts: Mutex<[u32; NUM_QUEUES]>,
+}
+
+impl CountingInterrupt {
+    fn count(&self, queue: u16) -> u32 {
+        self.counts.lock().unwrap()[usize::from(queue)]
+    }
+}
+
+impl VirtioInterrupt for CountingInterrupt {
+    fn trigger(&self, kind: VirtioInterruptType) -> std::io::Result<()> {
+        if let VirtioInterruptType::Queue(q) = kind {
+            self.counts.lock().unwrap()[usize::from(q)] += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A descriptor as the fake driver writes it: address, length, device-writable.
+type Desc = (u64, u32, bool);
+
+/// The driver's side of one split queue.
+struct DriverQueue {
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    size: u16,
+    next_desc: u16,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl DriverQueue {
+    fn new(mem: &GuestMemoryMmap, base: u64, size: u16) -> (DriverQueue, Queue) {
+        let mock = MockSplitQueue::create(mem, GuestAddress(base), size);
+        let queue: Queue = mock.create_queue().unwrap();
+        let driver = DriverQueue {
+            desc: mock.desc_table_addr(),
+            avail: mock.avail_addr(),
+            used: mock.used_addr(),
+            size,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+        };
+        (driver, queue)
+    }
+
+    /// Writes a chain and makes it available; returns its head.
+    fn add(&mut self, mem: &GuestMemoryMmap, descs: &[Desc]) -> u16 {
+        let head = self.next_desc;
+        for (i, (addr, len, write)) in descs.iter().enumerate() {
+            let index = (head + i as u16) % self.size;
+            let next = (index + 1) % self.size;
+            let mut flags = if *write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if i + 1 < descs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&next.to_le_bytes());
+            mem.write_slice(&raw, GuestAddress(self.desc.0 + 16 * u64::from(index)))
+                .unwrap();
+        }
+        self.next_desc = (head + descs.len() as u16) % self.size;
+        let slot = self.avail.0 + 4 + 2 * u64::from(self.avail_idx % self.size);
+        mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail.0 + 2))
+            .unwrap();
+        head
+    }
+
+    fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap()
+    }
+
+    /// The used entries (head, length) returned since the last call.
+    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
+        let idx = self.used_idx(mem);
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let at = self.used.0 + 4 + 8 * u64::from(self.used_seen % self.size);
+            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
+            out.push((id as u16, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+
+    /// Sets `used_event` (EVENT_IDX): interrupt once the used index passes it.
+    fn set_used_event(&self, mem: &GuestMemoryMmap, value: u16) {
+        let at = self.avail.0 + 4 + 2 * u64::from(self.size);
+        mem.write_obj(value, GuestAddress(at)).unwrap();
+    }
+}
+
+/// A TX or RX message the fake driver sent.
+struct Sent {
+    head: u16,
+    data: u64,
+    status: u64,
+}
+
+struct Harness {
+    mem: GuestMemoryMmap,
+    sound: Sound,
+    queues: Vec<DriverQueue>,
+    kicks: Vec<EventFd>,
+    subscribers: Vec<SharedSubscriber>,
+    interrupt: Arc<CountingInterrupt>,
+    next_buffer: u64,
+}
+
+impl Harness {
+    fn new(config: SoundConfig) -> Harness {
+        Harness::with_features(config, VIRTIO_F_VERSION_1)
+    }
+
+    fn with_features(config: SoundConfig, acked_features: u64) -> Harness {
+        let sound = Sound::new(config).unwrap();
+        Harness::activate(sound, acked_features)
+    }
+
+    fn activate(mut sound: Sound, acked_features: u64) -> Harness {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+        let interrupt = Arc::new(CountingInterrupt::default());
+        let mut queues = Vec::new();
+        let mut active = Vec::new();
+        let mut kicks = Vec::new();
+        for index in 0..NUM_QUEUES as u16 {
+            let (driver, queue) = DriverQueue::new(&mem, u64::from(index) * 0x8000, QUEUE_SIZE);
+            let kick = EventFd::new(0).unwrap();
+            kicks.push(kick.try_clone().unwrap());
+            queues.push(driver);
+            active.push(ActiveQueue { index, queue, kick });
+        }
+        let subscribers = sound
+            .activate(ActivateContext {
+                mem: mem.clone(),
+                interrupt: interrupt.clone(),
+                queues: active,
+                acked_features,
+            })
+            .unwrap();
+        Harness {
+            mem,
+            sound,
+            queues,
+            kicks,
+            subscribers,
+            interrupt,
+            next_buffer: DATA_START,
+        }
+    }
+
+    fn worker(&self) -> std::sync::MutexGuard<'_, SoundWorker> {
+        self.sound.worker.as_ref().unwrap().lock().unwrap()
+    }
+
+    fn state(&self, stream: usize) -> PcmState {
+        self.worker().streams()[stream].state()
+    }
+
+    fn kick(&self, queue: u16) {
+        self.worker().handle_queue(queue);
+    }
+
+    /// Guest memory for a buffer of `len` bytes.
+    fn alloc(&mut self, len: u64) -> u64 {
+        let len = len.max(1).next_multiple_of(64);
+        if self.next_buffer + len > MEM_SIZE {
+            self.next_buffer = DATA_START;
+        }
+        let at = self.next_buffer;
+        self.next_buffer += len;
+        at
+    }
+
+    /// Sends a control request with a `response_len`-byte writable response buffer; returns
+    /// (used length, response bytes).
+    fn control_with(&mut self, request: &[u8], response_len: u32) -> (u32, Vec<u8>) {
+        let req = self.alloc(request.len() as u64);
+        self.mem.write_slice(request, GuestAddress(req)).unwrap();
+        let resp = self.alloc(u64::from(response_len));
+        self.mem
+            .write_slice(&vec![0xaa; response_len as usize], GuestAddress(resp))
+            .unwrap();
+        let mut descs = vec![(req, request.len() as u32, false)];
+        if response_len > 0 {
+            descs.push((resp, response_len, true));
+        }
+        let head = self.queues[0].add(&self.mem, &descs);
+        self.kick(CONTROLQ);
+        let used = self.queues[0].take_used(&self.mem);
+        assert_eq!(
+            used.len(),
+            1,
+            "the control request was not answered at once"
+        );
+        assert_eq!(used[0].0, head);
+        let mut response = vec![0u8; response_len as usize];
+        self.mem
+            .read_slice(&mut response, GuestAddress(resp))
+            .unwrap();
+        (used[0].1, response)
+    }
+
+    /// Sends a request with a 4-byte response; returns the status.
+    fn control(&mut self, request: &[u8]) -> u32 {
+        let (len, response) = self.control_with(request, 4);
+        assert_eq!(len, 4);
+        u32::from_le_bytes(response[..4].try_into().unwrap())
+    }
+
+    fn pcm(&mut self, code: u32, stream: u32) -> u32 {
+        let mut request = code.to_le_bytes().to_vec();
+        request.extend(stream.to_le_bytes());
+        self.control(&request)
+    }
+
+    fn set_params(&mut self, params: SetParams) -> u32 {
+        self.control(&params.encode())
+    }
+
+    /// SET_PARAMS + PREPARE, both expected to succeed.
+    fn prepare(&mut self, params: SetParams) {
+        assert_eq!(self.set_params(params), S_OK);
+        assert_eq!(self.pcm(R_PCM_PREPARE, params.stream_id), S_OK);
+    }
+
+    /// Queues an I/O message on the txq (`data` readable) or rxq (`data_len` writable) without
+    /// kicking; returns where its data and status are.
+    fn add_io(&mut self, queue: u16, stream: u32, data: &[u8], rx_len: u32) -> Sent {
+        let hdr = self.alloc(4);
+        self.mem
+            .write_slice(&stream.to_le_bytes(), GuestAddress(hdr))
+            .unwrap();
+        let status = self.alloc(8);
+        self.mem
+            .write_slice(&[0xee; 8], GuestAddress(status))
+            .unwrap();
+        let (buf, len, write) = if queue == TXQ {
+            let buf = self.alloc(data.len() as u64);
+            self.mem.write_slice(data, GuestAddress(buf)).unwrap();
+            (buf, data.len() as u32, false)
+        } else {
+            (self.alloc(u64::from(rx_len)), rx_len, true)
+        };
+        let head = self.queues[usize::from(queue)].add(
+            &self.mem,
+            &[(hdr, 4, false), (buf, len, write), (status, 8, true)],
+        );
+        Sent {
+            head,
+            data: buf,
+            status,
+        }
+    }
+
+    fn tx(&mut self, stream: u32, data: &[u8]) -> Sent {
+        let sent = self.add_io(TXQ, stream, data, 0);
+        self.kick(TXQ);
+        sent
+    }
+
+    fn rx(&mut self, stream: u32, len: u32) -> Sent {
+        let sent = self.add_io(RXQ, stream, &[], len);
+        self.kick(RXQ);
+        sent
+    }
+
+    fn status_of(&self, sent: &Sent) -> (u32, u32) {
+        let mut raw = [0u8; 8];
+        self.mem
+            .read_slice(&mut raw, GuestAddress(sent.status))
+            .unwrap();
+        (
+            u32::from_le_bytes(raw[0..4].try_into().unwrap()),
+            u32::from_le_bytes(raw[4..8].try_into().unwrap()),
+        )
+    }
+
+    /// Waits until `n` more chains are used on `queue`.
+    fn wait_used(&mut self, queue: u16, n: usize, timeout: Duration) -> Vec<(u16, u32)> {
+        let deadline = Instant::now() + timeout;
+        let mut used = Vec::new();
+        while used.len() < n {
+            used.extend(self.queues[usize::from(queue)].take_used(&self.mem));
+            if Instant::now() > deadline {
+                panic!(
+                    "only {} of {n} chains came back on queue {queue}",
+                    used.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        used
+    }
+
+    fn take_used(&mut self, queue: u16) -> Vec<(u16, u32)> {
+        self.queues[usize::from(queue)].take_used(&self.mem)
+    }
+}
+
+fn null_config() -> SoundConfig {
+    SoundConfig {
+        backend: BackendConfig::Null,
+        outputs: 1,
+        inputs: 1,
+        jacks: 0,
+    }
+}
+
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str) -> TempFile {
+        TempFile(std::env::temp_dir().join(format!("canto-snd-{}-{name}", std::process::id())))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn wav_config(file: &TempFile) -> SoundConfig {
+    SoundConfig {
+        backend: BackendConfig::Wav {
+            path: file.0.clone(),
+        },
+        ..null_config()
+    }
+}
+
+/// The data chunk of a 16-bit WAV file: the `data_len` bytes before the optional pad byte.
+fn wav_data(path: &PathBuf) -> Vec<u8> {
+    let reader = hound::WavReader::open(path).unwrap();
+    assert_eq!(reader.spec().bits_per_sample, 16);
+    let data_len = reader.len() as usize * 2;
+    drop(reader);
+    let bytes = std::fs::read(path).unwrap();
+    let end = bytes.len() - data_len % 2;
+    bytes[end - data_len..end].to_vec()
+}
+
+/// S16 mono at 8 kHz: 160-byte periods of 10 ms, 4 periods per buffer.
+fn slow_params(stream_id: u32) -> SetParams {
+    SetParams {
+        stream_id,
+        buffer_bytes: 640,
+        period_bytes: 160,
+        features: 0,
+        channels: 1,
+        format: PcmFormat::S16.code(),
+        rate: rate_code(8000).unwrap(),
+    }
+}
+
+/// S16 stereo at 48 kHz with 1 ms periods (192 bytes).
+fn fast_params(stream_id: u32) -> SetParams {
+    SetParams {
+        stream_id,
+        buffer_bytes: 192 * 4,
+        period_bytes: 192,
+        features: 0,
+        channels: 2,
+        format: PcmFormat::S16.code(),
+        rate: rate_code(48000).unwrap(),
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+// ----- configuration space and activation -----
+
+#[test]
+fn config_space_and_features() {
+    let config = SoundConfig {
+        outputs: 2,
+        inputs: 1,
+        jacks: 3,
+        ..null_config()
+    };
+    let sound = Sound::new(config).unwrap();
+    assert_eq!(sound.device_type(), 25);
+    assert_eq!(sound.queue_max_sizes(), &[QUEUE_SIZE; 4]);
+    assert_eq!(
+        sound.features(),
+        VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX
+    );
+    assert_eq!(sound.backend_name(), "null");
+    let mut space = [0xffu8; 20];
+    sound.read_config(0, &mut space);
+    assert_eq!(&space[..12], &[3, 0, 0, 0, 3, 0, 0, 0, 3, 0, 0, 0]);
+    assert_eq!(&space[12..], &[0; 8]);
+    let mut one = [0xffu8; 2];
+    sound.read_config(4, &mut one);
+    assert_eq!(one, [3, 0]);
+    sound.read_config(u64::MAX, &mut one);
+    assert_eq!(one, [0, 0]);
+    let mut sound = sound;
+    sound.write_config(0, &[9, 9, 9, 9]);
+    sound.read_config(0, &mut one);
+    assert_eq!(one, [3, 0]);
+}
+
+#[test]
+fn activation_needs_four_distinct_queues() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let mut sound = Sound::new(null_config()).unwrap();
+    let queue = |index: u16| ActiveQueue {
+        index,
+        queue: Queue::new(QUEUE_SIZE).unwrap(),
+        kick: EventFd::new(0).unwrap(),
+    };
+    let ctx = |queues| ActivateContext {
+        mem: mem.clone(),
+        interrupt: Arc::new(CountingInterrupt::default()),
+        queues,
+        acked_features: VIRTIO_F_VERSION_1,
+    };
+    assert!(matches!(
+        sound.activate(ctx(vec![queue(0), queue(1)])),
+        Err(ActivateError::QueueCount { got: 2, want: 4 })
+    ));
+    assert!(sound
+        .activate(ctx(vec![queue(0), queue(1), queue(1), queue(3)]))
+        .is_err());
+    assert!(sound
+        .activate(ctx(vec![queue(3), queue(1), queue(0), queue(2)]))
+        .is_ok());
+}
+
+#[test]
+fn a_wav_path_that_cannot_be_created_fails_at_startup() {
+    let config = SoundConfig {
+        backend: BackendConfig::Wav {
+            path: "/nonexistent-canto-dir/out.wav".into(),
+        },
+        ..null_config()
+    };
+    let err = Sound::new(config.clone()).err().unwrap();
+    assert!(
+        err.to_string().contains("/nonexistent-canto-dir/out.wav"),
+        "{err}"
+    );
+    assert!(probe(&config).is_err());
+    assert!(probe(&null_config()).is_ok());
+    let missing_alsa = null_config().with_backend(BackendConfig::Alsa {
+        device: "canto_no_such_pcm".into(),
+    });
+    assert!(probe(&missing_alsa).is_err());
+    // The device still builds: ALSA is opened at PREPARE.
+    assert!(Sound::new(missing_alsa).is_ok());
+}
+
+// ----- control requests -----
+
+fn query(code: u32, start_id: u32, count: u32, size: u32) -> Vec<u8> {
+    [code, start_id, count, size]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+}
+
+#[test]
+fn pcm_info_describes_every_stream() {
+    let mut h = Harness::new(SoundConfig {
+        outputs: 2,
+        inputs: 1,
+        ..null_config()
+    });
+    let (len, reply) = h.control_with(&query(R_PCM_INFO, 0, 3, 32), 4 + 3 * 32);
+    assert_eq!(len, 4 + 3 * 32);
+    assert_eq!(request_code(&reply), S_OK);
+    for (i, item) in reply[4..].chunks(32).enumerate() {
+        let formats = u64::from_le_bytes(item[8..16].try_into().unwrap());
+        let rates = u64::from_le_bytes(item[16..24].try_into().unwrap());
+        for format in [
+            PcmFormat::U8,
+            PcmFormat::S16,
+            PcmFormat::S24,
+            PcmFormat::S32,
+            PcmFormat::Float,
+        ] {
+            assert!(formats & format.bit() != 0, "{format:?}");
+        }
+        for hz in [8000, 44100, 48000, 96000, 192000] {
+            assert!(mask_has(rates, rate_code(hz).unwrap()), "{hz}");
+        }
+        assert!(!mask_has(rates, 0) && !mask_has(rates, 13));
+        assert_eq!(&item[4..8], &[0; 4], "features");
+        let direction = if i < 2 { D_OUTPUT } else { D_INPUT };
+        assert_eq!(&item[24..], &[direction, 1, 8, 0, 0, 0, 0, 0]);
+    }
+    // Start in the middle; a larger item size is zero-padded.
+    let (len, reply) = h.control_with(&query(R_PCM_INFO, 2, 1, 40), 4 + 40);
+    assert_eq!(len, 44);
+    assert_eq!(reply[4 + 24], D_INPUT);
+    assert_eq!(&reply[4 + 32..], &[0; 8]);
+    // Count 0 is an empty success.
+    let (len, reply) = h.control_with(&query(R_PCM_INFO, 3, 0, 32), 4);
+    assert_eq!((len, request_code(&reply)), (4, S_OK));
+}
+
+#[test]
+fn info_requests_with_bad_ranges_or_sizes_are_bad_msg() {
+    let mut h = Harness::new(SoundConfig {
+        jacks: 1,
+        ..null_config()
+    });
+    for request in [
+        query(R_PCM_INFO, 0, 0xffff_ffff, 32),
+        query(R_PCM_INFO, 0xffff_ffff, 1, 32),
+        query(R_PCM_INFO, 1, 0xffff_ffff, 32),
+        query(R_PCM_INFO, 2, 1, 32),
+        query(R_PCM_INFO, 0, 3, 32),
+        query(R_PCM_INFO, 0, 1, 31),
+        query(R_PCM_INFO, 0, 1, 0),
+        query(R_PCM_INFO, 0, 1, 0xffff_ffff),
+        query(R_PCM_INFO, 0, 2, 0x8000_0000),
+        query(R_JACK_INFO, 1, 1, 24),
+        query(R_JACK_INFO, 0, 1, 23),
+        query(R_CHMAP_INFO, 0, 3, 24),
+        query(R_CHMAP_INFO, 0, 1, 1),
+    ] {
+        assert_eq!(h.control(&request), S_BAD_MSG, "{request:?}");
+    }
+    // A response buffer too small for the items: BAD_MSG in the header.
+    let (len, reply) = h.control_with(&query(R_PCM_INFO, 0, 2, 32), 4 + 32);
+    assert_eq!((len, request_code(&reply)), (4, S_BAD_MSG));
+    // The good requests.
+    let (len, reply) = h.control_with(&query(R_JACK_INFO, 0, 1, 24), 28);
+    assert_eq!((len, request_code(&reply)), (28, S_OK));
+    assert_eq!(reply[4 + 16], 1, "connected");
+    assert_eq!(&reply[4 + 17..], &[0; 7], "padding");
+    let (len, reply) = h.control_with(&query(R_CHMAP_INFO, 0, 2, 24), 52);
+    assert_eq!((len, request_code(&reply)), (52, S_OK));
+    assert_eq!(&reply[4..10], &[0, 0, 0, 0, D_OUTPUT, 2]);
+    assert_eq!(&reply[10..13], &[CHMAP_FL, CHMAP_FR, 0]);
+    assert_eq!(reply[28 + 4], D_INPUT);
+}
+
+#[test]
+fn malformed_and_unknown_requests_are_answered() {
+    let mut h = Harness::new(null_config());
+    // Short header.
+    assert_eq!(h.control(&[0x00, 0x01]), S_BAD_MSG);
+    // Short bodies.
+    assert_eq!(h.control(&R_PCM_START.to_le_bytes()), S_BAD_MSG);
+    assert_eq!(h.control(&query(R_PCM_INFO, 0, 1, 32)[..12]), S_BAD_MSG);
+    assert_eq!(h.control(&slow_params(0).encode()[..20]), S_BAD_MSG);
+    // Unknown codes, control elements included.
+    for code in [
+        0u32,
+        3,
+        0x0106,
+        0x0201,
+        0x0300,
+        0x0306,
+        0x1000,
+        S_OK,
+        u32::MAX,
+    ] {
+        assert_eq!(h.control(&query(code, 0, 0, 0)), S_NOT_SUPP, "{code:#x}");
+    }
+    // JACK_REMAP: no such jack, or no remapping support.
+    assert_eq!(h.control(&query(R_JACK_REMAP, 0, 0, 0)), S_BAD_MSG);
+    let mut jacks = Harness::new(SoundConfig {
+        jacks: 1,
+        ..null_config()
+    });
+    assert_eq!(jacks.control(&query(R_JACK_REMAP, 0, 1, 2)), S_NOT_SUPP);
+    assert_eq!(jacks.control(&query(R_JACK_REMAP, 1, 1, 2)), S_BAD_MSG);
+    // Stream ids out of range.
+    for id in [2, 3, u32::MAX] {
+        for code in [R_PCM_PREPARE, R_PCM_START, R_PCM_STOP, R_PCM_RELEASE] {
+            assert_eq!(h.pcm(code, id), S_BAD_MSG, "{code:#x} on {id}");
+        }
+        assert_eq!(h.set_params(slow_params(id)), S_BAD_MSG);
+    }
+    assert_eq!(h.sound.stats().control_requests, 29);
+}
+
+#[test]
+fn replies_need_a_writable_status() {
+    let mut h = Harness::new(null_config());
+    // No writable part at all: the chain comes back with length 0.
+    let (len, _) = h.control_with(&query(R_PCM_INFO, 0, 1, 32), 0);
+    assert_eq!(len, 0);
+    // Room for less than the header.
+    let (len, reply) = h.control_with(&query(R_PCM_INFO, 0, 1, 32), 3);
+    assert_eq!((len, reply), (0, vec![0xaa; 3]));
+    // A response buffer the device may only read.
+    let req = h.alloc(16);
+    h.mem
+        .write_slice(&query(R_PCM_INFO, 0, 1, 32), GuestAddress(req))
+        .unwrap();
+    let ro = h.alloc(36);
+    let head = h.queues[0].add(&h.mem, &[(req, 16, false), (ro, 36, false)]);
+    h.kick(CONTROLQ);
+    assert_eq!(h.take_used(CONTROLQ), vec![(head, 0)]);
+    // A request with no readable part still gets BAD_MSG.
+    let resp = h.alloc(4);
+    let head = h.queues[0].add(&h.mem, &[(resp, 4, true)]);
+    h.kick(CONTROLQ);
+    assert_eq!(h.take_used(CONTROLQ), vec![(head, 4)]);
+    assert_eq!(
+        h.mem.read_obj::<u32>(GuestAddress(resp)).unwrap(),
+        S_BAD_MSG
+    );
+    // Descriptors outside RAM, or readable after writable: length 0.
+    let req = h.alloc(8);
+    let head = h.queues[0].add(&h.mem, &[(req, 8, false), (OUTSIDE, 4, true)]);
+    h.kick(CONTROLQ);
+    assert_eq!(h.take_used(CONTROLQ), vec![(head, 0)]);
+    let head = h.queues[0].add(&h.mem, &[(resp, 4, true), (req, 8, false)]);
+    h.kick(CONTROLQ);
+    assert_eq!(h.take_used(CONTROLQ), vec![(head, 0)]);
+    // The device still answers.
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_BAD_MSG);
+    assert!(h.interrupt.count(CONTROLQ) >= 5);
+}
+
+// ----- the PCM state machine -----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    SetParams,
+    Prepare,
+    Start,
+    Stop,
+    Release,
+}
+
+const OPS: [Op; 5] = [Op::SetParams, Op::Prepare, Op::Start, Op::Stop, Op::Release];
+
+fn run_op(h: &mut Harness, op: Op) -> u32 {
+    match op {
+        Op::SetParams => h.set_params(fast_params(0)),
+        Op::Prepare => h.pcm(R_PCM_PREPARE, 0),
+        Op::Start => h.pcm(R_PCM_START, 0),
+        Op::Stop => h.pcm(R_PCM_STOP, 0),
+        Op::Release => h.pcm(R_PCM_RELEASE, 0),
+    }
+}
+
+fn reach(h: &mut Harness, state: PcmState) {
+    let path: &[Op] = match state {
+        PcmState::Initial => &[],
+        PcmState::ParamsSet => &[Op::SetParams],
+        PcmState::Prepared => &[Op::SetParams, Op::Prepare],
+        PcmState::Started => &[Op::SetParams, Op::Prepare, Op::Start],
+        PcmState::Stopped => &[Op::SetParams, Op::Prepare, Op::Start, Op::Stop],
+        PcmState::Released => &[Op::SetParams, Op::Prepare, Op::Release],
+    };
+    for op in path {
+        assert_eq!(run_op(h, *op), S_OK, "{op:?} on the way to {state:?}");
+    }
+    assert_eq!(h.state(0), state);
+}
+
+/// The state after `op` in `state`, or None if the spec does not allow it.
+fn transition(state: PcmState, op: Op) -> Option<PcmState> {
+    use PcmState::*;
+    match (state, op) {
+        (Initial | ParamsSet | Prepared | Released, Op::SetParams) => Some(ParamsSet),
+        (ParamsSet | Prepared | Released, Op::Prepare) => Some(Prepared),
+        (Prepared | Stopped, Op::Start) => Some(Started),
+        (Started, Op::Stop) => Some(Stopped),
+        (Prepared | Stopped, Op::Release) => Some(Released),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_transition_legal_and_illegal() {
+    use PcmState::*;
+    for state in [Initial, ParamsSet, Prepared, Started, Stopped, Released] {
+        for op in OPS {
+            let mut h = Harness::new(null_config());
+            reach(&mut h, state);
+            let status = run_op(&mut h, op);
+            match transition(state, op) {
+                Some(next) => {
+                    assert_eq!(status, S_OK, "{op:?} in {state:?}");
+                    assert_eq!(h.state(0), next, "{op:?} in {state:?}");
+                }
+                None => {
+                    assert_eq!(status, S_BAD_MSG, "{op:?} in {state:?}");
+                    assert_eq!(h.state(0), state, "{op:?} in {state:?} changed the state");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn set_params_fields_are_validated_on_the_wire() {
+    let mut h = Harness::new(null_config());
+    let good = fast_params(0);
+    let cases = [
+        (SetParams { format: 64, ..good }, S_BAD_MSG),
+        (
+            SetParams {
+                format: 255,
+                ..good
+            },
+            S_BAD_MSG,
+        ),
+        (SetParams { format: 0, ..good }, S_BAD_MSG),
+        (SetParams { rate: 32, ..good }, S_BAD_MSG),
+        (SetParams { rate: 64, ..good }, S_BAD_MSG),
+        (SetParams { rate: 255, ..good }, S_BAD_MSG),
+        (
+            SetParams {
+                channels: 0,
+                ..good
+            },
+            S_BAD_MSG,
+        ),
+        (
+            SetParams {
+                channels: 9,
+                ..good
+            },
+            S_BAD_MSG,
+        ),
+        (
+            SetParams {
+                period_bytes: 0,
+                ..good
+            },
+            S_BAD_MSG,
+        ),
+        (
+            SetParams {
+                period_bytes: 190,
+                buffer_bytes: 760,
+                ..good
+            },
+            S_BAD_MSG,
+        ),
+        (
+            SetParams {
+                buffer_bytes: 100,
+                ..good
+            },
+            S_BAD_MSG,
+        ),
+        (
+            SetParams {
+                buffer_bytes: 192 * 4 + 4,
+                ..good
+            },
+            S_BAD_MSG,
+        ),
+        (
+            SetParams {
+                features: 1 << 2,
+                ..good
+            },
+            S_BAD_MSG,
+        ),
+        (
+            SetParams {
+                period_bytes: 2 << 20,
+                buffer_bytes: 4 << 20,
+                ..good
+            },
+            S_NOT_SUPP,
+        ),
+    ];
+    for (params, want) in cases {
+        assert_eq!(h.set_params(params), want, "{params:?}");
+        assert_eq!(h.state(0), PcmState::Initial);
+    }
+    // S32 frames are 8 bytes in stereo: 196 is a multiple of 4, not of 8.
+    let s32 = SetParams {
+        format: PcmFormat::S32.code(),
+        period_bytes: 196,
+        buffer_bytes: 196 * 2,
+        ..good
+    };
+    assert_eq!(h.set_params(s32), S_BAD_MSG);
+    assert_eq!(
+        h.set_params(SetParams {
+            period_bytes: 200,
+            buffer_bytes: 400,
+            ..s32
+        }),
+        S_OK
+    );
+    // A failed SET_PARAMS leaves earlier parameters in place.
+    assert_eq!(
+        h.set_params(SetParams {
+            channels: 0,
+            ..good
+        }),
+        S_BAD_MSG
+    );
+    assert_eq!(h.worker().streams()[0].params().unwrap().period_bytes, 200);
+}
+
+#[test]
+fn repeated_prepare_does_not_leak_backend_streams() {
+    // The WAV backend has one file per output stream: a leaked stream would keep it, and the
+    // next PREPARE would fail.
+    let file = TempFile::new("prepare.wav");
+    let mut h = Harness::new(wav_config(&file));
+    for _ in 0..5 {
+        assert_eq!(h.set_params(fast_params(0)), S_OK);
+        assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+        assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+    }
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    // A format the WAV backend cannot store fails at PREPARE with IO_ERR, and nothing leaks.
+    let s8 = SetParams {
+        format: PcmFormat::S8.code(),
+        ..fast_params(0)
+    };
+    assert_eq!(
+        h.set_params(s8),
+        S_BAD_MSG,
+        "S8 is not offered by the WAV backend"
+    );
+    assert_eq!(h.set_params(fast_params(0)), S_OK);
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+}
+
+#[test]
+fn a_backend_that_cannot_open_gives_io_err() {
+    let config = null_config().with_backend(BackendConfig::Alsa {
+        device: "canto_no_such_pcm".into(),
+    });
+    let mut h = Harness::new(config);
+    assert_eq!(h.set_params(fast_params(0)), S_OK);
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_IO_ERR);
+    assert_eq!(h.state(0), PcmState::ParamsSet);
+    assert_eq!(h.pcm(R_PCM_START, 0), S_BAD_MSG);
+}
+
+// ----- TX -----
+
+#[test]
+fn tx_messages_return_at_the_pace_of_the_backend_with_data_read_at_consume_time() {
+    let file = TempFile::new("pace.wav");
+    let mut h = Harness::new(wav_config(&file));
+    h.prepare(slow_params(0));
+    // Pre-buffer four periods; the driver writes the PCM only after queueing (as the Linux 6.1
+    // driver does when it re-queues a period before the application refilled it).
+    let sent: Vec<Sent> = (0..4).map(|_| h.tx(0, &[0u8; 160])).collect();
+    let mut expected = Vec::new();
+    for (i, message) in sent.iter().enumerate() {
+        let data = pattern(160, i as u8);
+        h.mem
+            .write_slice(&data, GuestAddress(message.data))
+            .unwrap();
+        expected.extend(data);
+    }
+    // Nothing is consumed (or returned) before START.
+    std::thread::sleep(Duration::from_millis(40));
+    assert!(h.take_used(TXQ).is_empty());
+    let start = Instant::now();
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let first = h.wait_used(TXQ, 1, Duration::from_secs(2));
+    let first_at = start.elapsed();
+    let rest = h.wait_used(TXQ, 3, Duration::from_secs(2));
+    let all_at = start.elapsed();
+    // A message is returned when its period has elapsed, not on arrival.
+    assert!(first_at >= Duration::from_millis(9), "{first_at:?}");
+    assert!(all_at >= Duration::from_millis(39), "{all_at:?}");
+    let used: Vec<(u16, u32)> = first.into_iter().chain(rest).collect();
+    assert_eq!(
+        used,
+        sent.iter().map(|m| (m.head, 8)).collect::<Vec<_>>(),
+        "in order, each with the 8-byte status"
+    );
+    for message in &sent {
+        assert_eq!(h.status_of(message), (S_OK, 0));
+    }
+    assert!(h.interrupt.count(TXQ) >= 1);
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    assert_eq!(wav_data(&file.0), expected);
+    let stats = h.sound.stats();
+    assert_eq!(stats.tx_bytes_copied, 640);
+    assert_eq!(stats.tx_bytes_played, 640);
+    assert_eq!(stats.tx_messages, 4);
+}
+
+#[test]
+fn release_flushes_and_returns_everything_before_its_reply() {
+    let file = TempFile::new("release.wav");
+    let mut h = Harness::new(wav_config(&file));
+    h.prepare(slow_params(0));
+    let mut expected = Vec::new();
+    let mut heads = Vec::new();
+    for i in 0..6 {
+        let data = pattern(160, 10 + i);
+        heads.push(h.tx(0, &data).head);
+        expected.extend(data);
+    }
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let played = h.wait_used(TXQ, 1, Duration::from_secs(2));
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    // Two more arrive after STOP, one of them not yet kicked: RELEASE must still take them.
+    for i in 0..2 {
+        let data = pattern(160, 20 + i);
+        expected.extend(&data);
+        let sent = h.add_io(TXQ, 0, &data, 0);
+        heads.push(sent.head);
+        if i == 0 {
+            h.kick(TXQ);
+        }
+    }
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    // By the time the reply is in, every message is back.
+    let mut used: Vec<u16> = played.iter().map(|u| u.0).collect();
+    used.extend(h.take_used(TXQ).iter().map(|u| u.0));
+    assert_eq!(used, heads);
+    assert_eq!(h.worker().streams()[0].pending_len(), 0);
+    assert_eq!(wav_data(&file.0), expected);
+    let stats = h.sound.stats();
+    assert_eq!(stats.tx_bytes_copied, expected.len() as u64);
+    assert_eq!(stats.tx_bytes_played, expected.len() as u64);
+    // Nothing more comes back later.
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(h.take_used(TXQ).is_empty());
+}
+
+#[test]
+fn stop_keeps_messages_and_start_resumes_them() {
+    let file = TempFile::new("stop.wav");
+    let mut h = Harness::new(wav_config(&file));
+    h.prepare(slow_params(0));
+    let mut expected = Vec::new();
+    for i in 0..8 {
+        let data = pattern(160, 40 + i);
+        h.tx(0, &data);
+        expected.extend(data);
+    }
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let mut used = h.wait_used(TXQ, 2, Duration::from_secs(2));
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    used.extend(h.take_used(TXQ));
+    let stopped_at = used.len();
+    assert!(stopped_at < 8);
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(
+        h.take_used(TXQ).is_empty(),
+        "a stopped stream consumed messages"
+    );
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    used.extend(h.wait_used(TXQ, 8 - stopped_at, Duration::from_secs(2)));
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    assert_eq!(wav_data(&file.0), expected, "all data, once, in order");
+}
+
+#[test]
+fn a_message_spanning_periods_returns_when_fully_consumed() {
+    let file = TempFile::new("span.wav");
+    let mut h = Harness::new(wav_config(&file));
+    h.prepare(slow_params(0));
+    // 2.5 periods, then half a period.
+    let long = pattern(400, 1);
+    let short = pattern(80, 2);
+    let a = h.tx(0, &long);
+    let b = h.tx(0, &short);
+    let start = Instant::now();
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let used = h.wait_used(TXQ, 2, Duration::from_secs(2));
+    assert_eq!(used, vec![(a.head, 8), (b.head, 8)]);
+    assert!(start.elapsed() >= Duration::from_millis(29));
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    assert_eq!(wav_data(&file.0), [long, short].concat());
+}
+
+#[test]
+fn underruns_give_silence_on_null_and_nothing_in_wav() {
+    let mut null = Harness::new(null_config());
+    null.prepare(fast_params(0));
+    assert_eq!(null.pcm(R_PCM_START, 0), S_OK);
+    std::thread::sleep(Duration::from_millis(60));
+    let stats = null.sound.stats();
+    assert!(stats.tx_underruns >= 5, "{stats:?}");
+    assert!(stats.tx_silence_bytes >= 5 * 192, "{stats:?}");
+    assert_eq!(stats.tx_bytes_played, 0);
+
+    let file = TempFile::new("underrun.wav");
+    let mut h = Harness::new(wav_config(&file));
+    h.prepare(fast_params(0));
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    std::thread::sleep(Duration::from_millis(20));
+    let data = pattern(192 * 3, 7);
+    h.tx(0, &data);
+    h.wait_used(TXQ, 1, Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    let stats = h.sound.stats();
+    assert!(stats.tx_underruns >= 5, "{stats:?}");
+    assert_eq!(stats.tx_silence_bytes, 0);
+    assert_eq!(wav_data(&file.0), data, "no silence recorded");
+    assert_eq!(stats.tx_bytes_copied, stats.tx_bytes_played);
+}
+
+#[test]
+fn bad_tx_chains_are_refused_and_the_device_keeps_playing() {
+    let file = TempFile::new("bad.wav");
+    let mut h = Harness::new(wav_config(&file));
+    h.prepare(fast_params(0));
+    // Stream ids out of range, and an input stream on the txq: BAD_MSG.
+    for stream in [2, 3, u32::MAX, 1] {
+        let sent = h.tx(stream, &[1; 192]);
+        assert_eq!(h.take_used(TXQ), vec![(sent.head, 8)], "stream {stream}");
+        assert_eq!(h.status_of(&sent).0, S_BAD_MSG);
+    }
+    let hdr = h.alloc(4);
+    h.mem.write_obj(0u32, GuestAddress(hdr)).unwrap();
+    let data = h.alloc(192);
+    let status = h.alloc(8);
+    let bad: Vec<(Vec<Desc>, u32)> = vec![
+        // Header only: no status to write.
+        (vec![(hdr, 4, false)], 0),
+        // Header and data, status read-only.
+        (
+            vec![(hdr, 4, false), (data, 192, false), (status, 8, false)],
+            0,
+        ),
+        // Status too small.
+        (
+            vec![(hdr, 4, false), (data, 192, false), (status, 7, true)],
+            0,
+        ),
+        // Header and status, no PCM.
+        (vec![(hdr, 4, false), (status, 8, true)], 8),
+        // A 2-byte header.
+        (vec![(hdr, 2, false), (status, 8, true)], 8),
+        // PCM outside guest RAM.
+        (
+            vec![(hdr, 4, false), (OUTSIDE, 192, false), (status, 8, true)],
+            0,
+        ),
+        // Status outside guest RAM, and straddling its end.
+        (
+            vec![(hdr, 4, false), (data, 192, false), (OUTSIDE, 8, true)],
+            0,
+        ),
+        (
+            vec![(hdr, 4, false), (data, 192, false), (MEM_SIZE - 4, 8, true)],
+            0,
+        ),
+        // More PCM than any message may carry (the range is in RAM).
+        (
+            vec![
+                (hdr, 4, false),
+                (DATA_START, 8 << 20, false),
+                (status, 8, true),
+            ],
+            8,
+        ),
+    ];
+    for (descs, want_len) in &bad {
+        h.mem.write_obj(0u64, GuestAddress(status)).unwrap();
+        let head = h.queues[2].add(&h.mem, descs);
+        h.kick(TXQ);
+        assert_eq!(h.take_used(TXQ), vec![(head, *want_len)], "{descs:?}");
+        if *want_len == 8 {
+            assert_eq!(
+                h.mem.read_obj::<u32>(GuestAddress(status)).unwrap(),
+                S_BAD_MSG
+            );
+        }
+    }
+    assert_eq!(h.sound.stats().bad_messages, 4 + bad.len() as u64);
+    // A stream that is not prepared: IO_ERR at once.
+    let mut other = Harness::new(wav_config(&TempFile::new("bad2.wav")));
+    let sent = other.tx(0, &[1; 192]);
+    assert_eq!(other.take_used(TXQ), vec![(sent.head, 8)]);
+    assert_eq!(other.status_of(&sent).0, S_IO_ERR);
+    // The device still plays.
+    let good = pattern(192, 3);
+    let sent = h.tx(0, &good);
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    h.wait_used(TXQ, 1, Duration::from_secs(2));
+    assert_eq!(h.status_of(&sent).0, S_OK);
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    assert_eq!(wav_data(&file.0), good);
+}
+
+#[test]
+fn split_headers_and_data_across_descriptors_are_read_as_one_stream() {
+    let file = TempFile::new("split.wav");
+    let mut h = Harness::new(wav_config(&file));
+    h.prepare(fast_params(0));
+    let data = pattern(192, 9);
+    let hdr = h.alloc(4);
+    h.mem.write_slice(&[0, 0], GuestAddress(hdr)).unwrap();
+    let hdr2 = h.alloc(2);
+    h.mem.write_slice(&[0, 0], GuestAddress(hdr2)).unwrap();
+    let a = h.alloc(100);
+    h.mem.write_slice(&data[..100], GuestAddress(a)).unwrap();
+    let b = h.alloc(92);
+    h.mem.write_slice(&data[100..], GuestAddress(b)).unwrap();
+    let status = h.alloc(8);
+    let head = h.queues[2].add(
+        &h.mem,
+        &[
+            (hdr, 2, false),
+            (hdr2, 2, false),
+            (a, 100, false),
+            (b, 0, false),
+            (b, 92, false),
+            (status, 4, true),
+            (status + 4, 4, true),
+        ],
+    );
+    h.kick(TXQ);
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    assert_eq!(h.wait_used(TXQ, 1, Duration::from_secs(2)), vec![(head, 8)]);
+    assert_eq!(h.mem.read_obj::<u32>(GuestAddress(status)).unwrap(), S_OK);
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    assert_eq!(wav_data(&file.0), data);
+}
+
+#[test]
+fn tx_beyond_the_queue_size_is_refused_not_stored() {
+    let mut h = Harness::new(null_config());
+    // A buffer of 256 periods: the byte limit is not what stops them.
+    h.prepare(SetParams {
+        buffer_bytes: 192 * 256,
+        ..fast_params(0)
+    });
+    // The same descriptors made available again and again (a driver re-using heads).
+    let hdr = h.alloc(4);
+    h.mem.write_obj(0u32, GuestAddress(hdr)).unwrap();
+    let data = h.alloc(192);
+    let status = h.alloc(8);
+    let descs = [(hdr, 4, false), (data, 192, false), (status, 8, true)];
+    for _ in 0..usize::from(QUEUE_SIZE) + 10 {
+        h.queues[2].add(&h.mem, &descs);
+        if h.queues[2].avail_idx.is_multiple_of(64) {
+            h.kick(TXQ);
+        }
+    }
+    h.kick(TXQ);
+    assert_eq!(
+        h.worker().streams()[0].pending_len(),
+        usize::from(QUEUE_SIZE)
+    );
+    assert_eq!(h.take_used(TXQ).len(), 10);
+}
+
+#[test]
+fn tx_beyond_twice_the_buffer_is_refused() {
+    let mut h = Harness::new(null_config());
+    // A 768-byte buffer: at most 1536 bytes may wait.
+    h.prepare(fast_params(0));
+    for _ in 0..8 {
+        let sent = h.tx(0, &[0; 192]);
+        assert!(h.take_used(TXQ).is_empty(), "message {} refused", sent.head);
+    }
+    let sent = h.tx(0, &[0; 192]);
+    assert_eq!(h.take_used(TXQ), vec![(sent.head, 8)]);
+    assert_eq!(h.status_of(&sent).0, S_IO_ERR);
+    let sent = h.tx(0, &[0; 4096]);
+    assert_eq!(h.take_used(TXQ), vec![(sent.head, 8)]);
+    assert_eq!(h.worker().streams()[0].pending_len(), 8);
+}
+
+#[test]
+fn event_idx_suppresses_interrupts_until_used_event() {
+    let mut h = Harness::with_features(null_config(), VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX);
+    h.prepare(fast_params(0));
+    // The driver wants an interrupt only after the 4th used entry.
+    h.queues[2].set_used_event(&h.mem, 3);
+    for i in 0..6 {
+        h.tx(0, &pattern(192, i));
+    }
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    h.wait_used(TXQ, 6, Duration::from_secs(2));
+    assert_eq!(h.interrupt.count(TXQ), 1);
+}
+
+#[test]
+fn device_reset_joins_threads_and_drops_queued_messages() {
+    let file = TempFile::new("reset.wav");
+    let mut h = Harness::new(wav_config(&file));
+    h.prepare(slow_params(0));
+    h.prepare(slow_params(1));
+    for i in 0..4 {
+        h.tx(0, &pattern(160, i));
+        h.rx(1, 160);
+    }
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    h.wait_used(TXQ, 1, Duration::from_secs(2));
+    let before = h.queues[2].used_idx(&h.mem);
+    h.sound.reset();
+    std::thread::sleep(Duration::from_millis(40));
+    assert_eq!(
+        h.queues[2].used_idx(&h.mem),
+        before,
+        "no used entry after reset"
+    );
+    assert_eq!(h.queues[3].used_idx(&h.mem), 0);
+    // The WAV file went back to its slot: a new activation can prepare the stream again.
+    let sound = std::mem::replace(&mut h.sound, Sound::new(null_config()).unwrap());
+    let mut again = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    assert_eq!(again.state(0), PcmState::Initial);
+    again.prepare(slow_params(0));
+    again.sound.reset();
+    // Notifications after reset are ignored.
+    drop(h);
+}
+
+// ----- RX -----
+
+#[test]
+fn rx_chains_without_room_for_the_status_come_back_empty() {
+    let mut h = Harness::new(null_config());
+    h.prepare(fast_params(1));
+    let hdr = h.alloc(4);
+    h.mem.write_obj(1u32, GuestAddress(hdr)).unwrap();
+    for writable in 0..8u32 {
+        let buf = h.alloc(8);
+        h.mem.write_slice(&[0xcc; 8], GuestAddress(buf)).unwrap();
+        let mut descs = vec![(hdr, 4, false)];
+        if writable > 0 {
+            descs.push((buf, writable, true));
+        }
+        let head = h.queues[3].add(&h.mem, &descs);
+        h.kick(RXQ);
+        assert_eq!(
+            h.take_used(RXQ),
+            vec![(head, 0)],
+            "{writable} writable bytes"
+        );
+        let mut back = [0u8; 8];
+        h.mem.read_slice(&mut back, GuestAddress(buf)).unwrap();
+        assert_eq!(back, [0xcc; 8], "nothing written");
+    }
+    // Exactly a status and no room for PCM: BAD_MSG, length 8.
+    let status = h.alloc(8);
+    let head = h.queues[3].add(&h.mem, &[(hdr, 4, false), (status, 8, true)]);
+    h.kick(RXQ);
+    assert_eq!(h.take_used(RXQ), vec![(head, 8)]);
+    assert_eq!(
+        h.mem.read_obj::<u32>(GuestAddress(status)).unwrap(),
+        S_BAD_MSG
+    );
+    // An output stream's id on the rxq.
+    let sent = h.rx(0, 192);
+    assert_eq!(h.take_used(RXQ), vec![(sent.head, 8)]);
+    assert_eq!(h.status_of(&sent).0, S_BAD_MSG);
+}
+
+#[test]
+fn rx_captures_silence_at_the_stream_pace() {
+    let mut h = Harness::new(null_config());
+    // U8 silence is 0x80, not 0.
+    let params = SetParams {
+        format: PcmFormat::U8.code(),
+        channels: 1,
+        period_bytes: 80,
+        buffer_bytes: 320,
+        ..slow_params(1)
+    };
+    h.prepare(params);
+    let sent: Vec<Sent> = (0..3).map(|_| h.rx(1, 80)).collect();
+    for message in &sent {
+        h.mem
+            .write_slice(&[0x11; 80], GuestAddress(message.data))
+            .unwrap();
+    }
+    let start = Instant::now();
+    assert_eq!(h.pcm(R_PCM_START, 1), S_OK);
+    let used = h.wait_used(RXQ, 3, Duration::from_secs(2));
+    assert!(start.elapsed() >= Duration::from_millis(29));
+    assert_eq!(used, sent.iter().map(|m| (m.head, 88)).collect::<Vec<_>>());
+    for message in &sent {
+        let mut data = [0u8; 80];
+        h.mem
+            .read_slice(&mut data, GuestAddress(message.data))
+            .unwrap();
+        assert_eq!(data, [0x80; 80]);
+        assert_eq!(h.status_of(message).0, S_OK);
+    }
+    // A stopped stream keeps what is queued; RELEASE returns it, empty.
+    assert_eq!(h.pcm(R_PCM_STOP, 1), S_OK);
+    let late = h.rx(1, 80);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(h.take_used(RXQ).is_empty());
+    assert_eq!(h.pcm(R_PCM_RELEASE, 1), S_OK);
+    assert_eq!(h.take_used(RXQ), vec![(late.head, 8)]);
+    assert_eq!(h.sound.stats().rx_bytes_copied, 240);
+}
+
+// ----- the event loop and ALSA -----
+
+#[test]
+fn kicks_reach_the_device_through_the_event_loop() {
+    use event_manager::{EventManager, SubscriberOps};
+    let mut h = Harness::new(null_config());
+    let mut manager = EventManager::<SharedSubscriber>::new().unwrap();
+    manager.add_subscriber(h.subscribers[0].clone());
+    let req = h.alloc(16);
+    h.mem
+        .write_slice(&query(R_PCM_INFO, 0, 2, 32), GuestAddress(req))
+        .unwrap();
+    let resp = h.alloc(68);
+    let head = h.queues[0].add(&h.mem, &[(req, 16, false), (resp, 68, true)]);
+    h.kicks[0].write(1).unwrap();
+    manager.run_with_timeout(1000).unwrap();
+    assert_eq!(h.take_used(CONTROLQ), vec![(head, 68)]);
+    // A kick on the eventq changes nothing.
+    h.kicks[1].write(1).unwrap();
+    manager.run_with_timeout(1000).unwrap();
+    assert_eq!(h.queues[1].used_idx(&h.mem), 0);
+}
+
+#[test]
+fn alsa_file_pcm_records_the_guest_pcm_bit_exactly() {
+    let file = TempFile::new("alsa.raw");
+    let config = null_config().with_backend(BackendConfig::Alsa {
+        device: format!("file:'{}',raw", file.0.display()),
+    });
+    let mut h = Harness::new(config);
+    h.prepare(SetParams {
+        buffer_bytes: 192 * 10,
+        ..fast_params(0)
+    });
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let data = pattern(192, i);
+        h.tx(0, &data);
+        expected.extend(data);
+    }
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    h.wait_used(TXQ, 10, Duration::from_secs(2));
+    // Let it underrun a few periods: silence follows the data.
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    // Reset joins the retired thread, which closes the PCM and flushes the file.
+    h.sound.reset();
+    let recorded = std::fs::read(&file.0).unwrap();
+    assert!(recorded.len() > expected.len());
+    assert!(
+        recorded[..expected.len()] == expected[..],
+        "the recording differs"
+    );
+    assert!(
+        recorded[expected.len()..].iter().all(|b| *b == 0),
+        "not silence"
+    );
+    let stats = h.sound.stats();
+    assert_eq!(stats.tx_bytes_copied, 1920);
+    assert_eq!(stats.tx_bytes_played, 1920);
+    assert!(stats.tx_silence_bytes > 0);
+}

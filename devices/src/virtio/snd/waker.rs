@@ -2,6 +2,7 @@
 //! requests and device reset never wait for a period to elapse.
 
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ pub struct Waker {
     pending: Mutex<bool>,
     changed: Condvar,
     fd: EventFd,
+    cancelled: AtomicBool,
 }
 
 impl Waker {
@@ -22,6 +24,7 @@ impl Waker {
             pending: Mutex::new(false),
             changed: Condvar::new(),
             fd: EventFd::new(EFD_NONBLOCK)?,
+            cancelled: AtomicBool::new(false),
         })
     }
 
@@ -38,6 +41,23 @@ impl Waker {
         let _ = self.fd.write(1);
     }
 
+    /// Wakes the thread for good: every later wait returns at once. For a stream that is going
+    /// away (device reset), so that nothing, not even a drain, keeps its thread.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Undoes [`Waker::cancel`] once the thread it was meant for is gone.
+    pub fn uncancel(&self) {
+        self.cancelled.store(false, Ordering::SeqCst);
+        self.consume();
+    }
+
     /// Clears a pending wake-up; returns whether there was one.
     pub fn consume(&self) -> bool {
         let mut pending = self.flag();
@@ -51,6 +71,9 @@ impl Waker {
     pub fn wait_until(&self, deadline: Instant) -> bool {
         let mut pending = self.flag();
         loop {
+            if self.cancelled.load(Ordering::SeqCst) {
+                return true;
+            }
             if *pending {
                 *pending = false;
                 let _ = self.fd.read();
@@ -104,6 +127,17 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         waker.wake();
         assert!(thread.join().unwrap());
+    }
+
+    #[test]
+    fn cancel_is_sticky() {
+        let waker = Waker::new().unwrap();
+        waker.cancel();
+        assert!(waker.wait_for(Duration::from_secs(5)));
+        assert!(waker.wait_for(Duration::from_secs(5)));
+        assert!(waker.is_cancelled());
+        waker.uncancel();
+        assert!(!waker.wait_for(Duration::from_millis(5)));
     }
 
     #[test]

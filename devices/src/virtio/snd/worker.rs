@@ -23,9 +23,7 @@ use super::control::{self, Reply, Request, Topology};
 use super::io::{Completer, Completion, Direction, IoMessage};
 use super::stats::SoundStats;
 use super::stream::{StreamControl, StreamResources};
-use super::wire::{
-    CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, TXQ,
-};
+use super::wire::{CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, TXQ};
 use crate::virtio::{VirtioInterrupt, VirtioInterruptType};
 
 /// Rounds of "pop everything, re-enable notifications" per kick before the worker yields the
@@ -63,7 +61,10 @@ fn pop_chains<'m>(
 }
 
 /// Reads a chain, keeping its head for the length-0 return of an unusable chain.
-fn read<M>(chain: DescriptorChain<M>, mem: &GuestMemoryMmap) -> Result<ChainBuffers, (u16, ChainError)>
+fn read<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+) -> Result<ChainBuffers, (u16, ChainError)>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
@@ -137,7 +138,12 @@ impl SoundWorker {
             mem,
             interrupt,
             controlq: queues.controlq.0,
-            kicks: [queues.controlq.1, queues.eventq.1, queues.txq.1, queues.rxq.1],
+            kicks: [
+                queues.controlq.1,
+                queues.eventq.1,
+                queues.txq.1,
+                queues.rxq.1,
+            ],
             _eventq: queues.eventq.0,
             tx,
             rx,
@@ -187,7 +193,9 @@ impl SoundWorker {
     fn process_controlq(&mut self) -> bool {
         let mem = self.mem.clone();
         let mut chains = Vec::new();
-        let more = pop_chains(&mut self.controlq, &mem, |chain| chains.push(read(chain, &mem)));
+        let more = pop_chains(&mut self.controlq, &mem, |chain| {
+            chains.push(read(chain, &mem))
+        });
         let mut used = false;
         for chain in chains {
             let completion = match chain {
@@ -225,7 +233,11 @@ impl SoundWorker {
         let mut request = [0u8; MAX_REQUEST_SIZE];
         // Bounded by MAX_REQUEST_SIZE.
         let len = buffers.readable.len().min(MAX_REQUEST_SIZE as u64) as usize;
-        let reply = if buffers.readable.read_at(&self.mem, 0, &mut request[..len]).is_err() {
+        let reply = if buffers
+            .readable
+            .read_at(&self.mem, 0, &mut request[..len])
+            .is_err()
+        {
             Reply::Status(S_BAD_MSG)
         } else {
             let request = control::decode(&request[..len]);

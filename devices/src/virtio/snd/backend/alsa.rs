@@ -26,10 +26,14 @@ use crate::virtio::snd::wire::PcmFormat;
 
 /// How much faster than real time a PCM that does not pace may be fed.
 const REAL_TIME_SLACK_PERCENT: u64 = 5;
-/// The longest a write may wait for room before the period is given up as stalled.
-const MAX_WRITE_WAIT: Duration = Duration::from_millis(500);
-/// The longest `close` lets the PCM drain.
-const MAX_DRAIN: Duration = Duration::from_secs(1);
+/// The longest a write (read) may wait for room (data) before it is given up as stalled.
+const MAX_TRANSFER_WAIT: Duration = Duration::from_millis(500);
+/// How much longer than the audio it waits for a transfer may take.
+const TRANSFER_SLACK: Duration = Duration::from_millis(100);
+/// The longest `close` lets the PCM drain (the next PREPARE of the stream waits for it).
+const MAX_DRAIN: Duration = Duration::from_millis(500);
+/// How often a drain checks for completion.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// Recoveries allowed while writing or reading one period.
 const MAX_RECOVERIES: u32 = 3;
 
@@ -106,7 +110,11 @@ struct Setup {
     can_pause: bool,
 }
 
-fn configure(device: &str, direction: Direction, params: &PcmParams) -> Result<Setup, BackendError> {
+fn configure(
+    device: &str,
+    direction: Direction,
+    params: &PcmParams,
+) -> Result<Setup, BackendError> {
     let pcm = open_pcm(device, direction)?;
     let unsupported = |what: String| BackendError::AlsaUnsupported {
         device: device.to_string(),
@@ -137,7 +145,8 @@ fn configure(device: &str, direction: Direction, params: &PcmParams) -> Result<S
             .map_err(alsa_error("hw_params_current"))?;
         (
             hw.get_rate().map_err(alsa_error("get_rate"))?,
-            hw.get_buffer_size().map_err(alsa_error("get_buffer_size"))?,
+            hw.get_buffer_size()
+                .map_err(alsa_error("get_buffer_size"))?,
             hw.can_pause(),
         )
     };
@@ -154,7 +163,11 @@ fn configure(device: &str, direction: Direction, params: &PcmParams) -> Result<S
     })
 }
 
-fn set_sw_params(pcm: &PCM, start_threshold: Frames, avail_min: Frames) -> Result<(), BackendError> {
+fn set_sw_params(
+    pcm: &PCM,
+    start_threshold: Frames,
+    avail_min: Frames,
+) -> Result<(), BackendError> {
     let sw = pcm
         .sw_params_current()
         .map_err(alsa_error("sw_params_current"))?;
@@ -212,7 +225,6 @@ struct Pcm {
     device: String,
     params: PcmParams,
     frame_bytes: usize,
-    buffer_frames: Frames,
     /// Frames that must be available before the thread is told the PCM is ready.
     ready_frames: Frames,
     can_pause: bool,
@@ -226,7 +238,10 @@ struct Pcm {
 impl Pcm {
     fn recover(&mut self, error: ::alsa::Error) -> Result<(), BackendError> {
         self.stats.backend_xrun();
-        log::debug!("virtio-snd: ALSA `{}`: recovering from {error}", self.device);
+        log::debug!(
+            "virtio-snd: ALSA `{}`: recovering from {error}",
+            self.device
+        );
         self.guard.reset();
         self.pcm
             .try_recover(error, true)
@@ -240,7 +255,7 @@ impl Pcm {
 
     /// Waits until `ready_frames` are available, the waker fires, or two periods pass.
     fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
-        let want = u64::try_from(self.params.period_frames()).unwrap_or(0);
+        let want = u64::from(self.params.period_frames());
         if let Some(at) = self.guard.hold_until(want) {
             if waker.wait_until(at) {
                 return Ok(Readiness::Woken);
@@ -259,7 +274,14 @@ impl Pcm {
                 break;
             }
             let count = self.pcm.count();
-            self.fds.resize(count + 1, pollfd { fd: -1, events: 0, revents: 0 });
+            self.fds.resize(
+                count + 1,
+                pollfd {
+                    fd: -1,
+                    events: 0,
+                    revents: 0,
+                },
+            );
             let filled = self
                 .pcm
                 .fill(&mut self.fds[..count])
@@ -296,13 +318,18 @@ impl Pcm {
         Ok(Readiness::TimedOut)
     }
 
-    fn pause(&mut self) -> Result<(), BackendError> {
+    /// Stops the stream. A PCM that can pause keeps what it holds for a later START or drain.
+    /// One that cannot: output plays out what it holds (dropping it would lose the last
+    /// periods of every stream, which the driver already counts as played) and underruns;
+    /// input drops its buffer.
+    fn pause(&mut self, play_out: bool) -> Result<(), BackendError> {
         self.guard.reset();
         match self.pcm.state() {
             State::Running if self.can_pause => {
                 self.pcm.pause(true).map_err(alsa_error("pause"))?;
                 self.paused = true;
             }
+            State::Running if play_out => {}
             State::Running | State::XRun | State::Draining => {
                 self.pcm.drop().map_err(alsa_error("drop"))?;
                 self.needs_prepare = true;
@@ -312,7 +339,7 @@ impl Pcm {
         Ok(())
     }
 
-    /// Undoes `pause`; returns whether the PCM is ready to take or give data.
+    /// Undoes `pause`: the PCM is ready to take or give data again.
     fn resume(&mut self) -> Result<(), BackendError> {
         self.guard.reset();
         if self.paused {
@@ -336,10 +363,13 @@ impl Pcm {
         }
     }
 
+    /// How long a transfer may wait for the device: two periods and some slack, never more
+    /// than [`MAX_TRANSFER_WAIT`] whatever periods the guest chose.
     fn max_wait(&self) -> Duration {
-        self.params.duration_of(
-            (self.buffer_frames.max(0) as u64).saturating_mul(self.frame_bytes as u64),
-        ) + MAX_WRITE_WAIT
+        let two_periods = self
+            .params
+            .duration_of(2 * u64::from(self.params.period_bytes));
+        (two_periods + TRANSFER_SLACK).min(MAX_TRANSFER_WAIT)
     }
 }
 
@@ -372,7 +402,6 @@ impl Backend for AlsaBackend {
                 device: self.device.clone(),
                 params: *params,
                 frame_bytes: params.frame_bytes() as usize,
-                buffer_frames: buffer,
                 ready_frames,
                 can_pause: setup.can_pause,
                 paused: false,
@@ -401,7 +430,6 @@ impl Backend for AlsaBackend {
                 device: self.device.clone(),
                 params: *params,
                 frame_bytes: params.frame_bytes() as usize,
-                buffer_frames: setup.buffer_frames,
                 ready_frames: period.max(1),
                 can_pause: setup.can_pause,
                 paused: false,
@@ -475,7 +503,7 @@ impl OutputStream for AlsaOutput {
     }
 
     fn stop(&mut self) -> Result<(), BackendError> {
-        self.pcm.pause()
+        self.pcm.pause(true)
     }
 
     fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
@@ -501,9 +529,8 @@ impl OutputStream for AlsaOutput {
     }
 
     fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
-        if self.pcm.paused || self.pcm.needs_prepare {
-            self.pcm.resume()?;
-        }
+        // After a STOP the PCM may be paused, dropped or underrun.
+        self.pcm.resume()?;
         let len = self.pad_to_frame(len.min(self.period.len()));
         self.write(len)
     }
@@ -516,24 +543,32 @@ impl OutputStream for AlsaOutput {
         Ok(())
     }
 
-    fn close(mut self: Box<Self>, drain: bool) {
+    fn close(mut self: Box<Self>, drain: Option<&Waker>) {
         let pcm = &mut self.pcm;
-        if drain && !pcm.paused {
-            if pcm.pcm.state() == State::Prepared && pcm.latency_bytes() > 0 {
-                let _ = pcm.pcm.start();
-            }
-            let deadline = Instant::now() + pcm.max_wait().min(MAX_DRAIN);
-            // Non-blocking drain: EAGAIN means still draining.
-            while pcm.pcm.state() == State::Running || pcm.pcm.state() == State::Draining {
-                match pcm.pcm.drain() {
-                    Ok(()) => break,
-                    Err(e) if is_errno(&e, libc::EAGAIN) => {}
-                    Err(_) => break,
+        if let Some(waker) = drain {
+            // What the PCM holds was accepted (its messages are back with the driver): play it,
+            // even after a STOP.
+            if pcm.resume().is_ok() {
+                let held_bytes = u64::from(pcm.latency_bytes());
+                let held = pcm.params.duration_of(held_bytes);
+                if pcm.pcm.state() == State::Prepared && !held.is_zero() {
+                    let _ = pcm.pcm.start();
                 }
-                if Instant::now() >= deadline {
-                    break;
+                let deadline = Instant::now() + (held + TRANSFER_SLACK).min(MAX_DRAIN);
+                // A wake-up left from the RELEASE command is not a reason to stop.
+                waker.consume();
+                // Non-blocking drain: EAGAIN means still draining.
+                while matches!(pcm.pcm.state(), State::Running | State::Draining) {
+                    match pcm.pcm.drain() {
+                        Ok(()) => break,
+                        Err(e) if is_errno(&e, libc::EAGAIN) => {}
+                        Err(_) => break,
+                    }
+                    if Instant::now() >= deadline || waker.is_cancelled() {
+                        break;
+                    }
+                    waker.wait_for(DRAIN_POLL);
                 }
-                std::thread::sleep(Duration::from_millis(5));
             }
         }
         let _ = pcm.pcm.drop();
@@ -561,7 +596,7 @@ impl InputStream for AlsaInput {
     }
 
     fn stop(&mut self) -> Result<(), BackendError> {
-        self.pcm.pause()
+        self.pcm.pause(false)
     }
 
     fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
@@ -635,6 +670,38 @@ mod tests {
     }
 
     #[test]
+    fn the_null_pcm_captures_silence_at_real_time() {
+        let backend = AlsaBackend::new("null").unwrap();
+        let p = PcmParams {
+            format: PcmFormat::U8,
+            channels: 1,
+            period_bytes: 480,
+            buffer_bytes: 480 * 4,
+            ..params()
+        };
+        let mut input = backend.open_input(1, &p, &stats()).unwrap();
+        let waker = Waker::new().unwrap();
+        input.start().unwrap();
+        let start = Instant::now();
+        for _ in 0..6 {
+            while input.wait_ready(&waker).unwrap() != Readiness::Ready {}
+            let period = input.capture_period().unwrap();
+            assert_eq!(period.len(), 480);
+        }
+        // 6 periods of 10 ms; the first may come at once.
+        assert!(
+            start.elapsed() >= Duration::from_millis(40),
+            "{:?}",
+            start.elapsed()
+        );
+        input.stop().unwrap();
+        input.start().unwrap();
+        while input.wait_ready(&waker).unwrap() != Readiness::Ready {}
+        input.capture_period().unwrap();
+        input.close();
+    }
+
+    #[test]
     fn a_missing_device_fails_to_probe_and_open() {
         let err = probe("canto_no_such_pcm", true, false).unwrap_err();
         assert!(matches!(err, BackendError::AlsaOpen { .. }), "{err}");
@@ -669,7 +736,7 @@ mod tests {
         assert_eq!(out.play_period(0).unwrap(), p.period_bytes as usize);
         sent.extend(std::iter::repeat_n(0u8, p.period_bytes as usize));
         let elapsed = start.elapsed();
-        out.close(true);
+        out.close(Some(&waker));
         let recorded = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(recorded.len(), sent.len());

@@ -159,8 +159,9 @@ pub trait OutputStream: Send {
     /// Completes the release flush, before the device replies to RELEASE (WAV finalizes its
     /// header here).
     fn finish(&mut self) -> Result<(), BackendError>;
-    /// Closes the stream. With `drain`, lets the backend play what it holds first (bounded).
-    fn close(self: Box<Self>, drain: bool);
+    /// Closes the stream. With `drain`, lets the backend play what it holds first: bounded,
+    /// and cut short if that waker is cancelled (device reset).
+    fn close(self: Box<Self>, drain: Option<&Waker>);
 }
 
 /// A prepared input stream, driven by its period thread.

@@ -85,7 +85,7 @@ impl OutputStream for NullOutput {
         Ok(())
     }
 
-    fn close(self: Box<Self>, _drain: bool) {}
+    fn close(self: Box<Self>, _drain: Option<&Waker>) {}
 }
 
 /// Captures silence of the stream's format, paced by a clock (null and WAV input streams).

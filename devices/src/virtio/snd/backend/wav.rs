@@ -93,6 +93,10 @@ struct WavFile {
     data_len: u64,
     /// Data written since the header was last brought up to date.
     dirty: bool,
+    /// Bytes appended since then, and how many may be before it is done again (about a
+    /// second of audio), so a VMM that dies mid-stream leaves a nearly complete file.
+    unfinalized: u64,
+    finalize_every: u64,
     /// Bytes refused because the data chunk reached its 4 GiB limit.
     dropped: u64,
 }
@@ -110,6 +114,8 @@ impl WavFile {
             header_len: 0,
             data_len: 0,
             dirty: false,
+            unfinalized: 0,
+            finalize_every: u64::MAX,
             dropped: 0,
         };
         wav.restart(INITIAL_FORMAT)?;
@@ -139,6 +145,7 @@ impl WavFile {
 
     /// Gets the file ready for a prepared stream: appends if the format is unchanged.
     fn begin(&mut self, params: &PcmParams) -> Result<(), BackendError> {
+        self.finalize_every = u64::from(params.rate_hz) * u64::from(params.frame_bytes());
         let format = (params.format, params.rate_hz, params.channels);
         if format == self.format {
             return Ok(());
@@ -172,6 +179,10 @@ impl WavFile {
             .map_err(|e| self.write_error(e))?;
         self.data_len += keep as u64;
         self.dirty = true;
+        self.unfinalized += keep as u64;
+        if self.unfinalized >= self.finalize_every {
+            self.finalize()?;
+        }
         Ok(())
     }
 
@@ -202,6 +213,7 @@ impl WavFile {
             })
             .map_err(|e| self.write_error(e))?;
         self.dirty = false;
+        self.unfinalized = 0;
         Ok(())
     }
 }
@@ -343,7 +355,7 @@ impl OutputStream for WavOutput {
         }
     }
 
-    fn close(self: Box<Self>, _drain: bool) {}
+    fn close(self: Box<Self>, _drain: Option<&Waker>) {}
 }
 
 impl Drop for WavOutput {
@@ -408,7 +420,7 @@ mod tests {
             out.period_buffer().copy_from_slice(&data);
             assert_eq!(out.play_period(data.len()).unwrap(), 0);
             out.finish().unwrap();
-            out.close(false);
+            out.close(None);
             drop(backend);
 
             let bytes = std::fs::read(&path).unwrap();
@@ -433,7 +445,7 @@ mod tests {
             out.play_period(3).unwrap();
             out.play_period(0).unwrap();
             out.finish().unwrap();
-            out.close(true);
+            out.close(None);
         }
         // Another format starts the file over.
         drop(backend);
@@ -441,7 +453,10 @@ mod tests {
         assert_eq!(reader.len(), 6);
         let samples: Vec<i32> = reader.into_samples::<i32>().map(|s| s.unwrap()).collect();
         // hound reads unsigned 8-bit data as signed (x - 128).
-        assert_eq!(samples, vec![1 - 128, 1 - 128, 1 - 128, 2 - 128, 2 - 128, 2 - 128]);
+        assert_eq!(
+            samples,
+            vec![1 - 128, 1 - 128, 1 - 128, 2 - 128, 2 - 128, 2 - 128]
+        );
         // The odd data chunk is padded to an even RIFF size.
         let bytes = std::fs::read(&path).unwrap();
         let riff = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
@@ -451,15 +466,43 @@ mod tests {
     }
 
     #[test]
+    fn the_header_is_kept_up_to_date_while_recording() {
+        let path = temp_path("live.wav");
+        let backend = WavBackend::new(&path, 1).unwrap();
+        // 100 frames per second of U8 mono: a period of 40 bytes is 0.4 s.
+        let p = PcmParams {
+            rate_hz: 100,
+            period_bytes: 40,
+            buffer_bytes: 160,
+            ..params(PcmFormat::U8, 1)
+        };
+        let mut out = backend.open_output(0, &p, &stats()).unwrap();
+        for _ in 0..3 {
+            out.play_period(40).unwrap();
+        }
+        // 1.2 s recorded, no release yet: the header covers at least the first second.
+        let reader = hound::WavReader::open(&path).unwrap();
+        assert_eq!(reader.len(), 120);
+        drop(reader);
+        out.close(None);
+        drop(backend);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn a_new_format_restarts_the_file() {
         let path = temp_path("restart.wav");
         let backend = WavBackend::new(&path, 1).unwrap();
-        let mut out = backend.open_output(0, &params(PcmFormat::S16, 2), &stats()).unwrap();
+        let mut out = backend
+            .open_output(0, &params(PcmFormat::S16, 2), &stats())
+            .unwrap();
         out.play_period(8).unwrap();
-        out.close(false);
-        let mut out = backend.open_output(0, &params(PcmFormat::Float, 1), &stats()).unwrap();
+        out.close(None);
+        let mut out = backend
+            .open_output(0, &params(PcmFormat::Float, 1), &stats())
+            .unwrap();
         out.play_period(4).unwrap();
-        out.close(false);
+        out.close(None);
         drop(backend);
         let reader = hound::WavReader::open(&path).unwrap();
         assert_eq!(reader.spec().sample_format, SampleFormat::Float);
@@ -476,7 +519,9 @@ mod tests {
             Err(BackendError::WavFormat(PcmFormat::S8))
         ));
         // The file went back to its slot: the stream can still be prepared.
-        assert!(backend.open_output(0, &params(PcmFormat::S16, 1), &stats()).is_ok());
+        assert!(backend
+            .open_output(0, &params(PcmFormat::S16, 1), &stats())
+            .is_ok());
         assert!(matches!(
             backend.open_output(1, &params(PcmFormat::S16, 1), &stats()),
             Err(BackendError::WavNoFile(1))

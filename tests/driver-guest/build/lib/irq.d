@@ -1,5 +1,0 @@
-build/lib/irq.o: lib/irq.c lib/irq.h lib/util.h lib/dg.h lib/serial.h
-lib/irq.h:
-lib/util.h:
-lib/dg.h:
-lib/serial.h:

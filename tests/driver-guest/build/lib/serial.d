@@ -1,3 +1,0 @@
-build/lib/serial.o: lib/serial.c lib/serial.h lib/util.h
-lib/serial.h:
-lib/util.h:

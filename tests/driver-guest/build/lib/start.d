@@ -1,1 +1,0 @@
-build/lib/start.o: lib/start.S
