@@ -46,7 +46,9 @@ pub fn choose_sound(user: Option<SoundConfig>, disabled: bool) -> Option<SoundCo
         return Some(config);
     }
     let default = SoundConfig::default();
-    match snd::probe(&default) {
+    // alsa-lib prints its own multi-line complaints on stderr; the user gets our one line instead.
+    let probed = with_stderr_silenced(|| snd::probe(&default));
+    match probed {
         Ok(()) => Some(default),
         Err(e) => {
             eprintln!("canto: sound: cannot open ALSA 'default' ({e}); using the null backend (choose one with --sound)");
@@ -115,4 +117,30 @@ pub fn build_pci(
     let root = Arc::new(Mutex::new(root));
     pio.insert(root.clone(), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN)?;
     Ok(PciDevices { root, sound })
+}
+
+/// Runs `f` with file descriptor 2 pointed at /dev/null (only at startup, before other threads).
+fn with_stderr_silenced<T>(f: impl FnOnce() -> T) -> T {
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+        return f();
+    };
+    // SAFETY: dup only creates a new descriptor for stderr; we check the result.
+    let saved = unsafe { libc::dup(libc::STDERR_FILENO) };
+    if saved < 0 {
+        return f();
+    }
+    // SAFETY: both descriptors are open; dup2 atomically repoints stderr.
+    unsafe {
+        libc::dup2(
+            std::os::unix::io::AsRawFd::as_raw_fd(&null),
+            libc::STDERR_FILENO,
+        )
+    };
+    let result = f();
+    // SAFETY: `saved` is the duplicate made above; restoring and closing it is our business.
+    unsafe {
+        libc::dup2(saved, libc::STDERR_FILENO);
+        libc::close(saved);
+    }
+    result
 }

@@ -74,26 +74,41 @@ pub enum Error {
     Guest(String),
 }
 
-/// Serial output that reaches its destination byte by byte, so a crash loses nothing.
-struct FlushingWriter<W: Write>(W);
+/// Serial output that reaches its destination byte by byte, so a crash loses nothing. When the
+/// destination goes away (a closed pipe, a full disk) it says so once and discards the rest, so
+/// the guest keeps running.
+struct SerialOutput<W: Write> {
+    out: W,
+    broken: bool,
+}
 
-impl<W: Write> Write for FlushingWriter<W> {
+impl<W: Write> SerialOutput<W> {
+    fn new(out: W) -> Self {
+        Self { out, broken: false }
+    }
+}
+
+impl<W: Write> Write for SerialOutput<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.0.write(buf)?;
-        self.0.flush()?;
-        Ok(n)
+        if !self.broken {
+            if let Err(e) = self.out.write_all(buf).and_then(|()| self.out.flush()) {
+                log::warn!("serial output stopped: {e}; further guest output is discarded");
+                self.broken = true;
+            }
+        }
+        Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        Ok(())
     }
 }
 
 fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match mode {
-        SerialMode::Stdio => Box::new(FlushingWriter(io::stdout())),
+        SerialMode::Stdio => Box::new(SerialOutput::new(io::stdout())),
         SerialMode::Null => Box::new(io::sink()),
         SerialMode::File(path) => {
-            Box::new(FlushingWriter(File::create(path).map_err(|source| {
+            Box::new(SerialOutput::new(File::create(path).map_err(|source| {
                 Error::SerialFile {
                     path: path.clone(),
                     source,
