@@ -22,8 +22,7 @@ guest:
 	bash resources/build-guest.sh
 
 demo: build guest
-	@echo "canto: booting the guest (on a software KVM this takes about a minute)"
-	$(CANTO) --kernel $(GUEST)/vmlinux --initramfs $(GUEST)/initramfs.cpio.gz --cmdline "canto.run=boot"
+	bash resources/demo.sh
 
 check:
 	$(CARGO) fmt --all -- --check

@@ -279,7 +279,9 @@ pub fn run(cli: &Cli) -> Result<VmExit, Error> {
     // The sound device's streams end here: their threads stop and backends flush (a WAV file
     // gets its final header) even when the guest did not release them.
     if let Some(sound) = &pci.sound {
-        sound.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        let mut sound = sound.lock().unwrap_or_else(|e| e.into_inner());
+        sound.reset();
+        log::info!("sound stats: {:?}", sound.stats());
     }
     result?;
     match exit.reason() {

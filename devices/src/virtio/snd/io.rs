@@ -12,7 +12,7 @@ use vm_memory::{GuestMemoryError, GuestMemoryMmap};
 
 use super::chain::ChainBuffers;
 use super::stats::SoundStats;
-use super::wire::{pcm_status, PCM_STATUS_SIZE, PCM_XFER_SIZE, RXQ, TXQ};
+use super::wire::{pcm_status, PCM_STATUS_SIZE, PCM_XFER_SIZE};
 use crate::virtio::{VirtioInterrupt, VirtioInterruptType};
 
 /// The most PCM bytes one I/O message may carry (4 MiB, far above any period the Linux driver
@@ -34,14 +34,6 @@ impl Direction {
         match self {
             Direction::Output => super::wire::D_OUTPUT,
             Direction::Input => super::wire::D_INPUT,
-        }
-    }
-
-    /// The queue that carries this direction's I/O messages.
-    pub fn queue(self) -> u16 {
-        match self {
-            Direction::Output => TXQ,
-            Direction::Input => RXQ,
         }
     }
 }
@@ -140,10 +132,6 @@ impl IoMessage {
         self.data_len as usize
     }
 
-    pub fn head(&self) -> u16 {
-        self.buffers.head
-    }
-
     /// Copies PCM bytes `[offset, offset + dst.len())` of a TX message out of guest memory.
     pub fn read_data(
         &self,
@@ -231,10 +219,6 @@ impl Completer {
 
     pub fn mem(&self) -> &GuestMemoryMmap {
         &self.mem
-    }
-
-    pub fn index(&self) -> u16 {
-        self.index
     }
 
     /// Locks the queue. Nothing that holds the lock sleeps or does audio I/O.

@@ -15,32 +15,37 @@
 //! # Design
 //! - Topology: output streams, then input streams ([`SoundConfig`]), each offering every rate
 //!   from 8 to 192 kHz, 1 to 8 channels and the backend's formats; one stereo channel map per
-//!   stream; optional jacks (always connected, no remapping). No features, no events.
-//! - The event loop runs [`worker::SoundWorker`]: control requests are carried out and answered
-//!   at once; TX/RX messages are validated and queued on their stream as references to guest
-//!   memory (no copy); the eventq's buffers are held, and no event is ever sent.
-//! - PREPARE starts a period thread per stream ([`period`]), paced by the backend (ALSA poll, or
-//!   a monotonic clock for null and WAV). Per period it copies guest PCM once, straight into the
-//!   backend's period buffer, and returns each message once all its bytes were handed over.
+//!   stream; optional jacks (always connected, no remapping). No features, no events: the
+//!   eventq's buffers are held and never used.
+//! - The event loop runs the device's worker: control requests are carried out and answered at
+//!   once; TX/RX messages are validated and queued on their stream as references to guest
+//!   memory (no copy). Malformed messages come back at once with BAD_MSG (or with length 0 if
+//!   they have no room for a status); messages for a stream that is not prepared, or beyond
+//!   what a stream may hold (the queue's size, twice the driver's buffer), with IO_ERR.
+//! - PREPARE starts a period thread per stream, paced by the backend (ALSA poll, or a monotonic
+//!   clock for null and WAV). Per period it copies guest PCM once, straight into the backend's
+//!   period buffer, and returns each message once all its bytes were handed over.
 //!   `latency_bytes` in a message's status is what the backend holds and has not played yet
-//!   (ALSA's delay; 0 for null and WAV).
-//! - STOP keeps queued messages; RELEASE hands every queued byte to the backend and returns every
-//!   message before it is answered; device reset joins every thread and drops queued messages.
+//!   (ALSA's delay; 0 for null and WAV). With nothing queued, ALSA and null get silence and WAV
+//!   records nothing.
+//! - STOP keeps queued messages. RELEASE hands every queued byte to the backend and returns every
+//!   message before it is answered; ALSA then plays out what it holds (at most 0.5 s) while the
+//!   stream is released. Device reset joins every thread and drops queued messages.
 //! - Locks: each stream's message queue, and the txq/rxq rings (shared by the event loop, which
 //!   pops, and the period threads, which return chains). None is held across audio I/O or a
 //!   wait, so a vCPU's notification never waits for audio.
 
 pub mod backend;
-pub mod chain;
+pub(crate) mod chain;
 pub mod config;
-pub mod control;
-pub mod io;
-pub mod period;
+pub(crate) mod control;
+pub(crate) mod io;
+pub(crate) mod period;
 pub mod stats;
-pub mod stream;
+pub(crate) mod stream;
 pub mod waker;
 pub mod wire;
-pub mod worker;
+pub(crate) mod worker;
 
 #[cfg(test)]
 mod tests;

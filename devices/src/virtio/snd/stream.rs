@@ -150,7 +150,6 @@ struct Shared {
 /// be consumed, and a one-slot command mailbox.
 pub struct StreamShared {
     pub id: u32,
-    pub direction: Direction,
     pub waker: Waker,
     shared: Mutex<Shared>,
     replied: Condvar,
@@ -199,10 +198,6 @@ impl StreamShared {
 
     fn set_byte_limit(&self, params: &PcmParams) {
         self.lock().byte_limit = 2 * u64::from(params.buffer_bytes);
-    }
-
-    pub fn pending_len(&self) -> usize {
-        self.lock().pending.len()
     }
 
     /// The period thread takes the command posted to it, if any.
@@ -271,7 +266,6 @@ impl StreamControl {
             params: None,
             shared: Arc::new(StreamShared {
                 id: info.id,
-                direction: info.direction,
                 waker: Waker::new()?,
                 shared: Mutex::new(Shared::default()),
                 replied: Condvar::new(),
@@ -286,6 +280,7 @@ impl StreamControl {
         self.state
     }
 
+    #[cfg(test)]
     pub fn params(&self) -> Option<PcmParams> {
         self.params
     }
@@ -303,8 +298,9 @@ impl StreamControl {
         self.shared.push(message)
     }
 
+    #[cfg(test)]
     pub fn pending_len(&self) -> usize {
-        self.shared.pending_len()
+        self.shared.lock().pending.len()
     }
 
     pub fn set_params(&mut self, request: &SetParams) -> u32 {

@@ -1403,3 +1403,62 @@ fn alsa_file_pcm_records_the_guest_pcm_bit_exactly() {
     assert_eq!(stats.tx_bytes_played, 1920);
     assert!(stats.tx_silence_bytes > 0);
 }
+
+/// The whole device on a real, paced PCM: run with a PulseAudio server reachable (PULSE_SERVER
+/// set) and `CANTO_ALSA_TEST_PCM=pulse`: `cargo test -- --ignored`. The `tee` plugin records
+/// exactly what the device handed to ALSA.
+#[test]
+#[ignore]
+fn a_paced_alsa_pcm_plays_the_guest_pcm_in_real_time() {
+    let Ok(slave) = std::env::var("CANTO_ALSA_TEST_PCM") else {
+        return;
+    };
+    let file = TempFile::new("tee.raw");
+    let config = null_config().with_backend(BackendConfig::Alsa {
+        device: format!("tee:{slave},'{}',raw", file.0.display()),
+    });
+    let mut h = Harness::new(config);
+    // 10 ms periods, 4 per buffer, 100 periods of audio.
+    let params = SetParams {
+        period_bytes: 1920,
+        buffer_bytes: 1920 * 4,
+        ..fast_params(0)
+    };
+    h.prepare(params);
+    let mut expected = Vec::new();
+    for i in 0..4 {
+        let data = pattern(1920, i);
+        h.tx(0, &data);
+        expected.extend(data);
+    }
+    let start = Instant::now();
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    // Like the Linux driver: queue a period each time one completes.
+    let mut returned = 0;
+    let mut sent = 4;
+    while sent < 100 {
+        returned += h.wait_used(TXQ, 1, Duration::from_secs(2)).len();
+        while sent < 100 && sent - returned < 4 {
+            let data = pattern(1920, sent as u8);
+            h.tx(0, &data);
+            expected.extend(data);
+            sent += 1;
+        }
+    }
+    h.wait_used(TXQ, 100 - returned, Duration::from_secs(2));
+    let elapsed = start.elapsed();
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    h.sound.reset();
+    let stats = h.sound.stats();
+    eprintln!("100 periods of 10 ms in {elapsed:?}: {stats:?}");
+    let recorded = std::fs::read(&file.0).unwrap();
+    assert!(
+        recorded[..expected.len()] == expected[..],
+        "the recording differs"
+    );
+    assert_eq!(stats.tx_underruns, 0);
+    assert_eq!(stats.backend_xruns, 0);
+    assert!(elapsed >= Duration::from_millis(950), "{elapsed:?}");
+    assert!(elapsed <= Duration::from_millis(1200), "{elapsed:?}");
+}

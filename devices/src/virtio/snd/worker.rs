@@ -164,7 +164,7 @@ impl SoundWorker {
         }
     }
 
-    /// The streams, for tests and diagnostics.
+    #[cfg(test)]
     pub fn streams(&self) -> &[StreamControl] {
         &self.streams
     }

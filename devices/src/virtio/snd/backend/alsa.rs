@@ -292,8 +292,11 @@ impl Pcm {
                 revents: 0,
             };
             let timeout_ms = self.poll_timeout_ms();
-            let ready = ::alsa::poll::poll(&mut self.fds[..=filled], timeout_ms)
-                .map_err(alsa_error("poll"))?;
+            let ready = match ::alsa::poll::poll(&mut self.fds[..=filled], timeout_ms) {
+                Ok(ready) => ready,
+                Err(e) if is_errno(&e, libc::EINTR) => return Ok(Readiness::TimedOut),
+                Err(e) => return Err(alsa_error("poll")(e)),
+            };
             if self.fds[filled].revents & libc::POLLIN != 0 {
                 waker.consume();
                 return Ok(Readiness::Woken);
@@ -699,6 +702,70 @@ mod tests {
         while input.wait_ready(&waker).unwrap() != Readiness::Ready {}
         input.capture_period().unwrap();
         input.close();
+    }
+
+    /// Plays 2 s of a tone through a real, paced PCM; run with a PulseAudio server reachable
+    /// (PULSE_SERVER set) and `CANTO_ALSA_TEST_PCM=pulse`: `cargo test -- --ignored`.
+    #[test]
+    #[ignore]
+    fn a_paced_pcm_takes_periods_in_real_time() {
+        let Ok(device) = std::env::var("CANTO_ALSA_TEST_PCM") else {
+            return;
+        };
+        let backend = AlsaBackend::new(&device).unwrap();
+        let p = params();
+        let stats = stats();
+        let mut out = backend.open_output(0, &p, &stats).unwrap();
+        let waker = Waker::new().unwrap();
+        out.start().unwrap();
+        let start = Instant::now();
+        let mut phase = 0f32;
+        for _ in 0..200 {
+            while out.wait_ready(&waker).unwrap() != Readiness::Ready {}
+            for frame in out.period_buffer().chunks_mut(4) {
+                let sample = ((phase.sin() * 8000.0) as i16).to_le_bytes();
+                frame[..2].copy_from_slice(&sample);
+                frame[2..].copy_from_slice(&sample);
+                phase += 2.0 * std::f32::consts::PI * 440.0 / 48000.0;
+            }
+            out.play_period(p.period_bytes as usize).unwrap();
+        }
+        let elapsed = start.elapsed();
+        out.close(Some(&waker));
+        let total = start.elapsed();
+        eprintln!(
+            "200 periods in {elapsed:?}, closed after {total:?}, {:?}",
+            stats.snapshot()
+        );
+        assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(2300), "{elapsed:?}");
+    }
+
+    /// Captures 1 s from a real, paced PCM (see `a_paced_pcm_takes_periods_in_real_time`).
+    #[test]
+    #[ignore]
+    fn a_paced_pcm_captures_periods_in_real_time() {
+        let Ok(device) = std::env::var("CANTO_ALSA_TEST_PCM") else {
+            return;
+        };
+        let backend = AlsaBackend::new(&device).unwrap();
+        let stats = stats();
+        let mut input = backend.open_input(1, &params(), &stats).unwrap();
+        let waker = Waker::new().unwrap();
+        input.start().unwrap();
+        let start = Instant::now();
+        for _ in 0..100 {
+            while input.wait_ready(&waker).unwrap() != Readiness::Ready {}
+            assert_eq!(input.capture_period().unwrap().len(), 1920);
+        }
+        let elapsed = start.elapsed();
+        input.close();
+        eprintln!(
+            "100 periods captured in {elapsed:?}, {:?}",
+            stats.snapshot()
+        );
+        assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(1200), "{elapsed:?}");
     }
 
     #[test]
