@@ -28,9 +28,11 @@ check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The tests run beside a private PulseAudio server (resources/with-pulse.sh), so the ALSA tests
+# that need a real-time paced device (marked #[ignore] for a plain `cargo test`) run too.
 test: deps guest check
 	$(CARGO) build -p canto
-	$(CARGO) test --workspace
+	bash resources/with-pulse.sh $(CARGO) test --workspace -- --include-ignored
 
 clean:
 	$(CARGO) clean

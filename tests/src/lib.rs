@@ -297,6 +297,7 @@ impl PulseServer {
                 socket.display()
             ))
             .envs(Self::env_for(&dir))
+            .env("HOME", &dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -317,7 +318,6 @@ impl PulseServer {
         let d = dir.display().to_string();
         vec![
             ("XDG_RUNTIME_DIR".into(), d.clone()),
-            ("HOME".into(), d.clone()),
             ("PULSE_RUNTIME_PATH".into(), d.clone()),
             ("PULSE_STATE_PATH".into(), d.clone()),
             ("PULSE_SERVER".into(), format!("unix:{d}/native")),

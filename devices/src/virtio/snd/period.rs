@@ -159,6 +159,27 @@ impl Worker {
     }
 }
 
+/// How long a stream's guest audio took to play, against its duration: whether the host device
+/// paced it in real time. Logged at RELEASE, after the backend has played out what it held.
+struct PacingReport {
+    stream: u32,
+    first_write: Option<std::time::Instant>,
+    audio_seconds: f64,
+}
+
+impl PacingReport {
+    fn log(&self) {
+        if let Some(first) = self.first_write {
+            log::info!(
+                "virtio-snd: stream {}: played {:.3} s of guest audio in {:.3} s",
+                self.stream,
+                self.audio_seconds,
+                first.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
 /// Starts an output stream's period thread.
 pub fn spawn_output(
     ctx: PeriodContext,
@@ -168,6 +189,8 @@ pub fn spawn_output(
     let thread = OutputThread {
         worker: Worker::new(ctx),
         stream,
+        first_write: None,
+        pcm_bytes_written: 0,
     };
     std::thread::Builder::new()
         .name(name)
@@ -177,6 +200,11 @@ pub fn spawn_output(
 struct OutputThread {
     worker: Worker,
     stream: Box<dyn OutputStream>,
+    /// When the first guest PCM went to the backend, and how many bytes have gone since: with
+    /// the time the backend finished playing them, this says whether the host device paced the
+    /// stream in real time (logged at RELEASE).
+    first_write: Option<std::time::Instant>,
+    pcm_bytes_written: u64,
 }
 
 impl OutputThread {
@@ -198,7 +226,9 @@ impl OutputThread {
                         self.flush();
                         self.worker.ctx.shared.reply(Ok(()));
                         // Let the backend play what it holds; the driver has its answer.
+                        let pacing = self.pacing_report();
                         self.stream.close(Some(&self.worker.ctx.shared.waker));
+                        pacing.log();
                         return;
                     }
                     Command::Exit => {
@@ -266,6 +296,10 @@ impl OutputThread {
         if play {
             match self.stream.play_period(filled) {
                 Ok(silence) => {
+                    if copied > 0 {
+                        self.first_write.get_or_insert_with(std::time::Instant::now);
+                        self.pcm_bytes_written += copied;
+                    }
                     worker.errors.succeeded();
                     worker.ctx.stats.tx_played(copied);
                     worker.ctx.stats.tx_silence(silence as u64);
@@ -289,6 +323,17 @@ impl OutputThread {
         if !worker.finished.is_empty() {
             let latency = self.stream.latency_bytes();
             worker.complete_finished(latency);
+        }
+    }
+
+    /// What [`PacingReport::log`] needs once the backend has played everything.
+    fn pacing_report(&self) -> PacingReport {
+        let params = &self.worker.ctx.params;
+        let bytes_per_second = u64::from(params.rate_hz) * u64::from(params.frame_bytes());
+        PacingReport {
+            stream: self.worker.id(),
+            first_write: self.first_write,
+            audio_seconds: self.pcm_bytes_written as f64 / bytes_per_second.max(1) as f64,
         }
     }
 
@@ -316,7 +361,11 @@ impl OutputThread {
                 }
                 worker.ctx.stats.tx_copied(n as u64);
                 match self.stream.flush_bytes(n) {
-                    Ok(()) => worker.ctx.stats.tx_played(n as u64),
+                    Ok(()) => {
+                        worker.ctx.stats.tx_played(n as u64);
+                        self.first_write.get_or_insert_with(std::time::Instant::now);
+                        self.pcm_bytes_written += n as u64;
+                    }
                     Err(e) => {
                         message.failed = true;
                         error = Some(e);
