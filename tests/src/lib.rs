@@ -243,23 +243,6 @@ pub fn newc_archive(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn newc_archive_layout() {
-        let a = newc_archive(&[("canto/x", 0o100644, b"abc")]);
-        assert!(a.starts_with(b"070701"));
-        assert_eq!(a.len() % 4, 0);
-        let text = String::from_utf8_lossy(&a);
-        assert!(text.contains("canto/x\0"));
-        assert!(text.contains("TRAILER!!!"));
-        // File size field of the first entry (7th field) is 3.
-        assert_eq!(&a[6 + 6 * 8..6 + 7 * 8], b"00000003");
-    }
-}
-
 /// A private, headless PulseAudio server with a null sink: a real-time paced ALSA device
 /// (ALSA PCM `pulse`) on a machine with no sound card. Stopped (by PID) when dropped.
 pub struct PulseServer {
@@ -353,5 +336,22 @@ impl Drop for PulseServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newc_archive_layout() {
+        let a = newc_archive(&[("canto/x", 0o100644, b"abc")]);
+        assert!(a.starts_with(b"070701"));
+        assert_eq!(a.len() % 4, 0);
+        let text = String::from_utf8_lossy(&a);
+        assert!(text.contains("canto/x\0"));
+        assert!(text.contains("TRAILER!!!"));
+        // File size field of the first entry (7th field) is 3.
+        assert_eq!(&a[6 + 6 * 8..6 + 7 * 8], b"00000003");
     }
 }
