@@ -15,6 +15,13 @@ static const struct dg_test tests[] = {
     {"rng-event-idx", test_rng_event_idx, "virtio-rng with VIRTIO_F_RING_EVENT_IDX (if offered)"},
     {"reset", test_reset, "reset virtio-rng mid-request, re-init, round trip"},
     {"garbage", test_garbage, "garbage into every virtio register and config space, then work"},
+    {"snd-control", test_snd_control, "virtio-snd: every control request, legal and illegal"},
+    {"snd-tx", test_snd_tx, "virtio-snd: 1 s of paced TX (40 x 25 ms), a counter pattern"},
+    {"snd-tx-late-write", test_snd_tx_late_write, "virtio-snd: PCM rewritten after queueing is what plays"},
+    {"snd-rx", test_snd_rx, "virtio-snd: 8 paced capture periods of silence from stream 1"},
+    {"snd-bad-io", test_snd_bad_io, "virtio-snd: malformed TX/RX messages come back, then TX works"},
+    {"snd-release-flush", test_snd_release_flush, "virtio-snd: RELEASE returns every message first"},
+    {"snd-reset", test_snd_reset, "virtio-snd: reset with TX in flight, re-init, control + TX"},
     {"rtt", test_rtt, "benchmark: n= virtio-rng 8-byte round trips (TSC cycles)"},
 };
 

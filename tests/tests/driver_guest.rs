@@ -2,7 +2,7 @@
 //! virtio-pci devices through real KVM and reports on the serial port. It starts in milliseconds,
 //! so each test here is one short `canto` run that must end with `DG PASS <name>`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -42,8 +42,12 @@ fn driver_guest() -> Option<PathBuf> {
     }
 }
 
+/// The sound device most tests run with: the null backend (paced, nothing played, no host audio
+/// device needed).
+const NULL_SOUND: &str = "backend=null";
+
 /// The one place the canto command line for a driver-guest run is built.
-fn canto_args(elf: &std::path::Path, cmdline: &str) -> Canto {
+fn canto_args(elf: &Path, cmdline: &str, sound: &str) -> Canto {
     Canto::new()
         .arg("--kernel")
         .arg(elf.to_str().expect("utf-8 path"))
@@ -51,9 +55,8 @@ fn canto_args(elf: &std::path::Path, cmdline: &str) -> Canto {
         .arg("64M")
         .arg("--serial")
         .arg("stdio")
-        // The null sound backend: no host audio device needed, nothing played.
         .arg("--sound")
-        .arg("backend=null")
+        .arg(sound)
         .arg("--cmdline")
         .arg(cmdline)
         .timeout(Duration::from_secs(20))
@@ -61,12 +64,17 @@ fn canto_args(elf: &std::path::Path, cmdline: &str) -> Canto {
 
 /// Runs `test=<name>`; None when KVM or the toolchain is missing (the test then skips).
 fn run_guest(name: &str, extra: &str) -> Option<RunOutput> {
+    run_guest_with(name, extra, NULL_SOUND)
+}
+
+/// Runs `test=<name>` with the sound device `--sound <sound>`.
+fn run_guest_with(name: &str, extra: &str, sound: &str) -> Option<RunOutput> {
     if !kvm_available() {
         return None;
     }
     let elf = driver_guest()?;
     let cmdline = format!("test={name} {extra}");
-    let out = canto_args(&elf, cmdline.trim_end()).run();
+    let out = canto_args(&elf, cmdline.trim_end(), sound).run();
     eprintln!(
         "--- test={name}: {:?} in {:?}\n{}",
         out.status, out.elapsed, out.stdout
@@ -79,7 +87,12 @@ fn run_guest(name: &str, extra: &str) -> Option<RunOutput> {
 
 /// Exit 0, exactly one result line, and it is `DG PASS <name>`.
 fn expect_pass(name: &str, extra: &str) -> Option<RunOutput> {
-    let out = run_guest(name, extra)?;
+    expect_pass_with(name, extra, NULL_SOUND)
+}
+
+/// `expect_pass` with the sound device `--sound <sound>`.
+fn expect_pass_with(name: &str, extra: &str, sound: &str) -> Option<RunOutput> {
+    let out = run_guest_with(name, extra, sound)?;
     let fails: Vec<&str> = out
         .stdout
         .lines()
@@ -177,4 +190,157 @@ fn rtt_smoke() {
         "{}",
         out.stdout
     );
+}
+
+// ---- virtio-snd ----------------------------------------------------------------------------
+
+/// A WAV file in the temp directory for one test, removed when dropped.
+struct TempWav(PathBuf);
+
+impl TempWav {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("canto-dg-{name}-{}.wav", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Self(path)
+    }
+
+    /// `--sound` for the WAV backend recording into this file.
+    fn sound(&self) -> String {
+        format!("backend=wav,path={}", self.0.display())
+    }
+}
+
+impl Drop for TempWav {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The guest's PCM pattern (tests/driver-guest/tests/snd_util.h): S16 samples counting up from 0,
+/// modulo 65536, over the whole stream.
+fn counter_pcm(samples: usize) -> Vec<u8> {
+    (0..samples)
+        .flat_map(|i| (i as u16).to_le_bytes())
+        .collect()
+}
+
+/// The WAV is S16 stereo 48 kHz and its data is exactly `samples` samples of the counter
+/// pattern, byte for byte: nothing lost, nothing repeated, no silence added.
+fn assert_counter_wav(path: &Path, samples: usize) {
+    let reader = hound::WavReader::open(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let spec = reader.spec();
+    assert_eq!(
+        (
+            spec.channels,
+            spec.sample_rate,
+            spec.bits_per_sample,
+            spec.sample_format
+        ),
+        (2, 48000, 16, hound::SampleFormat::Int),
+        "WAV format"
+    );
+    let len = reader.len() as usize;
+    drop(reader);
+    assert_eq!(
+        len,
+        samples,
+        "the WAV holds {len} samples ({} periods of 25 ms), expected {samples}",
+        len as f64 / 2400.0
+    );
+    // The data chunk is the end of the file: compare the raw bytes.
+    let bytes = std::fs::read(path).expect("read the WAV");
+    let expected = counter_pcm(samples);
+    assert!(bytes.len() >= expected.len(), "WAV shorter than its data");
+    let data = &bytes[bytes.len() - expected.len()..];
+    if let Some(at) = data.iter().zip(&expected).position(|(a, b)| a != b) {
+        let sample = at / 2;
+        panic!(
+            "WAV data differs from the guest's pattern at byte {at} (sample {sample}, frame {}): \
+             got {:02x?}, expected {:02x?}",
+            sample / 2,
+            &data[at..(at + 8).min(data.len())],
+            &expected[at..(at + 8).min(expected.len())]
+        );
+    }
+}
+
+#[test]
+fn snd_control() {
+    expect_pass("snd-control", "");
+}
+
+/// 40 periods of 25 ms through the WAV backend: paced (the guest fails if 1 s of audio completes
+/// in under 0.5 s) and recorded bit-exact.
+#[test]
+fn snd_tx() {
+    let wav = TempWav::new("snd-tx");
+    let Some(out) = expect_pass_with("snd-tx", "", &wav.sound()) else {
+        return;
+    };
+    let pacing = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("DG snd-tx: 40 periods"))
+        .unwrap_or_else(|| panic!("no pacing line: {}", out.stdout));
+    eprintln!("pacing: {pacing}");
+    assert_counter_wav(&wav.0, 40 * 2400);
+}
+
+/// The same with VIRTIO_F_RING_EVENT_IDX negotiated, as the Linux driver does: completions from
+/// the period thread must still raise one interrupt each (the guest counts them).
+#[test]
+fn snd_tx_event_idx() {
+    let wav = TempWav::new("snd-tx-event-idx");
+    if expect_pass_with("snd-tx", "event_idx=1", &wav.sound()).is_none() {
+        return;
+    }
+    assert_counter_wav(&wav.0, 40 * 2400);
+}
+
+/// PCM the guest rewrites after queueing (before START, and after the previous period completed)
+/// is what the device plays: it copies at consume time (the Linux 6.1 driver's case).
+#[test]
+fn snd_tx_late_write() {
+    let wav = TempWav::new("snd-tx-late-write");
+    if expect_pass_with("snd-tx-late-write", "", &wav.sound()).is_none() {
+        return;
+    }
+    // Two 100 ms periods; the stale pattern (0xdead) must not appear.
+    assert_counter_wav(&wav.0, 2 * 9600);
+}
+
+/// Capture: 8 paced periods of silence from the input stream, used length = status + PCM.
+#[test]
+fn snd_rx() {
+    expect_pass("snd-rx", "");
+}
+
+#[test]
+fn snd_bad_io() {
+    expect_pass("snd-bad-io", "");
+}
+
+/// VIRTIO 1.2 §5.14.6.8: an I/O message's status "contains VIRTIO_SND_S_OK if an operation is
+/// successful, and VIRTIO_SND_S_IO_ERR otherwise": malformed messages and unknown stream ids get
+/// IO_ERR, never BAD_MSG (io.rs `IoMessage::parse`, worker.rs `process_io`).
+#[test]
+fn snd_bad_io_spec_status() {
+    expect_pass("snd-bad-io", "strict=1");
+}
+
+#[test]
+fn snd_release_flush() {
+    expect_pass("snd-release-flush", "");
+}
+
+#[test]
+fn snd_reset() {
+    expect_pass("snd-reset", "");
+}
+
+/// Reset and re-initialization with EVENT_IDX: the device's ring state starts over.
+#[test]
+fn snd_reset_event_idx() {
+    expect_pass("snd-reset", "event_idx=1");
 }

@@ -11,5 +11,12 @@ void test_garbage(void);
 void test_rtt(void);
 void test_rng_batch(void);
 void test_rng_event_idx(void);
+void test_snd_control(void);
+void test_snd_tx(void);
+void test_snd_tx_late_write(void);
+void test_snd_rx(void);
+void test_snd_bad_io(void);
+void test_snd_release_flush(void);
+void test_snd_reset(void);
 
 #endif

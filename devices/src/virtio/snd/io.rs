@@ -122,7 +122,8 @@ impl IoMessage {
                     direction,
                     data_len: 0,
                 };
-                Err((message.reject(mem, super::wire::S_BAD_MSG), error))
+                // §5.14.6.8: an I/O status is OK or IO_ERR; BAD_MSG is for control requests.
+                Err((message.reject(mem, super::wire::S_IO_ERR), error))
             }
         }
     }

@@ -48,6 +48,8 @@ pub mod wire;
 pub(crate) mod worker;
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::{Arc, Mutex, PoisonError};

@@ -333,7 +333,8 @@ impl SoundWorker {
                         message.stream_id
                     );
                     self.stats.bad_message();
-                    done.push(message.reject(mem, S_BAD_MSG));
+                    // §5.14.6.8 names only OK and IO_ERR for I/O messages.
+                    done.push(message.reject(mem, S_IO_ERR));
                 }
                 Some(stream) if !stream.accepts_io() => {
                     log::debug!(

@@ -230,22 +230,74 @@ struct Pcm {
     can_pause: bool,
     paused: bool,
     needs_prepare: bool,
+    /// Set when an error could not be recovered from (the device went away: a PulseAudio
+    /// server died, a USB card was unplugged). The PCM is not touched again: every call fails
+    /// at once, and the stream works again only once it is prepared anew (a new PCM).
+    broken: Option<::alsa::Error>,
     fds: Vec<pollfd>,
     guard: RealTimeGuard,
     stats: Arc<SoundStats>,
 }
 
 impl Pcm {
+    fn new(
+        setup: Setup,
+        device: &str,
+        params: &PcmParams,
+        ready_frames: Frames,
+        allowance: u64,
+        stats: &Arc<SoundStats>,
+    ) -> Pcm {
+        Pcm {
+            pcm: setup.pcm,
+            device: device.to_string(),
+            params: *params,
+            frame_bytes: params.frame_bytes() as usize,
+            ready_frames,
+            can_pause: setup.can_pause,
+            paused: false,
+            needs_prepare: false,
+            broken: None,
+            fds: Vec::new(),
+            guard: RealTimeGuard::new(params.rate_hz, allowance),
+            stats: stats.clone(),
+        }
+    }
+
+    /// Fails if the PCM is broken.
+    fn check(&self) -> Result<(), BackendError> {
+        match self.broken {
+            Some(source) => Err(BackendError::AlsaBroken {
+                device: self.device.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Recovers from an xrun or suspend (counted); any other error, or a failed recovery,
+    /// breaks the PCM.
     fn recover(&mut self, error: ::alsa::Error) -> Result<(), BackendError> {
-        self.stats.backend_xrun();
+        self.check()?;
         log::debug!(
             "virtio-snd: ALSA `{}`: recovering from {error}",
             self.device
         );
         self.guard.reset();
-        self.pcm
-            .try_recover(error, true)
-            .map_err(alsa_error("recover"))
+        match self.pcm.try_recover(error, true) {
+            Ok(()) => {
+                self.stats.backend_xrun();
+                Ok(())
+            }
+            Err(e) => {
+                log::warn!(
+                    "virtio-snd: ALSA `{}` failed ({error}) and cannot recover ({e})",
+                    self.device
+                );
+                self.broken = Some(e);
+                self.check()
+            }
+        }
     }
 
     fn poll_timeout_ms(&self) -> i32 {
@@ -255,6 +307,7 @@ impl Pcm {
 
     /// Waits until `ready_frames` are available, the waker fires, or two periods pass.
     fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        self.check()?;
         let want = u64::from(self.params.period_frames());
         if let Some(at) = self.guard.hold_until(want) {
             if waker.wait_until(at) {
@@ -327,6 +380,10 @@ impl Pcm {
     /// input drops its buffer.
     fn pause(&mut self, play_out: bool) -> Result<(), BackendError> {
         self.guard.reset();
+        if self.broken.is_some() {
+            // Nothing plays any more: stopped already.
+            return Ok(());
+        }
         match self.pcm.state() {
             State::Running if self.can_pause => {
                 self.pcm.pause(true).map_err(alsa_error("pause"))?;
@@ -345,6 +402,7 @@ impl Pcm {
     /// Undoes `pause`: the PCM is ready to take or give data again.
     fn resume(&mut self) -> Result<(), BackendError> {
         self.guard.reset();
+        self.check()?;
         if self.paused {
             self.pcm.pause(false).map_err(alsa_error("pause release"))?;
             self.paused = false;
@@ -357,6 +415,9 @@ impl Pcm {
     }
 
     fn latency_bytes(&mut self) -> u32 {
+        if self.broken.is_some() {
+            return 0;
+        }
         match self.pcm.delay() {
             Ok(frames) if frames > 0 => {
                 let bytes = (frames as u64).saturating_mul(self.frame_bytes as u64);
@@ -399,20 +460,9 @@ impl Backend for AlsaBackend {
         let target_fill = buffer.min(2 * period);
         let ready_frames = (buffer - target_fill + period).clamp(1, buffer);
         set_sw_params(&setup.pcm, period.min(buffer), ready_frames)?;
+        let allowance = target_fill.max(0) as u64;
         Ok(Box::new(AlsaOutput {
-            pcm: Pcm {
-                pcm: setup.pcm,
-                device: self.device.clone(),
-                params: *params,
-                frame_bytes: params.frame_bytes() as usize,
-                ready_frames,
-                can_pause: setup.can_pause,
-                paused: false,
-                needs_prepare: false,
-                fds: Vec::new(),
-                guard: RealTimeGuard::new(params.rate_hz, target_fill.max(0) as u64),
-                stats: stats.clone(),
-            },
+            pcm: Pcm::new(setup, &self.device, params, ready_frames, allowance, stats),
             period: vec![0; params.period_bytes as usize],
         }))
     }
@@ -428,19 +478,7 @@ impl Backend for AlsaBackend {
         // Capture is started explicitly at START, never by a read.
         set_sw_params(&setup.pcm, setup.buffer_frames * 2, period.max(1))?;
         Ok(Box::new(AlsaInput {
-            pcm: Pcm {
-                pcm: setup.pcm,
-                device: self.device.clone(),
-                params: *params,
-                frame_bytes: params.frame_bytes() as usize,
-                ready_frames: period.max(1),
-                can_pause: setup.can_pause,
-                paused: false,
-                needs_prepare: false,
-                fds: Vec::new(),
-                guard: RealTimeGuard::new(params.rate_hz, 0),
-                stats: stats.clone(),
-            },
+            pcm: Pcm::new(setup, &self.device, params, period.max(1), 0, stats),
             period: vec![0; params.period_bytes as usize],
         }))
     }
@@ -454,6 +492,7 @@ struct AlsaOutput {
 impl AlsaOutput {
     /// Writes `len` bytes (whole frames) of the period buffer, waiting (bounded) for room.
     fn write(&mut self, len: usize) -> Result<(), BackendError> {
+        self.pcm.check()?;
         let frame_bytes = self.pcm.frame_bytes.max(1);
         let deadline = Instant::now() + self.pcm.max_wait();
         let mut done = 0;
@@ -610,6 +649,7 @@ impl InputStream for AlsaInput {
     }
 
     fn capture_period(&mut self) -> Result<&[u8], BackendError> {
+        self.pcm.check()?;
         let frame_bytes = self.pcm.frame_bytes.max(1);
         let len = self.period.len();
         let deadline = Instant::now() + self.pcm.max_wait();

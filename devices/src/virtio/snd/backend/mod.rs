@@ -77,6 +77,11 @@ pub enum BackendError {
         op: &'static str,
         source: ::alsa::Error,
     },
+    #[error("ALSA PCM `{device}` failed and cannot recover ({source}): the stream must be prepared again")]
+    AlsaBroken {
+        device: String,
+        source: ::alsa::Error,
+    },
     #[error("ALSA PCM `{device}` cannot use {what}")]
     AlsaUnsupported { device: String, what: String },
     #[error("the ALSA device name `{0}` contains a NUL byte")]

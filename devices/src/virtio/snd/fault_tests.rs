@@ -1,0 +1,803 @@
+//! Host faults: what the device does when the host side of a stream breaks while the guest plays
+//! (docs/virtio-snd.md, "Host faults"). A fake driver drives the device through virtio-queue's
+//! mock split queues in fake guest memory, as in `tests.rs`; each test checks the status the
+//! guest reads back from its memory AND that the device still plays afterwards.
+//!
+//! The ALSA tests start their own headless PulseAudio (the flags of `resources/with-pulse.sh`)
+//! so they can kill and restart it. PULSE_SERVER is process-wide, so each such test runs its body
+//! in a child process of this test binary with that environment (see [`pulse_child`]); they skip
+//! with a printed reason when `pulseaudio` is missing, except with `CI=true`.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{
+    alsa::AlsaBackend, BackendError, InputStream, OutputStream, PcmParams, Readiness,
+};
+use super::stats::SoundStats;
+use super::stream::PcmState;
+use super::waker::Waker;
+use super::wire::*;
+use super::*;
+use crate::virtio::{ActiveQueue, VirtioInterrupt, VirtioInterruptType};
+
+// ----- a fake driver (the parts of `tests.rs`'s harness these tests need) -----
+
+const MEM_SIZE: u64 = 32 << 20;
+const DATA_START: u64 = 1 << 20;
+
+struct NoInterrupt;
+
+impl VirtioInterrupt for NoInterrupt {
+    fn trigger(&self, _kind: VirtioInterruptType) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The driver's side of one split queue.
+struct DriverQueue {
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    size: u16,
+    next_desc: u16,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl DriverQueue {
+    fn new(mem: &GuestMemoryMmap, base: u64, size: u16) -> (DriverQueue, Queue) {
+        let mock = MockSplitQueue::create(mem, GuestAddress(base), size);
+        let queue: Queue = mock.create_queue().unwrap();
+        let driver = DriverQueue {
+            desc: mock.desc_table_addr(),
+            avail: mock.avail_addr(),
+            used: mock.used_addr(),
+            size,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+        };
+        (driver, queue)
+    }
+
+    /// Writes a chain of (address, length, device-writable) and makes it available.
+    fn add(&mut self, mem: &GuestMemoryMmap, descs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.next_desc;
+        for (i, (addr, len, write)) in descs.iter().enumerate() {
+            let index = (head + i as u16) % self.size;
+            let next = (index + 1) % self.size;
+            let mut flags = if *write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if i + 1 < descs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&next.to_le_bytes());
+            mem.write_slice(&raw, GuestAddress(self.desc.0 + 16 * u64::from(index)))
+                .unwrap();
+        }
+        self.next_desc = (head + descs.len() as u16) % self.size;
+        let slot = self.avail.0 + 4 + 2 * u64::from(self.avail_idx % self.size);
+        mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail.0 + 2))
+            .unwrap();
+        head
+    }
+
+    /// The heads of the chains used since the last call.
+    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<u16> {
+        let idx: u16 = mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap();
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let at = self.used.0 + 4 + 8 * u64::from(self.used_seen % self.size);
+            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
+            out.push(id as u16);
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+}
+
+/// A TX message the fake driver sent.
+struct Sent {
+    head: u16,
+    status: u64,
+    data: Vec<u8>,
+}
+
+struct Harness {
+    mem: GuestMemoryMmap,
+    sound: Sound,
+    queues: Vec<DriverQueue>,
+    next_buffer: u64,
+}
+
+impl Harness {
+    fn new(sound: Sound) -> Harness {
+        let mut sound = sound;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+        let mut queues = Vec::new();
+        let mut active = Vec::new();
+        for index in 0..NUM_QUEUES as u16 {
+            let (driver, queue) = DriverQueue::new(&mem, u64::from(index) * 0x8000, QUEUE_SIZE);
+            queues.push(driver);
+            let kick = EventFd::new(0).unwrap();
+            active.push(ActiveQueue { index, queue, kick });
+        }
+        sound
+            .activate(ActivateContext {
+                mem: mem.clone(),
+                interrupt: Arc::new(NoInterrupt),
+                queues: active,
+                acked_features: VIRTIO_F_VERSION_1,
+            })
+            .unwrap();
+        Harness {
+            mem,
+            sound,
+            queues,
+            next_buffer: DATA_START,
+        }
+    }
+
+    fn kick(&self, queue: u16) {
+        self.sound
+            .worker
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .handle_queue(queue);
+    }
+
+    fn state(&self, stream: usize) -> PcmState {
+        self.sound
+            .worker
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .streams()[stream]
+            .state()
+    }
+
+    fn alloc(&mut self, len: u64) -> u64 {
+        let len = len.max(1).next_multiple_of(64);
+        if self.next_buffer + len > MEM_SIZE {
+            self.next_buffer = DATA_START;
+        }
+        let at = self.next_buffer;
+        self.next_buffer += len;
+        at
+    }
+
+    /// Sends a control request; returns the status the device wrote.
+    fn control(&mut self, request: &[u8]) -> u32 {
+        let req = self.alloc(request.len() as u64);
+        self.mem.write_slice(request, GuestAddress(req)).unwrap();
+        let resp = self.alloc(4);
+        self.mem
+            .write_obj(0xaaaa_aaaau32, GuestAddress(resp))
+            .unwrap();
+        let head = self.queues[0].add(
+            &self.mem,
+            &[(req, request.len() as u32, false), (resp, 4, true)],
+        );
+        self.kick(CONTROLQ);
+        assert_eq!(
+            self.queues[0].take_used(&self.mem),
+            vec![head],
+            "the control request was not answered at once"
+        );
+        self.mem.read_obj(GuestAddress(resp)).unwrap()
+    }
+
+    fn pcm(&mut self, code: u32, stream: u32) -> u32 {
+        let mut request = code.to_le_bytes().to_vec();
+        request.extend(stream.to_le_bytes());
+        self.control(&request)
+    }
+
+    fn set_params(&mut self, params: SetParams) -> u32 {
+        self.control(&params.encode())
+    }
+
+    /// Queues a TX message and kicks the txq.
+    fn tx(&mut self, stream: u32, data: &[u8]) -> Sent {
+        let hdr = self.alloc(4);
+        self.mem.write_obj(stream, GuestAddress(hdr)).unwrap();
+        let buf = self.alloc(data.len() as u64);
+        self.mem.write_slice(data, GuestAddress(buf)).unwrap();
+        let status = self.alloc(8);
+        self.mem
+            .write_slice(&[0xee; 8], GuestAddress(status))
+            .unwrap();
+        let head = self.queues[usize::from(TXQ)].add(
+            &self.mem,
+            &[
+                (hdr, 4, false),
+                (buf, data.len() as u32, false),
+                (status, 8, true),
+            ],
+        );
+        self.kick(TXQ);
+        Sent {
+            head,
+            status,
+            data: data.to_vec(),
+        }
+    }
+
+    /// The status the device wrote for a message (0xeeeeeeee while it has not).
+    fn status_of(&self, sent: &Sent) -> u32 {
+        self.mem.read_obj(GuestAddress(sent.status)).unwrap()
+    }
+
+    /// Waits (bounded) for the next used TX chain; None at the timeout.
+    fn next_used_tx(&mut self, timeout: Duration) -> Option<u16> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // One at a time: leave the rest for the next call.
+            let queue = &mut self.queues[usize::from(TXQ)];
+            let idx: u16 = self.mem.read_obj(GuestAddress(queue.used.0 + 2)).unwrap();
+            if idx != queue.used_seen {
+                let at = queue.used.0 + 4 + 8 * u64::from(queue.used_seen % queue.size);
+                let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+                queue.used_seen = queue.used_seen.wrapping_add(1);
+                return Some(id as u16);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Plays like the Linux driver: keeps `depth` messages in flight, queueing one each time one
+/// comes back (messages come back in order on one stream). Returns the messages that came
+/// back, with their status, after `count` came back; panics if one takes longer than `patience`.
+struct Player {
+    stream: u32,
+    period_bytes: usize,
+    depth: usize,
+    in_flight: std::collections::VecDeque<Sent>,
+    seed: u8,
+}
+
+impl Player {
+    fn new(stream: u32, period_bytes: u32, depth: usize) -> Player {
+        Player {
+            stream,
+            period_bytes: period_bytes as usize,
+            depth,
+            in_flight: Default::default(),
+            seed: 0,
+        }
+    }
+
+    fn fill(&mut self, h: &mut Harness) {
+        while self.in_flight.len() < self.depth {
+            let data = pattern(self.period_bytes, self.seed);
+            self.seed = self.seed.wrapping_add(1);
+            self.in_flight.push_back(h.tx(self.stream, &data));
+        }
+    }
+
+    /// Waits for the oldest message; returns it with its status.
+    fn next(&mut self, h: &mut Harness, patience: Duration) -> (Sent, u32) {
+        let head = h.next_used_tx(patience).unwrap_or_else(|| {
+            panic!(
+                "no TX message came back within {patience:?} ({} in flight)",
+                self.in_flight.len()
+            )
+        });
+        let sent = self.in_flight.pop_front().expect("a message in flight");
+        assert_eq!(head, sent.head, "TX messages came back out of order");
+        let status = h.status_of(&sent);
+        (sent, status)
+    }
+
+    /// Waits for `count` messages, refilling after each (so `depth` stay in flight); returns
+    /// them with their statuses.
+    fn play(&mut self, h: &mut Harness, count: usize, patience: Duration) -> Vec<(Sent, u32)> {
+        let mut out = Vec::new();
+        self.fill(h);
+        while out.len() < count {
+            out.push(self.next(h, patience));
+            self.fill(h);
+        }
+        out
+    }
+
+    /// Waits for every message still in flight.
+    fn drain(&mut self, h: &mut Harness, patience: Duration) -> Vec<(Sent, u32)> {
+        let mut out = Vec::new();
+        while !self.in_flight.is_empty() {
+            out.push(self.next(h, patience));
+        }
+        out
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// S16 stereo at 48 kHz, 10 ms periods (1920 bytes), four per buffer.
+fn params_10ms(stream_id: u32) -> SetParams {
+    SetParams {
+        stream_id,
+        buffer_bytes: 1920 * 4,
+        period_bytes: 1920,
+        features: 0,
+        channels: 2,
+        format: PcmFormat::S16.code(),
+        rate: rate_code(48000).unwrap(),
+    }
+}
+
+fn config(backend: BackendConfig) -> SoundConfig {
+    SoundConfig {
+        backend,
+        outputs: 1,
+        inputs: 1,
+        jacks: 0,
+    }
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns false (after printing why) when a prerequisite is missing; panics under `CI=true`.
+fn prerequisite(ok: bool, what: &str) -> bool {
+    if !ok {
+        assert!(
+            !in_ci(),
+            "CI=true and {what}: this test cannot run, so it fails"
+        );
+        eprintln!("SKIPPED: {what}");
+    }
+    ok
+}
+
+// ----- a private PulseAudio server -----
+
+/// Set in the child process that runs a test's body: the private directory of its server.
+const CHILD_DIR_ENV: &str = "CANTO_FAULT_PULSE_DIR";
+/// How long a child may run before the parent kills it.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// In the test process: runs the test `name` (a test of this module) again in a child process
+/// with a private PulseAudio directory and PULSE_SERVER pointing into it, checks that it passed,
+/// and returns None. In that child: returns the directory; the test body goes on.
+fn pulse_child(name: &str) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os(CHILD_DIR_ENV) {
+        return Some(dir.into());
+    }
+    let found = Command::new("pulseaudio")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !prerequisite(found, "`pulseaudio` is not installed") {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("canto-fault-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // This module's path without the crate name is the test's path in the harness.
+    let module = module_path!().split_once("::").unwrap().1;
+    let test = format!("{module}::{name}");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([&test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR_ENV, &dir)
+        .env("PULSE_SERVER", format!("unix:{}/native", dir.display()))
+        .env("XDG_RUNTIME_DIR", &dir)
+        .env("PULSE_RUNTIME_PATH", &dir)
+        .env("PULSE_STATE_PATH", &dir)
+        .env("HOME", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let readers = [
+        reader(child.stdout.take().unwrap()),
+        reader(child.stderr.take().unwrap()),
+    ];
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > CHILD_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let [out, err] = readers.map(|r| r.join().unwrap_or_default());
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("--- child {test} ---\n{out}{err}--- end of child ---");
+    let status = status.unwrap_or_else(|| panic!("{test} hung: killed after {CHILD_TIMEOUT:?}"));
+    assert!(status.success(), "{test} failed in its child process");
+    assert!(
+        out.contains("1 passed"),
+        "the child did not run exactly {test}"
+    );
+    None
+}
+
+fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// A headless PulseAudio with a 48 kHz stereo null sink, listening on `<dir>/native`; killed
+/// (by its PID) when dropped.
+struct PulseServer {
+    child: Child,
+}
+
+impl PulseServer {
+    fn start(dir: &Path) -> PulseServer {
+        let socket = dir.join("native");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
+        let mut command = Command::new("pulseaudio");
+        command
+            .args([
+                "-n",
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--disallow-exit",
+                "--use-pid-file=no",
+                "--disable-shm=yes",
+                "--load=module-null-sink sink_name=vsink format=s16le rate=48000 channels=2 norewinds=1",
+            ])
+            .arg(format!(
+                "--load=module-native-protocol-unix auth-anonymous=1 socket={}",
+                socket.display()
+            ))
+            .env("XDG_RUNTIME_DIR", dir)
+            .env("PULSE_RUNTIME_PATH", dir)
+            .env("PULSE_STATE_PATH", dir)
+            .env("HOME", dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; the server dies with the thread that started it
+        // should this test die without dropping it.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("cannot start pulseaudio");
+        // A killed server leaves its socket file behind: wait until one accepts connections.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                panic!("pulseaudio exited ({status}):\n{log}");
+            }
+            assert!(Instant::now() < deadline, "pulseaudio did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PulseServer { child }
+    }
+
+    /// Kills the server (SIGKILL: the device disappears without a goodbye).
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PulseServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ----- 1. the ALSA device disappears mid-stream -----
+
+/// Plays `count` periods and checks each came back OK; returns how long they took.
+fn play_ok(h: &mut Harness, player: &mut Player, count: usize) -> Duration {
+    let start = Instant::now();
+    for (i, (_, status)) in player.play(h, count, PATIENCE).into_iter().enumerate() {
+        assert_eq!(status, S_OK, "message {i} of {count}");
+    }
+    start.elapsed()
+}
+
+/// How long any one message may take to come back, whatever happened to the host device.
+const PATIENCE: Duration = Duration::from_secs(2);
+
+/// Waits until messages come back with IO_ERR after the server was killed: a few queued before
+/// may still come back OK (ALSA had taken their PCM), but within a second they fail, and from
+/// then on every one does, at the period pace. Returns the number of IO_ERR messages seen.
+fn fails_at_the_period_pace(h: &mut Harness, player: &mut Player, what: &str) {
+    let killed = Instant::now();
+    let mut ok_after_kill = 0;
+    loop {
+        let (_, status) = player.next(h, PATIENCE);
+        player.fill(h);
+        if status == S_IO_ERR {
+            break;
+        }
+        assert_eq!(status, S_OK, "{what}");
+        ok_after_kill += 1;
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "{what}: messages still complete OK {:?} after the server died",
+            killed.elapsed()
+        );
+    }
+    eprintln!(
+        "{what}: first IO_ERR after {:?} ({ok_after_kill} OK before it)",
+        killed.elapsed()
+    );
+    // The failing stream keeps the guest's clock: 20 periods of 10 ms take about 200 ms.
+    let start = Instant::now();
+    for (i, (_, status)) in player.play(h, 20, PATIENCE).into_iter().enumerate() {
+        assert_eq!(
+            status, S_IO_ERR,
+            "{what}: message {i} after the first failure"
+        );
+    }
+    let elapsed = start.elapsed();
+    eprintln!("{what}: 20 failed periods in {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(150),
+        "{what}: failures come faster than the period pace: {elapsed:?}"
+    );
+    assert!(elapsed <= Duration::from_secs(1), "{what}: {elapsed:?}");
+}
+
+/// The pulse PCM on a private server that is killed mid-stream (twice) and restarted: queued
+/// messages fail with IO_ERR at the period pace, nothing hangs, the stream does not come back
+/// by itself, and re-preparing it (as the Linux driver does after the XRUN an IO_ERR causes)
+/// plays on the new server.
+#[test]
+fn alsa_device_disappears_mid_stream() {
+    let Some(dir) = pulse_child("alsa_device_disappears_mid_stream") else {
+        return;
+    };
+    let server = PulseServer::start(&dir);
+    let mut h = Harness::new(
+        Sound::new(config(BackendConfig::Alsa {
+            device: "pulse".into(),
+        }))
+        .unwrap(),
+    );
+    assert_eq!(h.set_params(params_10ms(0)), S_OK);
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+    let mut player = Player::new(0, 1920, 4);
+    player.fill(&mut h);
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let elapsed = play_ok(&mut h, &mut player, 30);
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+
+    // The server dies: the device notices and fails messages, and keeps running.
+    server.kill();
+    fails_at_the_period_pace(&mut h, &mut player, "first kill");
+    assert_eq!(h.state(0), PcmState::Started);
+
+    // A new server on the same socket: the old PCM stays broken, messages keep failing.
+    let server = PulseServer::start(&dir);
+    for (_, status) in player.play(&mut h, 20, PATIENCE) {
+        assert_eq!(status, S_IO_ERR, "the stream came back by itself");
+    }
+
+    // The guest re-prepares the stream (the spec's sequence, with SET_PARAMS): each request
+    // is answered OK, RELEASE returns the queued messages (failed) before its reply, and the
+    // stream plays on the new server in real time.
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    for (_, status) in player.drain(&mut h, Duration::ZERO) {
+        assert_eq!(status, S_IO_ERR);
+    }
+    assert_eq!(h.set_params(params_10ms(0)), S_OK);
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+    player.fill(&mut h);
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let elapsed = play_ok(&mut h, &mut player, 50);
+    eprintln!("50 periods after re-preparing in {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(430),
+        "not paced: {elapsed:?}"
+    );
+    assert!(elapsed <= Duration::from_millis(900), "{elapsed:?}");
+
+    // Again, recovering as the Linux driver does: STOP, RELEASE, PREPARE (no SET_PARAMS), START.
+    server.kill();
+    fails_at_the_period_pace(&mut h, &mut player, "second kill");
+    let _server = PulseServer::start(&dir);
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    for (_, status) in player.drain(&mut h, Duration::ZERO) {
+        assert_eq!(status, S_IO_ERR);
+    }
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+    player.fill(&mut h);
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let elapsed = play_ok(&mut h, &mut player, 30);
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "not paced: {elapsed:?}"
+    );
+
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    for (_, status) in player.drain(&mut h, Duration::ZERO) {
+        assert_eq!(status, S_OK);
+    }
+    let stats = h.sound.stats();
+    eprintln!("{stats:?}");
+    assert!(stats.io_errors >= 2 * 21 + 20, "{stats:?}");
+    // A dead server is not an xrun: failed recoveries are not counted as recovered ones.
+    assert!(stats.backend_xruns <= 2, "{stats:?}");
+}
+
+// ----- 2. an xrun on the host -----
+
+/// Wraps a backend; its output streams' period thread stalls once, for `stall`, when it is about
+/// to hand over period number `at` (counted from 0) to the real backend.
+struct StallingBackend {
+    inner: AlsaBackend,
+    at: u64,
+    stall: Duration,
+}
+
+impl Backend for StallingBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn formats(&self) -> u64 {
+        self.inner.formats()
+    }
+
+    fn open_output(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        Ok(Box::new(StallingOutput {
+            inner: self.inner.open_output(stream_id, params, stats)?,
+            periods: 0,
+            at: self.at,
+            stall: self.stall,
+        }))
+    }
+
+    fn open_input(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        self.inner.open_input(stream_id, params, stats)
+    }
+}
+
+struct StallingOutput {
+    inner: Box<dyn OutputStream>,
+    periods: u64,
+    at: u64,
+    stall: Duration,
+}
+
+impl OutputStream for StallingOutput {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.inner.start()
+    }
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.inner.stop()
+    }
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        self.inner.wait_ready(waker)
+    }
+    fn period_buffer(&mut self) -> &mut [u8] {
+        self.inner.period_buffer()
+    }
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        if self.periods == self.at {
+            std::thread::sleep(self.stall);
+        }
+        self.periods += 1;
+        self.inner.play_period(filled)
+    }
+    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
+        self.inner.flush_bytes(len)
+    }
+    fn latency_bytes(&mut self) -> u32 {
+        self.inner.latency_bytes()
+    }
+    fn finish(&mut self) -> Result<(), BackendError> {
+        self.inner.finish()
+    }
+    fn close(self: Box<Self>, drain: Option<&Waker>) {
+        self.inner.close(drain)
+    }
+}
+
+/// The period thread stalls for 500 ms while playing to the pulse PCM: ALSA underruns, the
+/// device recovers (one xrun counted), and every message still completes OK, the stream going
+/// on at the real-time pace.
+#[test]
+fn a_host_xrun_is_recovered_and_the_stream_continues() {
+    let Some(dir) = pulse_child("a_host_xrun_is_recovered_and_the_stream_continues") else {
+        return;
+    };
+    let _server = PulseServer::start(&dir);
+    let backend = StallingBackend {
+        inner: AlsaBackend::new("pulse").unwrap(),
+        at: 30,
+        stall: Duration::from_millis(500),
+    };
+    let config = config(BackendConfig::Alsa {
+        device: "pulse".into(),
+    });
+    let mut h = Harness::new(Sound::with_backend(config, Arc::new(backend)).unwrap());
+    assert_eq!(h.set_params(params_10ms(0)), S_OK);
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+    let mut player = Player::new(0, 1920, 4);
+    player.fill(&mut h);
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let before = play_ok(&mut h, &mut player, 50);
+    let stats = h.sound.stats();
+    eprintln!("50 periods with a 500 ms stall in {before:?}: {stats:?}");
+    assert!(before >= Duration::from_millis(900), "{before:?}");
+    assert!(stats.backend_xruns >= 1, "no xrun recovered: {stats:?}");
+    // The stream goes on in real time.
+    let after = play_ok(&mut h, &mut player, 50);
+    eprintln!("50 more periods in {after:?}");
+    assert!(after >= Duration::from_millis(430), "not paced: {after:?}");
+    assert!(after <= Duration::from_millis(900), "{after:?}");
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    for (_, status) in player.drain(&mut h, Duration::ZERO) {
+        assert_eq!(status, S_OK);
+    }
+    let stats = h.sound.stats();
+    eprintln!("{stats:?}");
+    assert_eq!(stats.io_errors, 0, "{stats:?}");
+    assert_eq!(stats.tx_underruns, 0, "{stats:?}");
+    assert!(
+        (1..=2).contains(&stats.backend_xruns),
+        "one stall, one xrun: {stats:?}"
+    );
+}
