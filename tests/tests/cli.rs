@@ -66,3 +66,28 @@ fn bad_sizes_and_counts() {
 fn unknown_option() {
     assert!(run_err(&["--kernel", "k", "--frobnicate"]).contains("--frobnicate"));
 }
+
+#[test]
+fn wav_path_that_cannot_be_written() {
+    // The sound device is built after the VM, so this needs the real kernel and /dev/kvm.
+    let Some(image) = canto_tests::GuestImage::find() else {
+        return;
+    };
+    if !canto_tests::kvm_available() {
+        return;
+    }
+    // --print-devices: should the device be built after all, Canto exits 0 at once.
+    let err = run_err(&[
+        "--kernel",
+        image.kernel.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--sound",
+        "backend=wav,path=/nonexistent-dir/x.wav",
+        "--print-devices",
+    ]);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {err}");
+    assert!(lines[0].contains("/nonexistent-dir/x.wav"), "{err}");
+    assert!(lines[0].contains("WAV"), "{err}");
+}

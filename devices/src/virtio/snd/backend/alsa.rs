@@ -6,7 +6,10 @@
 //!
 //! Output keeps at most two guest periods in the ALSA buffer (the wake-up threshold `avail_min`
 //! is set so), so the host adds about two periods of latency on top of the guest's buffer.
-//! Xruns are recovered with `snd_pcm_recover` and counted. PCMs that do not pace at all
+//! Xruns are recovered with `snd_pcm_recover` and counted. An error that cannot be recovered from
+//! (the device went away) breaks the stream: the PCM is left alone and every call fails at once,
+//! so the period thread fails the guest's messages at the period pace until the stream is
+//! prepared again, which opens the PCM anew. PCMs that do not pace at all
 //! (alsa-lib's `null` and `file` plugins accept any amount of audio at once) are held to real
 //! time, +5 %, by a monotonic clock; a real device is never held back by it.
 
@@ -275,8 +278,8 @@ impl Pcm {
         }
     }
 
-    /// Recovers from an xrun or suspend (counted); any other error, or a failed recovery,
-    /// breaks the PCM.
+    /// Recovers from an xrun or suspend (counted) or an interrupted call; any other error, or a
+    /// failed recovery, breaks the PCM.
     fn recover(&mut self, error: ::alsa::Error) -> Result<(), BackendError> {
         self.check()?;
         log::debug!(
@@ -286,7 +289,9 @@ impl Pcm {
         self.guard.reset();
         match self.pcm.try_recover(error, true) {
             Ok(()) => {
-                self.stats.backend_xrun();
+                if is_errno(&error, libc::EPIPE) || is_errno(&error, libc::ESTRPIPE) {
+                    self.stats.backend_xrun();
+                }
                 Ok(())
             }
             Err(e) => {

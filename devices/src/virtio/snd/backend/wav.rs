@@ -174,9 +174,16 @@ impl WavFile {
         if keep == 0 {
             return Ok(());
         }
-        self.file
+        if let Err(e) = self
+            .file
             .write_all_at(&data[..keep], self.header_len + self.data_len)
-            .map_err(|e| self.write_error(e))?;
+        {
+            // A short write (a full disk) may have stored part of the data: none of it counts,
+            // and the next header update cuts the file back to the data chunk (shrinking needs
+            // no room), even if nothing was appended since the last one.
+            self.dirty = true;
+            return Err(self.write_error(e));
+        }
         self.data_len += keep as u64;
         self.dirty = true;
         self.unfinalized += keep as u64;
