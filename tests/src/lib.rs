@@ -152,7 +152,19 @@ impl Canto {
 
     /// Runs the VMM; kills it at the timeout. Serial output is stdout (`--serial stdio`).
     pub fn run(self) -> RunOutput {
+        self.run_inner(None)
+    }
+
+    /// [`Canto::run`], calling `watch(pid)` about every 50 ms while the VMM runs (e.g. to sample
+    /// its memory with [`vm_rss_kib`]).
+    pub fn run_watching(self, mut watch: impl FnMut(u32)) -> RunOutput {
+        self.run_inner(Some(&mut watch))
+    }
+
+    fn run_inner(self, mut watch: Option<&mut dyn FnMut(u32)>) -> RunOutput {
+        const WATCH_EVERY: Duration = Duration::from_millis(50);
         let start = Instant::now();
+        let mut watched_at: Option<Instant> = None;
         let mut child = Command::new(canto_bin())
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -182,7 +194,15 @@ impl Canto {
                     let _ = child.kill();
                     break child.wait().ok();
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    if let Some(watch) = watch.as_mut() {
+                        if watched_at.is_none_or(|t| t.elapsed() >= WATCH_EVERY) {
+                            watched_at = Some(Instant::now());
+                            watch(child.id());
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 Err(_) => break None,
             }
         };
@@ -194,6 +214,20 @@ impl Canto {
             timed_out,
         }
     }
+}
+
+/// The resident set size (VmRSS) of process `pid` in KiB, from /proc/<pid>/status; None once
+/// the process is gone (or without procfs).
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Default for Canto {
@@ -353,5 +387,12 @@ mod tests {
         assert!(text.contains("TRAILER!!!"));
         // File size field of the first entry (7th field) is 3.
         assert_eq!(&a[6 + 6 * 8..6 + 7 * 8], b"00000003");
+    }
+
+    #[test]
+    fn vm_rss_of_this_process() {
+        let kib = vm_rss_kib(std::process::id()).expect("VmRSS of the test process");
+        assert!(kib > 0);
+        assert_eq!(vm_rss_kib(u32::MAX), None);
     }
 }

@@ -18,5 +18,8 @@ void test_snd_rx(void);
 void test_snd_bad_io(void);
 void test_snd_release_flush(void);
 void test_snd_reset(void);
+void test_snd_flood(void);
+void test_virtq_attacks(void);
+void test_internal_error(void);
 
 #endif
