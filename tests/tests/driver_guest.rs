@@ -495,11 +495,6 @@ fn virtq_attacks() {
 /// The same attacks where a device that makes sense of a looping or over-long chain fails:
 /// only len 0, an error status, ignoring the chain or DEVICE_NEEDS_RESET pass.
 #[test]
-#[ignore = "device: a chain that loops (B -> B) or has queue_size + 1 descriptors is cut after \
-            queue_size descriptors and carried out with status OK (virtio-queue 0.18's \
-            DescriptorChain ends the walk silently when its ttl runs out; chain.rs does not \
-            notice); VIRTIO 1.2 §2.7 forbids such chains to the driver and leaves the device's \
-            answer open"]
 fn virtq_attacks_strict() {
     expect_pass("virtq-attacks", "strict=1");
 }

@@ -26,6 +26,8 @@ pub enum ChainError {
     OutsideRam { addr: u64, len: u32 },
     #[error("a device-readable descriptor follows a device-writable one")]
     ReadableAfterWritable,
+    #[error("the chain does not end: it loops or is longer than the queue")]
+    Unterminated,
 }
 
 /// A guest memory range.
@@ -146,10 +148,14 @@ where
     let head = chain.head_index();
     let mut readable = Segments::default();
     let mut writable = Segments::default();
+    // virtio-queue stops walking after queue-size descriptors without saying so; a chain whose
+    // last descriptor still points on is a loop or longer than the queue, and is refused.
+    let mut last_has_next = false;
     for (count, desc) in chain.enumerate() {
         if count >= MAX_SEGMENTS {
             return Err(ChainError::TooManySegments);
         }
+        last_has_next = desc.has_next();
         if desc.len() == 0 {
             continue;
         }
@@ -175,6 +181,9 @@ where
         } else {
             return Err(ChainError::ReadableAfterWritable);
         }
+    }
+    if last_has_next {
+        return Err(ChainError::Unterminated);
     }
     Ok(ChainBuffers {
         head,
@@ -214,6 +223,29 @@ pub(crate) mod tests {
 
     fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap()
+    }
+
+    #[test]
+    fn a_looping_chain_is_refused() {
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, 16);
+        const NEXT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+        // Descriptor 0 -> 1 -> 0 -> ...: the walk stops at the queue size with NEXT still set.
+        let table = [
+            RawDescriptor::from(Descriptor::new(0x1_0000, 4, NEXT, 1)),
+            RawDescriptor::from(Descriptor::new(0x1_1000, 8, NEXT | WRITE, 1)),
+        ];
+        for (i, desc) in table.iter().enumerate() {
+            vq.desc_table().store(i as u16, *desc).unwrap();
+        }
+        vq.avail().ring().ref_at(0).unwrap().store(0);
+        vq.avail().idx().store(1);
+        let mut queue: Queue = vq.create_queue().unwrap();
+        let chain = queue.iter(&mem).unwrap().next().unwrap();
+        assert!(matches!(
+            read_chain(chain, &mem),
+            Err(ChainError::Unterminated)
+        ));
     }
 
     #[test]

