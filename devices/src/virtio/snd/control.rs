@@ -301,6 +301,7 @@ pub fn write_reply(
 mod tests {
     use super::*;
     use crate::virtio::snd::config::BackendConfig;
+    use crate::virtio::snd::test_harness::query;
 
     fn topology() -> Topology {
         let config = SoundConfig {
@@ -310,13 +311,6 @@ mod tests {
             jacks: 2,
         };
         Topology::new(&config, PcmFormat::S16.bit())
-    }
-
-    fn query(code: u32, start_id: u32, count: u32, size: u32) -> Vec<u8> {
-        [code, start_id, count, size]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect()
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Host faults: what the device does when the host side of a stream breaks while the guest plays
-//! (docs/virtio-snd.md, "Host faults"). A fake driver drives the device through virtio-queue's
-//! mock split queues in fake guest memory, as in `tests.rs`; each test checks the status the
+//! (docs/virtio-snd.md, "Host faults"). The fake driver of `test_harness.rs` drives the device
+//! through split queues in fake guest memory, as in `tests.rs`; each test checks the status the
 //! guest reads back from its memory AND that the device still plays afterwards.
 //!
 //! The ALSA tests start their own headless PulseAudio (the flags of `resources/with-pulse.sh`)
@@ -16,264 +16,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
-
 use super::backend::{
     alsa::AlsaBackend, BackendError, InputStream, OutputStream, PcmParams, Readiness,
 };
 use super::stats::SoundStats;
 use super::stream::PcmState;
+use super::test_harness::{fast_params, null_config, pattern, Harness, Sent};
 use super::waker::Waker;
 use super::wire::*;
 use super::*;
-use crate::virtio::{ActiveQueue, VirtioInterrupt, VirtioInterruptType};
 
-// ----- a fake driver (the parts of `tests.rs`'s harness these tests need) -----
-
-const MEM_SIZE: u64 = 32 << 20;
-const DATA_START: u64 = 1 << 20;
-
-struct NoInterrupt;
-
-impl VirtioInterrupt for NoInterrupt {
-    fn trigger(&self, _kind: VirtioInterruptType) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The driver's side of one split queue.
-struct DriverQueue {
-    desc: GuestAddress,
-    avail: GuestAddress,
-    used: GuestAddress,
-    size: u16,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl DriverQueue {
-    fn new(mem: &GuestMemoryMmap, base: u64, size: u16) -> (DriverQueue, Queue) {
-        let mock = MockSplitQueue::create(mem, GuestAddress(base), size);
-        let mut queue: Queue = mock.create_queue().unwrap();
-        // virtio-queue 0.18's mock puts the used ring `size` bytes after the available ring's
-        // entries, which take 2 × `size` bytes: from the 129th chain on, the device would read
-        // the used ring as available heads. These tests send more; the used ring goes after
-        // the whole available ring (flags, idx, entries, used_event).
-        let avail = mock.avail_addr();
-        let used = GuestAddress((avail.0 + 6 + 2 * u64::from(size)).next_multiple_of(4));
-        queue.set_used_ring_address(Some(used.0 as u32), Some((used.0 >> 32) as u32));
-        let driver = DriverQueue {
-            desc: mock.desc_table_addr(),
-            avail,
-            used,
-            size,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        };
-        (driver, queue)
-    }
-
-    /// Writes a chain of (address, length, device-writable) and makes it available.
-    fn add(&mut self, mem: &GuestMemoryMmap, descs: &[(u64, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, (addr, len, write)) in descs.iter().enumerate() {
-            let index = (head + i as u16) % self.size;
-            let next = (index + 1) % self.size;
-            let mut flags = if *write { VRING_DESC_F_WRITE as u16 } else { 0 };
-            if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            let mut raw = [0u8; 16];
-            raw[0..8].copy_from_slice(&addr.to_le_bytes());
-            raw[8..12].copy_from_slice(&len.to_le_bytes());
-            raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..16].copy_from_slice(&next.to_le_bytes());
-            mem.write_slice(&raw, GuestAddress(self.desc.0 + 16 * u64::from(index)))
-                .unwrap();
-        }
-        self.next_desc = (head + descs.len() as u16) % self.size;
-        let slot = self.avail.0 + 4 + 2 * u64::from(self.avail_idx % self.size);
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail.0 + 2))
-            .unwrap();
-        head
-    }
-
-    /// The heads of the chains used since the last call.
-    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<u16> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let at = self.used.0 + 4 + 8 * u64::from(self.used_seen % self.size);
-            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
-            out.push(id as u16);
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
-
-/// A TX message the fake driver sent.
-struct Sent {
-    head: u16,
-    status: u64,
+/// A TX message in flight and the PCM it carries.
+struct Message {
+    sent: Sent,
     data: Vec<u8>,
-}
-
-struct Harness {
-    mem: GuestMemoryMmap,
-    sound: Sound,
-    queues: Vec<DriverQueue>,
-    next_buffer: u64,
-}
-
-impl Harness {
-    fn new(sound: Sound) -> Harness {
-        let mut sound = sound;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
-        let mut queues = Vec::new();
-        let mut active = Vec::new();
-        for index in 0..NUM_QUEUES as u16 {
-            let (driver, queue) = DriverQueue::new(&mem, u64::from(index) * 0x8000, QUEUE_SIZE);
-            queues.push(driver);
-            let kick = EventFd::new(0).unwrap();
-            active.push(ActiveQueue { index, queue, kick });
-        }
-        sound
-            .activate(ActivateContext {
-                mem: mem.clone(),
-                interrupt: Arc::new(NoInterrupt),
-                queues: active,
-                acked_features: VIRTIO_F_VERSION_1,
-            })
-            .unwrap();
-        Harness {
-            mem,
-            sound,
-            queues,
-            next_buffer: DATA_START,
-        }
-    }
-
-    fn kick(&self, queue: u16) {
-        self.sound
-            .worker
-            .as_ref()
-            .unwrap()
-            .lock()
-            .unwrap()
-            .handle_queue(queue);
-    }
-
-    fn state(&self, stream: usize) -> PcmState {
-        self.sound
-            .worker
-            .as_ref()
-            .unwrap()
-            .lock()
-            .unwrap()
-            .streams()[stream]
-            .state()
-    }
-
-    fn alloc(&mut self, len: u64) -> u64 {
-        let len = len.max(1).next_multiple_of(64);
-        if self.next_buffer + len > MEM_SIZE {
-            self.next_buffer = DATA_START;
-        }
-        let at = self.next_buffer;
-        self.next_buffer += len;
-        at
-    }
-
-    /// Sends a control request; returns the status the device wrote.
-    fn control(&mut self, request: &[u8]) -> u32 {
-        let req = self.alloc(request.len() as u64);
-        self.mem.write_slice(request, GuestAddress(req)).unwrap();
-        let resp = self.alloc(4);
-        self.mem
-            .write_obj(0xaaaa_aaaau32, GuestAddress(resp))
-            .unwrap();
-        let head = self.queues[0].add(
-            &self.mem,
-            &[(req, request.len() as u32, false), (resp, 4, true)],
-        );
-        self.kick(CONTROLQ);
-        assert_eq!(
-            self.queues[0].take_used(&self.mem),
-            vec![head],
-            "the control request was not answered at once"
-        );
-        self.mem.read_obj(GuestAddress(resp)).unwrap()
-    }
-
-    fn pcm(&mut self, code: u32, stream: u32) -> u32 {
-        let mut request = code.to_le_bytes().to_vec();
-        request.extend(stream.to_le_bytes());
-        self.control(&request)
-    }
-
-    fn set_params(&mut self, params: SetParams) -> u32 {
-        self.control(&params.encode())
-    }
-
-    /// Queues a TX message and kicks the txq.
-    fn tx(&mut self, stream: u32, data: &[u8]) -> Sent {
-        let hdr = self.alloc(4);
-        self.mem.write_obj(stream, GuestAddress(hdr)).unwrap();
-        let buf = self.alloc(data.len() as u64);
-        self.mem.write_slice(data, GuestAddress(buf)).unwrap();
-        let status = self.alloc(8);
-        self.mem
-            .write_slice(&[0xee; 8], GuestAddress(status))
-            .unwrap();
-        let head = self.queues[usize::from(TXQ)].add(
-            &self.mem,
-            &[
-                (hdr, 4, false),
-                (buf, data.len() as u32, false),
-                (status, 8, true),
-            ],
-        );
-        self.kick(TXQ);
-        Sent {
-            head,
-            status,
-            data: data.to_vec(),
-        }
-    }
-
-    /// The status the device wrote for a message (0xeeeeeeee while it has not).
-    fn status_of(&self, sent: &Sent) -> u32 {
-        self.mem.read_obj(GuestAddress(sent.status)).unwrap()
-    }
-
-    /// Waits (bounded) for the next used TX chain; None at the timeout.
-    fn next_used_tx(&mut self, timeout: Duration) -> Option<u16> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // One at a time: leave the rest for the next call.
-            let queue = &mut self.queues[usize::from(TXQ)];
-            let idx: u16 = self.mem.read_obj(GuestAddress(queue.used.0 + 2)).unwrap();
-            if idx != queue.used_seen {
-                let at = queue.used.0 + 4 + 8 * u64::from(queue.used_seen % queue.size);
-                let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-                queue.used_seen = queue.used_seen.wrapping_add(1);
-                return Some(id as u16);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
 }
 
 /// Plays like the Linux driver: keeps `depth` one-period messages in flight, queueing one each
@@ -283,7 +39,7 @@ struct Player {
     stream: u32,
     period_bytes: usize,
     depth: usize,
-    in_flight: std::collections::VecDeque<Sent>,
+    in_flight: std::collections::VecDeque<Message>,
     seed: u8,
 }
 
@@ -298,35 +54,61 @@ impl Player {
         }
     }
 
+    /// Sets stream 0 up for 10 ms periods, prepares it, queues four periods and starts it.
+    #[track_caller]
+    fn start(h: &mut Harness) -> Player {
+        assert_eq!(h.set_params(params_10ms(0)), S_OK);
+        assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+        let mut player = Player::new(0, 1920, 4);
+        player.fill(h);
+        assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+        player
+    }
+
+    /// STOP and RELEASE stream 0: RELEASE returns every message still in flight before its
+    /// reply, each with `status`. Returns those messages.
+    #[track_caller]
+    fn release(&mut self, h: &mut Harness, status: u32) -> Vec<Message> {
+        assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+        assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+        let mut messages = Vec::new();
+        for (message, got) in self.drain(h, Duration::ZERO) {
+            assert_eq!(got, status);
+            messages.push(message);
+        }
+        messages
+    }
+
     fn fill(&mut self, h: &mut Harness) {
         while self.in_flight.len() < self.depth {
             let data = pattern(self.period_bytes, self.seed);
             self.seed = self.seed.wrapping_add(1);
-            self.in_flight.push_back(h.tx(self.stream, &data));
+            let sent = h.tx(self.stream, &data);
+            self.in_flight.push_back(Message { sent, data });
         }
     }
 
     /// Waits for the oldest message; returns it with its status.
-    fn next(&mut self, h: &mut Harness, patience: Duration) -> (Sent, u32) {
-        let head = h.next_used_tx(patience).unwrap_or_else(|| {
+    fn next(&mut self, h: &mut Harness, patience: Duration) -> (Message, u32) {
+        let (head, _) = h.next_used(TXQ, patience).unwrap_or_else(|| {
             panic!(
                 "no TX message came back within {patience:?} ({} in flight)",
                 self.in_flight.len()
             )
         });
-        let heads: Vec<u16> = self.in_flight.iter().map(|s| s.head).collect();
-        let sent = self.in_flight.pop_front().expect("a message in flight");
+        let heads: Vec<u16> = self.in_flight.iter().map(|m| m.sent.head).collect();
+        let message = self.in_flight.pop_front().expect("a message in flight");
         assert_eq!(
-            head, sent.head,
+            head, message.sent.head,
             "TX messages came back out of order: in flight {heads:?}"
         );
-        let status = h.status_of(&sent);
-        (sent, status)
+        let (status, _) = h.status_of(&message.sent);
+        (message, status)
     }
 
     /// Waits for `count` messages, refilling after each (so `depth` stay in flight); returns
     /// them with their statuses.
-    fn play(&mut self, h: &mut Harness, count: usize, patience: Duration) -> Vec<(Sent, u32)> {
+    fn play(&mut self, h: &mut Harness, count: usize, patience: Duration) -> Vec<(Message, u32)> {
         let mut out = Vec::new();
         self.fill(h);
         while out.len() < count {
@@ -337,7 +119,7 @@ impl Player {
     }
 
     /// Waits for every message still in flight.
-    fn drain(&mut self, h: &mut Harness, patience: Duration) -> Vec<(Sent, u32)> {
+    fn drain(&mut self, h: &mut Harness, patience: Duration) -> Vec<(Message, u32)> {
         let mut out = Vec::new();
         while !self.in_flight.is_empty() {
             out.push(self.next(h, patience));
@@ -346,32 +128,17 @@ impl Player {
     }
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
 /// S16 stereo at 48 kHz, 10 ms periods (1920 bytes), four per buffer.
 fn params_10ms(stream_id: u32) -> SetParams {
     SetParams {
-        stream_id,
         buffer_bytes: 1920 * 4,
         period_bytes: 1920,
-        features: 0,
-        channels: 2,
-        format: PcmFormat::S16.code(),
-        rate: rate_code(48000).unwrap(),
+        ..fast_params(stream_id)
     }
 }
 
 fn config(backend: BackendConfig) -> SoundConfig {
-    SoundConfig {
-        backend,
-        outputs: 1,
-        inputs: 1,
-        jacks: 0,
-    }
+    null_config().with_backend(backend)
 }
 
 fn in_ci() -> bool {
@@ -388,6 +155,15 @@ fn prerequisite(ok: bool, what: &str) -> bool {
         eprintln!("SKIPPED: {what}");
     }
     ok
+}
+
+/// An empty directory `canto-fault-<pid>-<name>` under the system's temporary directory (what
+/// was there before is removed); the caller removes it.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("canto-fault-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    dir
 }
 
 // ----- a private PulseAudio server -----
@@ -416,9 +192,7 @@ fn pulse_child(name: &str) -> Option<PathBuf> {
     // One child (and server) at a time: the tests are about timing, on few cores.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
-    let dir = std::env::temp_dir().join(format!("canto-fault-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
+    let dir = fresh_dir(name);
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     // This module's path without the crate name is the test's path in the harness.
     let module = module_path!().split_once("::").unwrap().1;
@@ -608,17 +382,10 @@ fn alsa_device_disappears_mid_stream() {
         return;
     };
     let server = PulseServer::start(&dir);
-    let mut h = Harness::new(
-        Sound::new(config(BackendConfig::Alsa {
-            device: "pulse".into(),
-        }))
-        .unwrap(),
-    );
-    assert_eq!(h.set_params(params_10ms(0)), S_OK);
-    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
-    let mut player = Player::new(0, 1920, 4);
-    player.fill(&mut h);
-    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let mut h = Harness::new(config(BackendConfig::Alsa {
+        device: "pulse".into(),
+    }));
+    let mut player = Player::start(&mut h);
     let elapsed = play_ok(&mut h, &mut player, 30);
     assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
 
@@ -636,11 +403,7 @@ fn alsa_device_disappears_mid_stream() {
     // The guest re-prepares the stream (the spec's sequence, with SET_PARAMS): each request
     // is answered OK, RELEASE returns the queued messages (failed) before its reply, and the
     // stream plays on the new server in real time.
-    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
-    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
-    for (_, status) in player.drain(&mut h, Duration::ZERO) {
-        assert_eq!(status, S_IO_ERR);
-    }
+    player.release(&mut h, S_IO_ERR);
     assert_eq!(h.set_params(params_10ms(0)), S_OK);
     assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
     player.fill(&mut h);
@@ -656,11 +419,7 @@ fn alsa_device_disappears_mid_stream() {
     // START), first while the server is still gone: PREPARE fails at once and changes nothing.
     server.kill();
     fails_at_the_period_pace(&mut h, &mut player, "second kill");
-    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
-    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
-    for (_, status) in player.drain(&mut h, Duration::ZERO) {
-        assert_eq!(status, S_IO_ERR);
-    }
+    player.release(&mut h, S_IO_ERR);
     let start = Instant::now();
     assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_IO_ERR);
     assert!(
@@ -679,11 +438,7 @@ fn alsa_device_disappears_mid_stream() {
         "not paced: {elapsed:?}"
     );
 
-    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
-    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
-    for (_, status) in player.drain(&mut h, Duration::ZERO) {
-        assert_eq!(status, S_OK);
-    }
+    player.release(&mut h, S_OK);
     let stats = h.sound.stats();
     eprintln!("{stats:?}");
     assert!(stats.io_errors >= 2 * 21 + 20, "{stats:?}");
@@ -792,12 +547,9 @@ fn a_host_xrun_is_recovered_and_the_stream_continues() {
     let config = config(BackendConfig::Alsa {
         device: "pulse".into(),
     });
-    let mut h = Harness::new(Sound::with_backend(config, Arc::new(backend)).unwrap());
-    assert_eq!(h.set_params(params_10ms(0)), S_OK);
-    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
-    let mut player = Player::new(0, 1920, 4);
-    player.fill(&mut h);
-    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let sound = Sound::with_backend(config, Arc::new(backend)).unwrap();
+    let mut h = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    let mut player = Player::start(&mut h);
     play_ok(&mut h, &mut player, 20);
     let xruns_before = h.sound.stats().backend_xruns;
     // The stall comes with period 30.
@@ -813,11 +565,7 @@ fn a_host_xrun_is_recovered_and_the_stream_continues() {
     let after = play_ok(&mut h, &mut player, 50);
     eprintln!("50 more periods in {after:?}");
     assert!(after >= Duration::from_millis(430), "not paced: {after:?}");
-    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
-    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
-    for (_, status) in player.drain(&mut h, Duration::ZERO) {
-        assert_eq!(status, S_OK);
-    }
+    player.release(&mut h, S_OK);
     let stats = h.sound.stats();
     eprintln!("{stats:?}");
     // Every message completed OK (checked one by one above).
@@ -831,10 +579,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("canto-fault-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        TempDir(dir)
+        TempDir(fresh_dir(name))
     }
 }
 
@@ -853,18 +598,10 @@ fn wav_config(path: &Path, outputs: u32) -> SoundConfig {
 
 /// Plays 9 periods on a fresh WAV device and reads the file back.
 fn wav_plays(path: &Path) {
-    let mut h = Harness::new(Sound::new(wav_config(path, 1)).unwrap());
-    assert_eq!(h.set_params(params_10ms(0)), S_OK);
-    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
-    let mut player = Player::new(0, 1920, 4);
-    player.fill(&mut h);
-    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let mut h = Harness::new(wav_config(path, 1));
+    let mut player = Player::start(&mut h);
     play_ok(&mut h, &mut player, 5);
-    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
-    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
-    for (_, status) in player.drain(&mut h, Duration::ZERO) {
-        assert_eq!(status, S_OK);
-    }
+    player.release(&mut h, S_OK);
     drop(h);
     assert_eq!(hound::WavReader::open(path).unwrap().len(), 9 * 960);
 }
@@ -912,9 +649,7 @@ impl TinyTmpfs {
         if !prerequisite(root, "not root: cannot mount a tmpfs to fill") {
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("canto-fault-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
+        let dir = fresh_dir(name);
         let out = Command::new("mount")
             .args([
                 "-t",
@@ -982,12 +717,8 @@ fn the_disk_fills_mid_stream() {
     // Room to free later.
     std::fs::write(fs.0.join("filler"), vec![0u8; 16 << 10]).unwrap();
     let path = fs.0.join("x.wav");
-    let mut h = Harness::new(Sound::new(wav_config(&path, 1)).unwrap());
-    assert_eq!(h.set_params(params_10ms(0)), S_OK);
-    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
-    let mut player = Player::new(0, 1920, 4);
-    player.fill(&mut h);
-    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let mut h = Harness::new(wav_config(&path, 1));
+    let mut player = Player::start(&mut h);
 
     // About 48 KiB are free: 25 periods of 1920 bytes fit, not 30.
     let mut recorded = Vec::new();
@@ -1026,11 +757,7 @@ fn the_disk_fills_mid_stream() {
 
     // RELEASE still brings the header up to date (in place, no room needed): the file is a
     // valid WAV whose data is exactly what the OK messages carried.
-    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
-    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
-    for (_, status) in player.drain(&mut h, Duration::ZERO) {
-        assert_eq!(status, S_IO_ERR);
-    }
+    player.release(&mut h, S_IO_ERR);
     let data = wav_data_chunk(&path);
     assert_eq!(
         data.len(),
@@ -1051,10 +778,7 @@ fn the_disk_fills_mid_stream() {
         assert_eq!(status, S_OK);
         recorded.extend_from_slice(&message.data);
     }
-    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
-    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
-    for (message, status) in player.drain(&mut h, Duration::ZERO) {
-        assert_eq!(status, S_OK);
+    for message in player.release(&mut h, S_OK) {
         recorded.extend_from_slice(&message.data);
     }
     drop(h);

@@ -50,6 +50,8 @@ pub(crate) mod worker;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
+mod test_harness;
+#[cfg(test)]
 mod tests;
 
 use std::sync::{Arc, Mutex, PoisonError};

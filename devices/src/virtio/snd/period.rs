@@ -24,6 +24,7 @@ use super::backend::{BackendError, InputStream, OutputStream, PcmParams, Readine
 use super::io::{Completer, Completion, IoMessage};
 use super::stats::SoundStats;
 use super::stream::{Command, StreamShared};
+use super::waker::Waker;
 use super::wire::{S_IO_ERR, S_OK};
 
 /// How long a stopped thread sleeps between looks at its mailbox (commands wake it anyway).
@@ -157,6 +158,99 @@ impl Worker {
         all.extend(self.ctx.shared.take_all().into_iter().map(InFlight::new));
         all
     }
+
+    /// One turn of a period thread's loop, the same in both directions: carries out START and
+    /// STOP, parks the thread's messages and answers EXIT, or waits for the backend. Returns what
+    /// is left for the direction to do.
+    fn step<S: PacedStream + ?Sized>(&mut self, stream: &mut S) -> Option<Step> {
+        if let Some(command) = self.ctx.shared.take_command() {
+            match command {
+                Command::Start => {
+                    let result = stream.start();
+                    self.running = result.is_ok();
+                    self.ctx.shared.reply(result);
+                }
+                Command::Stop => {
+                    self.running = false;
+                    let result = stream.stop();
+                    self.ctx.shared.reply(result);
+                }
+                Command::Release => return Some(Step::Release),
+                Command::Exit => {
+                    self.park();
+                    self.ctx.shared.reply(Ok(()));
+                    return Some(Step::Exit);
+                }
+            }
+            return None;
+        }
+        if !self.running {
+            self.ctx.shared.waker.wait_for(IDLE_WAIT);
+            return None;
+        }
+        match stream.wait_ready(&self.ctx.shared.waker) {
+            Ok(Readiness::Ready) => Some(Step::Period),
+            Ok(Readiness::Woken | Readiness::TimedOut) => None,
+            Err(e) => {
+                self.errors.failed(self.id(), &e);
+                // Keep the guest's clock running: the period's messages fail at the period's
+                // pace instead of piling up.
+                let period = self.ctx.params.period_duration();
+                if self.ctx.shared.waker.wait_for(period) {
+                    None
+                } else {
+                    Some(Step::FailedPeriod)
+                }
+            }
+        }
+    }
+}
+
+/// What [`Worker::step`] leaves to the direction.
+enum Step {
+    /// The backend wants (output) or has (input) a period.
+    Period,
+    /// The backend failed a period ago: that period's messages fail.
+    FailedPeriod,
+    /// RELEASE: return every message, reply, close the stream and end the thread.
+    Release,
+    /// EXIT, answered: close the stream and end the thread.
+    Exit,
+}
+
+/// The calls [`Worker::step`] makes on either direction's backend stream.
+trait PacedStream {
+    fn start(&mut self) -> Result<(), BackendError>;
+    fn stop(&mut self) -> Result<(), BackendError>;
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError>;
+}
+
+impl PacedStream for dyn OutputStream {
+    fn start(&mut self) -> Result<(), BackendError> {
+        OutputStream::start(self)
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        OutputStream::stop(self)
+    }
+
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        OutputStream::wait_ready(self, waker)
+    }
+}
+
+impl PacedStream for dyn InputStream {
+    fn start(&mut self) -> Result<(), BackendError> {
+        InputStream::start(self)
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        InputStream::stop(self)
+    }
+
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        InputStream::wait_ready(self, waker)
+    }
 }
 
 /// How long a stream's guest audio took to play, against its duration: whether the host device
@@ -210,52 +304,23 @@ struct OutputThread {
 impl OutputThread {
     fn run(mut self) {
         loop {
-            if let Some(command) = self.worker.ctx.shared.take_command() {
-                match command {
-                    Command::Start => {
-                        let result = self.stream.start();
-                        self.worker.running = result.is_ok();
-                        self.worker.ctx.shared.reply(result);
-                    }
-                    Command::Stop => {
-                        self.worker.running = false;
-                        let result = self.stream.stop();
-                        self.worker.ctx.shared.reply(result);
-                    }
-                    Command::Release => {
-                        self.flush();
-                        self.worker.ctx.shared.reply(Ok(()));
-                        // Let the backend play what it holds; the driver has its answer.
-                        let pacing = self.pacing_report();
-                        self.stream.close(Some(&self.worker.ctx.shared.waker));
-                        pacing.log();
-                        return;
-                    }
-                    Command::Exit => {
-                        self.worker.park();
-                        self.worker.ctx.shared.reply(Ok(()));
-                        self.stream.close(None);
-                        return;
-                    }
+            match self.worker.step(&mut *self.stream) {
+                Some(Step::Period) => self.play_period(true),
+                Some(Step::FailedPeriod) => self.play_period(false),
+                Some(Step::Release) => {
+                    self.flush();
+                    self.worker.ctx.shared.reply(Ok(()));
+                    // Let the backend play what it holds; the driver has its answer.
+                    let pacing = self.pacing_report();
+                    self.stream.close(Some(&self.worker.ctx.shared.waker));
+                    pacing.log();
+                    return;
                 }
-                continue;
-            }
-            if !self.worker.running {
-                self.worker.ctx.shared.waker.wait_for(IDLE_WAIT);
-                continue;
-            }
-            match self.stream.wait_ready(&self.worker.ctx.shared.waker) {
-                Ok(Readiness::Ready) => self.play_period(true),
-                Ok(Readiness::Woken | Readiness::TimedOut) => {}
-                Err(e) => {
-                    self.worker.errors.failed(self.worker.id(), &e);
-                    // Keep the guest's clock running: the period's messages fail at the
-                    // period's pace instead of piling up.
-                    let period = self.worker.ctx.params.period_duration();
-                    if !self.worker.ctx.shared.waker.wait_for(period) {
-                        self.play_period(false);
-                    }
+                Some(Step::Exit) => {
+                    self.stream.close(None);
+                    return;
                 }
+                None => {}
             }
         }
     }
@@ -412,51 +477,24 @@ struct InputThread {
 impl InputThread {
     fn run(mut self) {
         loop {
-            if let Some(command) = self.worker.ctx.shared.take_command() {
-                match command {
-                    Command::Start => {
-                        let result = self.stream.start();
-                        self.worker.running = result.is_ok();
-                        self.worker.ctx.shared.reply(result);
-                    }
-                    Command::Stop => {
-                        self.worker.running = false;
-                        let result = self.stream.stop();
-                        self.worker.ctx.shared.reply(result);
-                    }
-                    Command::Release => {
-                        // The end of the stream: messages return with what they hold.
-                        let all = self.worker.take_all();
-                        self.worker.finished.extend(all);
-                        let latency = self.stream.latency_bytes();
-                        self.worker.complete_finished(latency);
-                        self.worker.ctx.shared.reply(Ok(()));
-                        self.stream.close();
-                        return;
-                    }
-                    Command::Exit => {
-                        self.worker.park();
-                        self.worker.ctx.shared.reply(Ok(()));
-                        self.stream.close();
-                        return;
-                    }
+            match self.worker.step(&mut *self.stream) {
+                Some(Step::Period) => self.capture_period(),
+                Some(Step::FailedPeriod) => self.fail_period(),
+                Some(Step::Release) => {
+                    // The end of the stream: messages return with what they hold.
+                    let all = self.worker.take_all();
+                    self.worker.finished.extend(all);
+                    let latency = self.stream.latency_bytes();
+                    self.worker.complete_finished(latency);
+                    self.worker.ctx.shared.reply(Ok(()));
+                    self.stream.close();
+                    return;
                 }
-                continue;
-            }
-            if !self.worker.running {
-                self.worker.ctx.shared.waker.wait_for(IDLE_WAIT);
-                continue;
-            }
-            match self.stream.wait_ready(&self.worker.ctx.shared.waker) {
-                Ok(Readiness::Ready) => self.capture_period(),
-                Ok(Readiness::Woken | Readiness::TimedOut) => {}
-                Err(e) => {
-                    self.worker.errors.failed(self.worker.id(), &e);
-                    let period = self.worker.ctx.params.period_duration();
-                    if !self.worker.ctx.shared.waker.wait_for(period) {
-                        self.fail_period();
-                    }
+                Some(Step::Exit) => {
+                    self.stream.close();
+                    return;
                 }
+                None => {}
             }
         }
     }

@@ -271,6 +271,11 @@ impl PcmFormat {
         1u64 << self.code()
     }
 
+    /// The `formats` mask of every format in `formats`.
+    pub fn mask_of(formats: &[PcmFormat]) -> u64 {
+        formats.iter().fold(0, |mask, f| mask | f.bit())
+    }
+
     /// Bytes per sample (the physical width, container included).
     pub const fn sample_bytes(self) -> u32 {
         match self {

@@ -440,6 +440,63 @@ impl Pcm {
             .duration_of(2 * u64::from(self.params.period_bytes));
         (two_periods + TRANSFER_SLACK).min(MAX_TRANSFER_WAIT)
     }
+
+    /// Starts a prepared capture PCM: capture is started explicitly, never by a read.
+    fn start_capture(&self) -> Result<(), BackendError> {
+        if self.pcm.state() == State::Prepared {
+            self.pcm.start().map_err(alsa_error("start"))?;
+        }
+        Ok(())
+    }
+
+    /// Moves `len` bytes (whole frames) in `direction`, waiting (bounded) for room or data and
+    /// recovering from xruns: `io` writes (reads) the bytes from `done` on and returns the
+    /// frames it moved.
+    fn transfer(
+        &mut self,
+        direction: Direction,
+        len: usize,
+        mut io: impl FnMut(&PCM, usize) -> Result<usize, ::alsa::Error>,
+    ) -> Result<(), BackendError> {
+        self.check()?;
+        let frame_bytes = self.frame_bytes.max(1);
+        let deadline = Instant::now() + self.max_wait();
+        let mut done = 0;
+        let mut recoveries = 0;
+        while done < len {
+            match io(&self.pcm, done) {
+                Ok(frames) if frames > 0 => {
+                    done += frames * frame_bytes;
+                    self.guard.transferred(frames as u64);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if is_errno(&e, libc::EAGAIN) => {}
+                Err(e) if recoveries < MAX_RECOVERIES => {
+                    recoveries += 1;
+                    self.recover(e)?;
+                    if direction == Direction::Capture {
+                        // A recovered overrun leaves the PCM prepared, not running.
+                        self.start_capture()?;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let op = match direction {
+                        Direction::Playback => "writei",
+                        Direction::Capture => "readi",
+                    };
+                    return Err(alsa_error(op)(e));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(BackendError::Stalled(self.max_wait()));
+            }
+            // Room (data) comes as the device plays (captures); a failed wait just retries.
+            let _ = self.pcm.wait(Some(10));
+        }
+        Ok(())
+    }
 }
 
 /// Opens output and input streams on the configured PCM.
@@ -449,7 +506,7 @@ impl Backend for AlsaBackend {
     }
 
     fn formats(&self) -> u64 {
-        PcmFormat::ALL.iter().fold(0, |mask, f| mask | f.bit())
+        PcmFormat::mask_of(&PcmFormat::ALL)
     }
 
     fn open_output(
@@ -497,38 +554,10 @@ struct AlsaOutput {
 impl AlsaOutput {
     /// Writes `len` bytes (whole frames) of the period buffer, waiting (bounded) for room.
     fn write(&mut self, len: usize) -> Result<(), BackendError> {
-        self.pcm.check()?;
-        let frame_bytes = self.pcm.frame_bytes.max(1);
-        let deadline = Instant::now() + self.pcm.max_wait();
-        let mut done = 0;
-        let mut recoveries = 0;
-        while done < len {
-            let result = {
-                let io = self.pcm.pcm.io_bytes();
-                io.writei(&self.period[done..len])
-            };
-            match result {
-                Ok(frames) if frames > 0 => {
-                    done += frames * frame_bytes;
-                    self.pcm.guard.transferred(frames as u64);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) if is_errno(&e, libc::EAGAIN) => {}
-                Err(e) if recoveries < MAX_RECOVERIES => {
-                    recoveries += 1;
-                    self.pcm.recover(e)?;
-                    continue;
-                }
-                Err(e) => return Err(alsa_error("writei")(e)),
-            }
-            if Instant::now() >= deadline {
-                return Err(BackendError::Stalled(self.pcm.max_wait()));
-            }
-            // Room comes as the device plays; a failed wait just retries the write.
-            let _ = self.pcm.pcm.wait(Some(10));
-        }
-        Ok(())
+        let period = &self.period;
+        self.pcm.transfer(Direction::Playback, len, |pcm, done| {
+            pcm.io_bytes().writei(&period[done..len])
+        })
     }
 
     /// Pads `len` to whole frames with silence; returns the padded length.
@@ -627,19 +656,10 @@ struct AlsaInput {
     period: Vec<u8>,
 }
 
-impl AlsaInput {
-    fn start_capture(&mut self) -> Result<(), BackendError> {
-        if self.pcm.pcm.state() == State::Prepared {
-            self.pcm.pcm.start().map_err(alsa_error("start"))?;
-        }
-        Ok(())
-    }
-}
-
 impl InputStream for AlsaInput {
     fn start(&mut self) -> Result<(), BackendError> {
         self.pcm.resume()?;
-        self.start_capture()
+        self.pcm.start_capture()
     }
 
     fn stop(&mut self) -> Result<(), BackendError> {
@@ -649,43 +669,16 @@ impl InputStream for AlsaInput {
     fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
         let readiness = self.pcm.wait_ready(waker)?;
         // A recovered overrun leaves the PCM prepared, not running.
-        self.start_capture()?;
+        self.pcm.start_capture()?;
         Ok(readiness)
     }
 
     fn capture_period(&mut self) -> Result<&[u8], BackendError> {
-        self.pcm.check()?;
-        let frame_bytes = self.pcm.frame_bytes.max(1);
         let len = self.period.len();
-        let deadline = Instant::now() + self.pcm.max_wait();
-        let mut done = 0;
-        let mut recoveries = 0;
-        while done < len {
-            let result = {
-                let io = self.pcm.pcm.io_bytes();
-                io.readi(&mut self.period[done..len])
-            };
-            match result {
-                Ok(frames) if frames > 0 => {
-                    done += frames * frame_bytes;
-                    self.pcm.guard.transferred(frames as u64);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) if is_errno(&e, libc::EAGAIN) => {}
-                Err(e) if recoveries < MAX_RECOVERIES => {
-                    recoveries += 1;
-                    self.pcm.recover(e)?;
-                    self.start_capture()?;
-                    continue;
-                }
-                Err(e) => return Err(alsa_error("readi")(e)),
-            }
-            if Instant::now() >= deadline {
-                return Err(BackendError::Stalled(self.pcm.max_wait()));
-            }
-            let _ = self.pcm.pcm.wait(Some(10));
-        }
+        let period = &mut self.period;
+        self.pcm.transfer(Direction::Capture, len, |pcm, done| {
+            pcm.io_bytes().readi(&mut period[done..len])
+        })?;
         Ok(&self.period)
     }
 
@@ -701,6 +694,7 @@ impl InputStream for AlsaInput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::snd::test_harness::paced_alsa_pcm;
     use crate::virtio::snd::waker::Waker;
 
     fn params() -> PcmParams {
@@ -754,12 +748,7 @@ mod tests {
     #[test]
     #[ignore]
     fn a_paced_pcm_takes_periods_in_real_time() {
-        let Ok(device) = std::env::var("CANTO_ALSA_TEST_PCM") else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true: CANTO_ALSA_TEST_PCM must name a paced ALSA PCM (make test runs this under resources/with-pulse.sh)"
-            );
-            eprintln!("SKIPPED: CANTO_ALSA_TEST_PCM is not set");
+        let Some(device) = paced_alsa_pcm() else {
             return;
         };
         let backend = AlsaBackend::new(&device).unwrap();
@@ -795,12 +784,7 @@ mod tests {
     #[test]
     #[ignore]
     fn a_paced_pcm_captures_periods_in_real_time() {
-        let Ok(device) = std::env::var("CANTO_ALSA_TEST_PCM") else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true: CANTO_ALSA_TEST_PCM must name a paced ALSA PCM (make test runs this under resources/with-pulse.sh)"
-            );
-            eprintln!("SKIPPED: CANTO_ALSA_TEST_PCM is not set");
+        let Some(device) = paced_alsa_pcm() else {
             return;
         };
         let backend = AlsaBackend::new(&device).unwrap();

@@ -1,10 +1,11 @@
 //! Real-time pacing for backends without a hardware clock (null, WAV): one period per period
 //! duration, at absolute deadlines computed from the start instant, so rounding never
-//! accumulates into drift.
+//! accumulates into drift. [`ClockedOutput`] is the output stream of both, paced so; what
+//! differs is where its periods go (a [`PeriodSink`]).
 
 use std::time::{Duration, Instant};
 
-use super::{PcmParams, Readiness};
+use super::{BackendError, OutputStream, PcmParams, Readiness};
 use crate::virtio::snd::waker::Waker;
 
 /// How long a stopped clock waits for a wake-up before reporting a timeout.
@@ -70,6 +71,76 @@ impl PeriodClock {
         }
         Readiness::Ready
     }
+}
+
+/// Where a [`ClockedOutput`]'s periods go.
+pub(super) trait PeriodSink: Send {
+    /// Takes one period's guest PCM: all of it, or less after an underrun (`data` is then
+    /// shorter than `period_bytes`). Returns the bytes of silence played in place of the rest.
+    fn play(&mut self, data: &[u8], period_bytes: usize) -> Result<usize, BackendError>;
+    /// Takes `data` without pacing (RELEASE flush).
+    fn flush(&mut self, data: &[u8]) -> Result<(), BackendError>;
+    /// Completes the release flush.
+    fn finish(&mut self) -> Result<(), BackendError>;
+}
+
+/// An output stream paced by a [`PeriodClock`] that holds nothing back (its latency is always 0)
+/// and hands each period to its sink.
+pub(super) struct ClockedOutput<S> {
+    clock: PeriodClock,
+    period: Vec<u8>,
+    sink: S,
+}
+
+impl<S: PeriodSink> ClockedOutput<S> {
+    pub(super) fn new(params: &PcmParams, sink: S) -> ClockedOutput<S> {
+        ClockedOutput {
+            clock: PeriodClock::new(params),
+            period: vec![0; params.period_bytes as usize],
+            sink,
+        }
+    }
+}
+
+impl<S: PeriodSink> OutputStream for ClockedOutput<S> {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.clock.start();
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.clock.stop();
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        Ok(self.clock.wait(waker))
+    }
+
+    fn period_buffer(&mut self) -> &mut [u8] {
+        &mut self.period
+    }
+
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        let period_bytes = self.period.len();
+        let data = &self.period[..filled.min(period_bytes)];
+        self.sink.play(data, period_bytes)
+    }
+
+    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
+        let data = &self.period[..len.min(self.period.len())];
+        self.sink.flush(data)
+    }
+
+    fn latency_bytes(&mut self) -> u32 {
+        0
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        self.sink.finish()
+    }
+
+    fn close(self: Box<Self>, _drain: Option<&Waker>) {}
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::clock::PeriodClock;
+use super::clock::{ClockedOutput, PeriodClock, PeriodSink};
 use super::{Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness};
 use crate::virtio::snd::stats::SoundStats;
 use crate::virtio::snd::waker::Waker;
@@ -19,7 +19,7 @@ impl Backend for NullBackend {
     }
 
     fn formats(&self) -> u64 {
-        PcmFormat::ALL.iter().fold(0, |mask, f| mask | f.bit())
+        PcmFormat::mask_of(&PcmFormat::ALL)
     }
 
     fn open_output(
@@ -28,10 +28,7 @@ impl Backend for NullBackend {
         params: &PcmParams,
         _stats: &Arc<SoundStats>,
     ) -> Result<Box<dyn OutputStream>, BackendError> {
-        Ok(Box::new(NullOutput {
-            clock: PeriodClock::new(params),
-            period: vec![0; params.period_bytes as usize],
-        }))
+        Ok(Box::new(ClockedOutput::new(params, Discard)))
     }
 
     fn open_input(
@@ -44,48 +41,22 @@ impl Backend for NullBackend {
     }
 }
 
-struct NullOutput {
-    clock: PeriodClock,
-    period: Vec<u8>,
-}
+/// Null output: periods go nowhere; the discarded remainder of a short period stands for the
+/// silence a card would play.
+struct Discard;
 
-impl OutputStream for NullOutput {
-    fn start(&mut self) -> Result<(), BackendError> {
-        self.clock.start();
+impl PeriodSink for Discard {
+    fn play(&mut self, data: &[u8], period_bytes: usize) -> Result<usize, BackendError> {
+        Ok(period_bytes - data.len())
+    }
+
+    fn flush(&mut self, _data: &[u8]) -> Result<(), BackendError> {
         Ok(())
-    }
-
-    fn stop(&mut self) -> Result<(), BackendError> {
-        self.clock.stop();
-        Ok(())
-    }
-
-    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
-        Ok(self.clock.wait(waker))
-    }
-
-    fn period_buffer(&mut self) -> &mut [u8] {
-        &mut self.period
-    }
-
-    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
-        // The discarded remainder stands for the silence a card would play.
-        Ok(self.period.len().saturating_sub(filled))
-    }
-
-    fn flush_bytes(&mut self, _len: usize) -> Result<(), BackendError> {
-        Ok(())
-    }
-
-    fn latency_bytes(&mut self) -> u32 {
-        0
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
-
-    fn close(self: Box<Self>, _drain: Option<&Waker>) {}
 }
 
 /// Captures silence of the stream's format, paced by a clock (null and WAV input streams).

@@ -19,11 +19,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use hound::{SampleFormat, WavSpec, WavSpecEx, WavWriter};
 
-use super::clock::PeriodClock;
+use super::clock::{ClockedOutput, PeriodSink};
 use super::null::SilentInput;
-use super::{Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness};
+use super::{Backend, BackendError, InputStream, OutputStream, PcmParams};
 use crate::virtio::snd::stats::SoundStats;
-use crate::virtio::snd::waker::Waker;
 use crate::virtio::snd::wire::PcmFormat;
 
 /// The formats a WAV file can hold bit-exactly.
@@ -266,7 +265,7 @@ impl Backend for WavBackend {
     }
 
     fn formats(&self) -> u64 {
-        WAV_FORMATS.iter().fold(0, |mask, f| mask | f.bit())
+        PcmFormat::mask_of(&WAV_FORMATS)
     }
 
     fn open_output(
@@ -285,13 +284,12 @@ impl Backend for WavBackend {
             }
             return Err(e);
         }
-        Ok(Box::new(WavOutput {
+        let sink = WavSink {
             slots: self.slots.clone(),
             index,
             file: Some(file),
-            clock: PeriodClock::new(params),
-            period: vec![0; params.period_bytes as usize],
-        }))
+        };
+        Ok(Box::new(ClockedOutput::new(params, sink)))
     }
 
     fn open_input(
@@ -304,55 +302,32 @@ impl Backend for WavBackend {
     }
 }
 
-struct WavOutput {
+/// A WAV output stream's periods go to its file (nothing for the part of a period the guest did
+/// not fill); the file goes back to its slot when the stream is dropped.
+struct WavSink {
     slots: Arc<Slots>,
     index: usize,
     /// Always `Some` until the stream is dropped.
     file: Option<WavFile>,
-    clock: PeriodClock,
-    period: Vec<u8>,
 }
 
-impl WavOutput {
-    fn write(&mut self, len: usize) -> Result<(), BackendError> {
-        let len = len.min(self.period.len());
+impl WavSink {
+    fn write(&mut self, data: &[u8]) -> Result<(), BackendError> {
         match self.file.as_mut() {
-            Some(file) => file.append(&self.period[..len]),
+            Some(file) => file.append(data),
             None => Ok(()),
         }
     }
 }
 
-impl OutputStream for WavOutput {
-    fn start(&mut self) -> Result<(), BackendError> {
-        self.clock.start();
-        Ok(())
-    }
-
-    fn stop(&mut self) -> Result<(), BackendError> {
-        self.clock.stop();
-        Ok(())
-    }
-
-    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
-        Ok(self.clock.wait(waker))
-    }
-
-    fn period_buffer(&mut self) -> &mut [u8] {
-        &mut self.period
-    }
-
-    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
-        self.write(filled)?;
+impl PeriodSink for WavSink {
+    fn play(&mut self, data: &[u8], _period_bytes: usize) -> Result<usize, BackendError> {
+        self.write(data)?;
         Ok(0)
     }
 
-    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
-        self.write(len)
-    }
-
-    fn latency_bytes(&mut self) -> u32 {
-        0
+    fn flush(&mut self, data: &[u8]) -> Result<(), BackendError> {
+        self.write(data)
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
@@ -361,11 +336,9 @@ impl OutputStream for WavOutput {
             None => Ok(()),
         }
     }
-
-    fn close(self: Box<Self>, _drain: Option<&Waker>) {}
 }
 
-impl Drop for WavOutput {
+impl Drop for WavSink {
     fn drop(&mut self) {
         if let Some(mut file) = self.file.take() {
             if let Err(e) = file.finalize() {
