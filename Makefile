@@ -34,5 +34,23 @@ test: deps guest check
 	$(CARGO) build -p canto
 	bash resources/with-pulse.sh $(CARGO) test --workspace -- --include-ignored
 
+# Fuzzing (docs/fuzzing.md): each cargo-fuzz target in fuzz/ for FUZZ_SECONDS, one after another,
+# on stable Rust (RUSTC_BOOTSTRAP=1, set by fuzz/run.sh); prints executions and crashes per target.
+FUZZ_SECONDS ?= 300
+fuzz:
+	bash fuzz/run.sh $(FUZZ_SECONDS)
+
+# A short run of every target (20 s each), for make test.
+.PHONY: fuzz-smoke
+fuzz-smoke:
+	bash fuzz/run.sh 20
+
+# Benchmarks (docs/benchmarks.md): boot time and memory against QEMU on the same guests, the
+# virtio-snd audio path, criterion micro-benchmarks -> target/bench/report.md. About 6-10 minutes;
+# BENCH_QUICK=1 for the small guests only (1-2 minutes). Settings: resources/bench/run.sh.
+bench: build
+	@if [ -z "$$BENCH_QUICK" ] && [ -z "$$BENCH_NO_LINUX" ]; then $(MAKE) guest; fi
+	bash resources/bench/run.sh
+
 clean:
 	$(CARGO) clean

@@ -1,0 +1,238 @@
+//! Backends for the unit-level measurements, built on the devices crate's public `Backend` trait:
+//! - [`RecordingBackend`] wraps a real backend (null, WAV) and timestamps every period the device
+//!   hands it, with the tag of the message whose PCM starts that period. Pacing stays the
+//!   wrapped backend's own.
+//! - [`UnpacedBackend`] wants a period whenever asked: the TX path at full speed.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use canto_devices::virtio::snd::backend::{
+    Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness,
+};
+use canto_devices::virtio::snd::stats::SoundStats;
+use canto_devices::virtio::snd::waker::Waker;
+use canto_devices::virtio::snd::wire::PcmFormat;
+
+use crate::device::TAG_BIT;
+
+/// One period handed to the backend.
+#[derive(Debug, Clone, Copy)]
+pub struct PeriodRecord {
+    /// When `play_period` was called: the period's PCM had just been copied in.
+    pub at: Instant,
+    /// The tag at the start of the period (without [`TAG_BIT`]), if it starts a message.
+    pub tag: Option<u64>,
+    /// Guest bytes in the period (less than a period: an underrun, the rest is silence).
+    pub filled: u32,
+}
+
+/// The periods a [`RecordingBackend`] saw.
+#[derive(Default)]
+pub struct Recorder {
+    records: Mutex<Vec<PeriodRecord>>,
+}
+
+impl Recorder {
+    pub fn take(&self) -> Vec<PeriodRecord> {
+        std::mem::take(&mut *self.records.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Wraps a backend and timestamps every period the device plays through it.
+pub struct RecordingBackend {
+    inner: Arc<dyn Backend>,
+    recorder: Arc<Recorder>,
+}
+
+impl RecordingBackend {
+    pub fn new(inner: Arc<dyn Backend>) -> (Arc<RecordingBackend>, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        (
+            Arc::new(RecordingBackend {
+                inner,
+                recorder: recorder.clone(),
+            }),
+            recorder,
+        )
+    }
+}
+
+impl Backend for RecordingBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn formats(&self) -> u64 {
+        self.inner.formats()
+    }
+
+    fn open_output(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        let inner = self.inner.open_output(stream_id, params, stats)?;
+        self.recorder
+            .records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(1 << 16);
+        Ok(Box::new(RecordingOutput {
+            inner,
+            recorder: self.recorder.clone(),
+        }))
+    }
+
+    fn open_input(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        self.inner.open_input(stream_id, params, stats)
+    }
+}
+
+struct RecordingOutput {
+    inner: Box<dyn OutputStream>,
+    recorder: Arc<Recorder>,
+}
+
+fn tag_of(buffer: &[u8], filled: usize) -> Option<u64> {
+    let bytes: [u8; 8] = buffer.get(..8)?.try_into().ok()?;
+    let tag = u64::from_le_bytes(bytes);
+    (filled >= 8 && tag & TAG_BIT != 0).then_some(tag & !TAG_BIT)
+}
+
+impl OutputStream for RecordingOutput {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.inner.start()
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.inner.stop()
+    }
+
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        self.inner.wait_ready(waker)
+    }
+
+    fn period_buffer(&mut self) -> &mut [u8] {
+        self.inner.period_buffer()
+    }
+
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        let at = Instant::now();
+        let tag = tag_of(self.inner.period_buffer(), filled);
+        self.recorder
+            .records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(PeriodRecord {
+                at,
+                tag,
+                filled: filled as u32,
+            });
+        self.inner.play_period(filled)
+    }
+
+    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
+        self.inner.flush_bytes(len)
+    }
+
+    fn latency_bytes(&mut self) -> u32 {
+        self.inner.latency_bytes()
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        self.inner.finish()
+    }
+
+    fn close(self: Box<Self>, drain: Option<&Waker>) {
+        self.inner.close(drain)
+    }
+}
+
+/// Wants a period whenever the device asks: no clock. When the device had nothing queued for the
+/// last period it waits up to 50 µs for a wake-up first, so a starved stream does not spin.
+#[derive(Debug, Default)]
+pub struct UnpacedBackend;
+
+impl Backend for UnpacedBackend {
+    fn name(&self) -> &'static str {
+        "unpaced"
+    }
+
+    fn formats(&self) -> u64 {
+        PcmFormat::ALL.iter().fold(0, |mask, f| mask | f.bit())
+    }
+
+    fn open_output(
+        &self,
+        _stream_id: u32,
+        params: &PcmParams,
+        _stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        Ok(Box::new(UnpacedOutput {
+            period: vec![0; params.period_bytes as usize],
+            starving: true,
+        }))
+    }
+
+    fn open_input(
+        &self,
+        _stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        canto_devices::virtio::snd::backend::null::NullBackend.open_input(0, params, stats)
+    }
+}
+
+struct UnpacedOutput {
+    period: Vec<u8>,
+    starving: bool,
+}
+
+impl OutputStream for UnpacedOutput {
+    fn start(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        if self.starving && waker.wait_for(Duration::from_micros(50)) {
+            return Ok(Readiness::Woken);
+        }
+        Ok(Readiness::Ready)
+    }
+
+    fn period_buffer(&mut self) -> &mut [u8] {
+        &mut self.period
+    }
+
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        std::hint::black_box(&self.period[..filled]);
+        self.starving = filled < self.period.len();
+        Ok(self.period.len() - filled)
+    }
+
+    fn flush_bytes(&mut self, _len: usize) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn latency_bytes(&mut self) -> u32 {
+        0
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn close(self: Box<Self>, _drain: Option<&Waker>) {}
+}

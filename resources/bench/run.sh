@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# `make bench`: Canto's benchmarks (docs/benchmarks.md). Prints one table and writes
+# target/bench/report.md, target/bench/pacing.svg and target/bench/periods.csv.
+#
+#   BENCH_QUICK=1          small guests only (pvh-hello, driver-guest) and the unit-level audio
+#                          figures: no Linux guest (~1-2 min instead of ~6-10)
+#   BENCH_NO_QEMU=1        no QEMU comparison (QEMU is installed when missing otherwise)
+#   BENCH_NO_LINUX=1       no Linux guest
+#   BENCH_RUNS=5           runs per VMM for the small guests
+#   BENCH_LINUX_RUNS=3     runs per VMM for the Linux guest (~45 s each on kvm_pvm)
+#   BENCH_PACING_SECONDS=20  length of the unit-level steady playback (60 for the full target)
+#   BENCH_QEMU_MACHINE=microvm  QEMU's -M (pc works too; SeaBIOS adds seconds on kvm_pvm)
+#   BENCH_NO_MICRO=1       skip the criterion micro-benchmarks
+# Expects `cargo build --release -p canto` done (the Makefile's `bench: build` does it).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CARGO="${CARGO:-cargo}"
+
+install_missing() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "bench: need root (or sudo) to install: ${missing[*]}" >&2; return 1; }
+        sudo=sudo
+    fi
+    echo "bench: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+if command -v dpkg-query >/dev/null 2>&1; then
+    install_missing binutils gcc make
+    if [ -z "${BENCH_NO_QEMU:-}" ] && ! command -v "${QEMU_BIN:-qemu-system-x86_64}" >/dev/null 2>&1; then
+        install_missing qemu-system-x86 || echo "bench: no QEMU: the comparison columns will be empty" >&2
+    fi
+fi
+
+mkdir -p target/bench
+bash resources/bench/build-pvh-hello.sh target/bench/pvh-hello.elf
+make -s -C tests/driver-guest
+
+if [ -z "${BENCH_NO_MICRO:-}" ]; then
+    echo "bench: criterion micro-benchmarks (about 25 s)"
+    CRITERION_HOME="$PWD/target/criterion" "$CARGO" bench -p canto-bench --bench micro -- --noplot
+fi
+"$CARGO" build --release -p canto-bench
+CRITERION_HOME="$PWD/target/criterion" ./target/release/canto-bench
