@@ -89,6 +89,9 @@ impl ErrorLog {
 struct Worker {
     ctx: PeriodContext,
     running: bool,
+    /// When the stream first started (the backend's clock begins there): the origin of the
+    /// pacing report.
+    first_start: Option<std::time::Instant>,
     current: Option<InFlight>,
     finished: Vec<InFlight>,
     completions: Vec<Completion>,
@@ -100,6 +103,7 @@ impl Worker {
         Worker {
             ctx,
             running: false,
+            first_start: None,
             current: None,
             finished: Vec::new(),
             completions: Vec::new(),
@@ -168,6 +172,9 @@ impl Worker {
                 Command::Start => {
                     let result = stream.start();
                     self.running = result.is_ok();
+                    if self.running {
+                        self.first_start.get_or_insert_with(std::time::Instant::now);
+                    }
                     self.ctx.shared.reply(result);
                 }
                 Command::Stop => {
@@ -257,13 +264,13 @@ impl PacedStream for dyn InputStream {
 /// paced it in real time. Logged at RELEASE, after the backend has played out what it held.
 struct PacingReport {
     stream: u32,
-    first_write: Option<std::time::Instant>,
+    started: Option<std::time::Instant>,
     audio_seconds: f64,
 }
 
 impl PacingReport {
     fn log(&self) {
-        if let Some(first) = self.first_write {
+        if let Some(first) = self.started.filter(|_| self.audio_seconds > 0.0) {
             log::info!(
                 "virtio-snd: stream {}: played {:.3} s of guest audio in {:.3} s",
                 self.stream,
@@ -283,7 +290,6 @@ pub fn spawn_output(
     let thread = OutputThread {
         worker: Worker::new(ctx),
         stream,
-        first_write: None,
         pcm_bytes_written: 0,
     };
     std::thread::Builder::new()
@@ -294,10 +300,9 @@ pub fn spawn_output(
 struct OutputThread {
     worker: Worker,
     stream: Box<dyn OutputStream>,
-    /// When the first guest PCM went to the backend, and how many bytes have gone since: with
-    /// the time the backend finished playing them, this says whether the host device paced the
-    /// stream in real time (logged at RELEASE).
-    first_write: Option<std::time::Instant>,
+    /// How many guest PCM bytes went to the backend: against the time from START until the
+    /// backend finished playing them, this says whether the host device paced the stream in
+    /// real time (logged at RELEASE).
     pcm_bytes_written: u64,
 }
 
@@ -361,10 +366,7 @@ impl OutputThread {
         if play {
             match self.stream.play_period(filled) {
                 Ok(silence) => {
-                    if copied > 0 {
-                        self.first_write.get_or_insert_with(std::time::Instant::now);
-                        self.pcm_bytes_written += copied;
-                    }
+                    self.pcm_bytes_written += copied;
                     worker.errors.succeeded();
                     worker.ctx.stats.tx_played(copied);
                     worker.ctx.stats.tx_silence(silence as u64);
@@ -397,7 +399,7 @@ impl OutputThread {
         let bytes_per_second = u64::from(params.rate_hz) * u64::from(params.frame_bytes());
         PacingReport {
             stream: self.worker.id(),
-            first_write: self.first_write,
+            started: self.worker.first_start,
             audio_seconds: self.pcm_bytes_written as f64 / bytes_per_second.max(1) as f64,
         }
     }
@@ -428,7 +430,6 @@ impl OutputThread {
                 match self.stream.flush_bytes(n) {
                     Ok(()) => {
                         worker.ctx.stats.tx_played(n as u64);
-                        self.first_write.get_or_insert_with(std::time::Instant::now);
                         self.pcm_bytes_written += n as u64;
                     }
                     Err(e) => {
