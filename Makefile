@@ -33,6 +33,7 @@ check:
 test: deps guest check
 	$(CARGO) build -p canto
 	bash resources/with-pulse.sh $(CARGO) test --workspace -- --include-ignored
+	$(MAKE) fuzz-smoke
 
 # Fuzzing (docs/fuzzing.md): each cargo-fuzz target in fuzz/ for FUZZ_SECONDS, one after another,
 # on stable Rust (RUSTC_BOOTSTRAP=1, set by fuzz/run.sh); prints executions and crashes per target.
