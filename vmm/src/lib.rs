@@ -174,25 +174,7 @@ pub fn run(cli: &Cli) -> Result<VmExit, Error> {
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
 
-    let serial_irq = eventfd("serial interrupt eventfd")?;
-    vm.fd
-        .register_irqfd(&serial_irq, SERIAL_IRQ)
-        .map_err(kvm_err("the serial interrupt"))?;
-    let serial = Arc::new(Mutex::new(SerialConsole::new(
-        serial_irq,
-        serial_output(&cli.serial)?,
-    )));
-    pio.insert(serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
-    let reset_evt = Arc::new(eventfd("reset eventfd")?);
-    let reset_dup = reset_evt.try_clone().map_err(|source| Error::Io {
-        what: "reset eventfd",
-        source,
-    })?;
-    pio.insert(
-        Arc::new(Mutex::new(I8042Reset::new(reset_dup))),
-        I8042_PORT_BASE,
-        I8042_PORT_LEN,
-    )?;
+    let (serial, reset_evt) = add_legacy_devices(&vm, &pio, &cli.serial)?;
 
     let mut events: EventManager<SharedSubscriber> =
         EventManager::new().map_err(Error::EventLoop)?;
@@ -289,6 +271,36 @@ pub fn run(cli: &Cli) -> Result<VmExit, Error> {
         Some(reason) => Ok(reason),
         None => Ok(VmExit::PowerOff),
     }
+}
+
+/// COM1 (its interrupt an irqfd on IRQ 4) and the i8042 reset line on the port I/O bus.
+/// Returns the console (for host input) and the eventfd the reset line signals.
+fn add_legacy_devices(
+    vm: &vm::Vm,
+    pio: &Bus,
+    serial_mode: &SerialMode,
+) -> Result<(Arc<Mutex<SerialConsole>>, Arc<EventFd>), Error> {
+    let serial_irq = eventfd("serial interrupt eventfd")?;
+    vm.fd
+        .register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(kvm_err("the serial interrupt"))?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(
+        serial_irq,
+        serial_output(serial_mode)?,
+    )));
+    pio.insert(serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
+    let reset_evt = Arc::new(eventfd("reset eventfd")?);
+    let reset_dup = reset_evt.try_clone().map_err(|source| Error::Io {
+        what: "reset eventfd",
+        source,
+    })?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042Reset::new(reset_dup))),
+        I8042_PORT_BASE,
+        I8042_PORT_LEN,
+    )?;
+
+    Ok((serial, reset_evt))
 }
 
 /// Creates the vCPUs; all get CPUID, MSRs and LAPIC LINTs, the boot vCPU its entry registers
