@@ -16,28 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 CARGO="${CARGO:-cargo}"
 
-install_missing() {
-    local missing=()
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    local sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null || { echo "bench: need root (or sudo) to install: ${missing[*]}" >&2; return 1; }
-        sudo=sudo
-    fi
-    echo "bench: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-}
-
 if command -v dpkg-query >/dev/null 2>&1; then
-    install_missing binutils gcc make
-    if [ -z "${BENCH_NO_QEMU:-}" ] && ! command -v "${QEMU_BIN:-qemu-system-x86_64}" >/dev/null 2>&1; then
-        install_missing qemu-system-x86 || echo "bench: no QEMU: the comparison columns will be empty" >&2
-    fi
+    bash resources/install-deps.sh bench \
+        || echo "bench: could not install binutils/gcc/QEMU: the comparison columns may be empty" >&2
 fi
 
 mkdir -p target/bench
