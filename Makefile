@@ -32,8 +32,10 @@ check:
 # that need a real-time paced device (marked #[ignore] for a plain `cargo test`) run too.
 test: deps guest check
 	$(CARGO) build -p canto
-	bash resources/with-pulse.sh $(CARGO) test --workspace -- --include-ignored
+	mkdir -p target
+	set -o pipefail; bash resources/with-pulse.sh $(CARGO) test --workspace -- --include-ignored 2>&1 | tee target/test.log
 	$(MAKE) fuzz-smoke
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 
 # Fuzzing (docs/fuzzing.md): each cargo-fuzz target in fuzz/ for FUZZ_SECONDS, one after another,
 # on stable Rust (RUSTC_BOOTSTRAP=1, set by fuzz/run.sh); prints executions and crashes per target.
