@@ -241,7 +241,8 @@ pub fn run(inv: &Invocation) -> RunResult {
         match done_rx.recv_timeout(tick) {
             Ok(done) => break done,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break (start.elapsed(), -1, 0, unsafe { std::mem::zeroed() })
+                // SAFETY: libc::rusage is plain integers and timevals; all-zero is a valid value.
+                break (start.elapsed(), -1, 0, unsafe { std::mem::zeroed() });
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
