@@ -295,55 +295,54 @@ fn boot_rows(table: &mut Table, guest: &Guest, canto: &BootStats, qemu: Option<&
         ),
         Some(_) => fmt_summary(s, scale, unit, d),
     };
-    let mut time_row = |figure: String, f: fn(&BootStats) -> &Vec<f64>, note: &str| {
+    // One row of Canto vs QEMU for a figure, in `unit` after multiplying by `scale`.
+    let mut boot_row = |figure: String,
+                        f: fn(&BootStats) -> &Vec<f64>,
+                        (scale, unit, decimals): (f64, &'static str, usize),
+                        note: &str| {
         let c = Summary::of(f(canto));
         let q = qs(f);
         table.row(Row {
             figure,
-            canto: fmt_summary(c, 1e3, "ms", 0),
-            qemu: qemu_cell(q, 1e3, "ms", 0),
+            canto: fmt_summary(c, scale, unit, decimals),
+            qemu: qemu_cell(q, scale, unit, decimals),
             ratio: fmt_ratio(c, q),
             note: note.to_string(),
             ..Row::default()
         });
     };
-    time_row(
+    const MS: (f64, &str, usize) = (1e3, "ms", 0);
+    const MIB: (f64, &str, usize) = (1.0, "MiB", 1);
+    boot_row(
         format!("{}: spawn → first guest line", guest.name),
         |s| &s.first,
+        MS,
         "",
     );
     if !guest.ready_label.is_empty() {
-        time_row(
+        boot_row(
             format!("{}: spawn → {}", guest.name, guest.ready_label),
             |s| &s.ready,
+            MS,
             "",
         );
     }
-    time_row(
+    boot_row(
         format!("{}: spawn → exit", guest.name),
         |s| &s.exit,
+        MS,
         guest.exit_note,
     );
-    let mut mem_row = |figure: String, f: fn(&BootStats) -> &Vec<f64>, note: &str| {
-        let c = Summary::of(f(canto));
-        let q = qs(f);
-        table.row(Row {
-            figure,
-            canto: fmt_summary(c, 1.0, "MiB", 1),
-            qemu: qemu_cell(q, 1.0, "MiB", 1),
-            ratio: fmt_ratio(c, q),
-            note: note.to_string(),
-            ..Row::default()
-        });
-    };
-    mem_row(
+    boot_row(
         format!("{}: peak RSS", guest.name),
         |s| &s.maxrss_mib,
+        MIB,
         "wait4 ru_maxrss",
     );
-    mem_row(
+    boot_row(
         format!("{}: VMM overhead (RSS − guest RAM RSS)", guest.name),
         |s| &s.overhead_mib,
+        MIB,
         "last /proc/PID/smaps sample before exit",
     );
     if !canto.failures.is_empty() {
