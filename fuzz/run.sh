@@ -9,6 +9,8 @@
 #                   thread- and syscall-heavy targets at about a quarter of the speed.
 #   FUZZ_TIMEOUT    seconds one input may take before libFuzzer calls it a hang (default 30).
 #   FUZZ_ARGS       more libFuzzer options.
+#   FUZZ_JOBS       fuzzer processes per target, run side by side on the same corpus (default:
+#                   the number of CPUs); the executions printed are their sum.
 #
 # Works on stable Rust: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags (-Zsanitizer for
 # ASAN) to a stable rustc. New corpus entries go to fuzz/corpus-work/<target>/ (not in git); the
@@ -25,6 +27,7 @@ if [ ${#TARGETS[@]} -eq 0 ]; then
 fi
 SANITIZER=${FUZZ_SANITIZER:-none}
 TIMEOUT=${FUZZ_TIMEOUT:-30}
+JOBS=${FUZZ_JOBS:-$(nproc)}
 CARGO_FUZZ_VERSION=0.13.2
 
 cd "$(dirname "$0")"
@@ -48,29 +51,46 @@ summary=()
 failed=0
 for target in "${TARGETS[@]}"; do
     mkdir -p "corpus-work/$target" "artifacts/$target"
-    log="logs/$target.log"
-    echo "fuzz: $target for ${SECONDS_PER_TARGET}s (sanitizer $SANITIZER, log fuzz/$log)"
+    echo "fuzz: $target for ${SECONDS_PER_TARGET}s, $JOBS process(es) (sanitizer $SANITIZER, logs fuzz/logs/$target.*.log)"
+    rm -f logs/"$target".*.log logs/"$target".log
     before=$(ls "artifacts/$target" | wc -l)
-    set +e
-    # shellcheck disable=SC2086
-    cargo fuzz run -s "$SANITIZER" -a "$target" "corpus-work/$target" "corpus/$target" -- \
-        -max_total_time="$SECONDS_PER_TARGET" -timeout="$TIMEOUT" -rss_limit_mb=2048 \
-        -print_final_stats=1 ${FUZZ_ARGS:-} >"$log" 2>&1
-    status=$?
-    set -e
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    # Each process reads the whole corpus, then adds what it finds to corpus-work/, where the
+    # others pick it up (libFuzzer re-reads the corpus directory as it goes).
+    pids=()
+    for job in $(seq 1 "$JOBS"); do
+        # shellcheck disable=SC2086
+        cargo fuzz run -s "$SANITIZER" -a "$target" "corpus-work/$target" "corpus/$target" -- \
+            -max_total_time="$SECONDS_PER_TARGET" -timeout="$TIMEOUT" -rss_limit_mb=2048 \
+            -print_final_stats=1 ${FUZZ_ARGS:-} >"logs/$target.$job.log" 2>&1 &
+        pids+=($!)
+    done
+    status=0
+    for pid in "${pids[@]}"; do
+        wait "$pid" || status=$?
+    done
+    execs=0
+    rate=0
+    for job in $(seq 1 "$JOBS"); do
+        log="logs/$target.$job.log"
+        n=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+        r=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+        if [ -z "$n" ]; then
+            status=1 # no final stats: the process did not finish its run (see its log)
+        fi
+        execs=$((execs + ${n:-0}))
+        rate=$((rate + ${r:-0}))
+    done
     after=$(ls "artifacts/$target" | wc -l)
     crashes=$((after - before))
     if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then
         crashes=1 # a crash libFuzzer could not save, or a build/run failure: see the log
     fi
-    line="$target: ${execs:-?} executions (${rate:-?}/s), $crashes crash(es)"
+    line="$target: $execs executions ($rate/s), $crashes crash(es)"
     if [ "$crashes" -ne 0 ]; then
         failed=1
-        artifact=$(grep -o 'Test unit written to [^ ]*' "$log" | tail -1 | sed 's/Test unit written to //')
-        line="$line; reproducer: fuzz/${artifact:-artifacts/$target/}; log: fuzz/$log"
-        grep -E 'panicked at|ERROR: libFuzzer|==ERROR|SUMMARY' "$log" | head -5 | sed 's/^/    /'
+        artifact=$(cat logs/"$target".*.log | grep -o 'Test unit written to [^ ]*' | tail -1 | sed 's/Test unit written to //')
+        line="$line; reproducer: fuzz/${artifact:-artifacts/$target/}; logs: fuzz/logs/$target.*.log"
+        cat logs/"$target".*.log | grep -E 'panicked at|ERROR: libFuzzer|==ERROR|SUMMARY' | head -5 | sed 's/^/    /'
     fi
     echo "fuzz: $line"
     summary+=("$line")

@@ -18,7 +18,7 @@
 //!   u16 vector, u8 enable`, then ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK;
 //! - 7: run the event loop; 8: notify queue `u8` (then run the event loop);
 //! - 9: any MMIO address: `u64 addr, u8 width, u8 write, u64 value`;
-//! - 10: device_status `u8`; 11: sleep `u8`.
+//! - 10: device_status `u8`; 11: pause `u8` (`Pauses`).
 //!
 //! Checked: nothing panics. The run ends with a device reset (status 0).
 #![no_main]
@@ -32,7 +32,7 @@ use canto_devices::virtio::pci::{IoEventRegistrar, VirtioPciDevice};
 use canto_devices::virtio::rng::Rng;
 use canto_devices::virtio::snd::{BackendConfig, Sound, SoundConfig};
 use canto_devices::virtio::{SharedSubscriber, SubscriberRegistrar, VirtioDevice};
-use canto_fuzz::{short_sleep, Reader};
+use canto_fuzz::{Pauses, Reader};
 use event_manager::{EventManager, SubscriberId, SubscriberOps};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -166,6 +166,7 @@ fn select(reg: u8) -> u32 {
 
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);
+    let mut pauses = Pauses::new();
     let kind = r.u8();
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
     let device: Arc<Mutex<dyn VirtioDevice>> = if kind & 1 == 0 {
@@ -292,7 +293,7 @@ fuzz_target!(|data: &[u8]| {
                 rig.bar_write(0x14, status.into(), 1);
                 rig.run();
             }
-            _ => short_sleep(r.u8()),
+            _ => pauses.pause(r.u8()),
         }
     }
     // Device reset: the BAR may have moved or be unmapped, so go through the function's own

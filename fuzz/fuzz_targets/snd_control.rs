@@ -7,7 +7,7 @@
 //!   (`decode_chain`); kicked at once unless `op & 0x80`.
 //! - 3: kick queue `u8 % 4` (also the eventq, txq and rxq, empty).
 //! - 4: tamper with the controlq's rings: `u8 what, u16 value` (the answer check is off after).
-//! - 5: sleep `u8` (let the period threads run).
+//! - 5: pause `u8` (`Pauses`: let the period threads run).
 //! - 6: a well-formed PREPARE/START/STOP/RELEASE: `u8 code, u8 stream`.
 //! - 7: a well-formed SET_PARAMS: `u8 stream`, 5 bytes of `ParamsChoice`.
 //!
@@ -25,6 +25,7 @@ const MAX_OPS: usize = 96;
 
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);
+    let mut pauses = Pauses::new();
     let config = sound_config(r.u8());
     let flags = r.u8();
     let mut rig = SoundRig::new(config, flags & 1 != 0);
@@ -68,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = rig.mem.write_obj(value, GuestAddress(at));
                 rig.tampered = true;
             }
-            5 => short_sleep(r.u8()),
+            5 => pauses.pause(r.u8()),
             6 => {
                 let code = PCM_CODES[usize::from(r.u8() % 4)];
                 let stream = u32::from(r.u8() % 4);

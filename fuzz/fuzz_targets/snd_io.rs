@@ -11,7 +11,7 @@
 //! - 2: kick queue `u8 % 4`.
 //! - 3: a well-formed PREPARE/START/STOP/RELEASE: `u8 code, u8 stream`.
 //! - 4: a well-formed SET_PARAMS: `u8 stream`, 5 bytes of `ParamsChoice`.
-//! - 5: sleep `u8` (the period threads consume and fill messages meanwhile).
+//! - 5: pause `u8` (`Pauses`: the period threads consume and fill messages meanwhile).
 //! - 6: make an earlier head available again (a driver re-using heads): `u8 queue, u8 which`.
 //! - 7: a raw control request: `u8 len`, payload, chain layout.
 //!
@@ -42,6 +42,7 @@ fn stream_id(r: &mut Reader, streams: u32) -> u32 {
 
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);
+    let mut pauses = Pauses::new();
     let config = sound_config(r.u8());
     let flags = r.u8();
     let mut rig = SoundRig::new(config, flags & 1 != 0);
@@ -96,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
                 let params = ParamsChoice::read(&mut r);
                 rig.control(&params.request(id), 4);
             }
-            5 => short_sleep(r.u8()),
+            5 => pauses.pause(r.u8()),
             6 => {
                 let q = if r.u8() & 1 == 0 { TXQ } else { RXQ };
                 let which = usize::from(r.u8());

@@ -118,11 +118,16 @@ pub const DATA_START: u64 = 4 * QUEUE_SPAN;
 pub const QSIZE: u16 = 256;
 
 /// A bump allocator for buffers in guest RAM that wraps around (old buffers get reused, as a
-/// driver's would).
+/// driver's would). It also keeps track of the RAM a run may have written (see [`GuestRam`]).
 pub struct Bump {
     next: u64,
     end: u64,
     start: u64,
+    /// The end of the highest buffer handed out.
+    high_water: u64,
+    /// Descriptors the input placed itself (anywhere, or across the end of RAM): the device may
+    /// have written there.
+    foreign: Vec<(u64, u64)>,
 }
 
 impl Bump {
@@ -131,6 +136,8 @@ impl Bump {
             next: start,
             end,
             start,
+            high_water: start,
+            foreign: Vec::new(),
         }
     }
 
@@ -141,7 +148,62 @@ impl Bump {
         }
         let at = self.next;
         self.next = (self.next + len).min(self.end);
+        self.high_water = self.high_water.max(self.next);
         at
+    }
+
+    /// Records a descriptor the input placed at an address of its choice.
+    pub fn note_foreign(&mut self, addr: u64, len: u64) {
+        if self.foreign.len() < 4096 {
+            self.foreign.push((addr, len));
+        } else {
+            // More than the list keeps: treat all of RAM as written.
+            self.high_water = self.end;
+        }
+    }
+}
+
+/// Guest RAM for one fuzz run, taken from a per-thread cache. Mapping fresh RAM for every run
+/// cost more than the device did (page faults and munmap were ~20 % of snd_io's time), so the
+/// mapping is reused; everything a run may have written (the rings, the bump allocator's buffers
+/// up to its high-water mark, the input's own descriptors) is zeroed before the next run, so a
+/// run sees the same all-zero RAM as with a fresh mapping and an input replays the same way.
+pub struct GuestRam;
+
+thread_local! {
+    static CACHED_RAM: std::cell::RefCell<Option<GuestMemoryMmap>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl GuestRam {
+    /// Zero-filled RAM of `MEM_SIZE` bytes at guest address 0.
+    pub fn take() -> GuestMemoryMmap {
+        CACHED_RAM
+            .with(|cached| cached.borrow_mut().take())
+            .unwrap_or_else(|| {
+                GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
+                    .expect("guest RAM")
+            })
+    }
+
+    /// Zeroes what the run may have written and keeps the mapping for the next run. Nothing
+    /// else may write to `mem` any more (the device is reset, its threads joined).
+    pub fn give_back(mem: GuestMemoryMmap, bump: &Bump) {
+        let zero = |from: u64, to: u64| {
+            let to = to.min(MEM_SIZE);
+            let mut at = from.min(to);
+            let zeros = [0u8; 4096];
+            while at < to {
+                let n = (to - at).min(zeros.len() as u64);
+                let _ = mem.write_slice(&zeros[..n as usize], GuestAddress(at));
+                at += n;
+            }
+        };
+        zero(0, bump.high_water);
+        for &(addr, len) in &bump.foreign {
+            zero(addr, addr.saturating_add(len));
+        }
+        CACHED_RAM.with(|cached| *cached.borrow_mut() = Some(mem));
     }
 }
 
@@ -215,12 +277,26 @@ impl DriverQueue {
         (driver, queue)
     }
 
-    fn write_desc(&self, mem: &GuestMemoryMmap, table: u64, index: u16, d: &Desc) {
+    fn encode_desc(d: &Desc) -> [u8; 16] {
         let mut raw = [0u8; 16];
         raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
         raw[8..12].copy_from_slice(&d.len.to_le_bytes());
         raw[12..14].copy_from_slice(&d.flags.to_le_bytes());
         raw[14..16].copy_from_slice(&d.next.to_le_bytes());
+        raw
+    }
+
+    fn write_desc(&self, mem: &GuestMemoryMmap, table: u64, index: u16, d: &Desc) {
+        let _ = mem.write_slice(
+            &Self::encode_desc(d),
+            GuestAddress(table + 16 * u64::from(index)),
+        );
+    }
+
+    /// Writes consecutive descriptors from `index` on in one go (a chain can have hundreds of
+    /// descriptors, and one guest-memory write each was an eighth of snd_io's time).
+    fn write_descs(&self, mem: &GuestMemoryMmap, table: u64, index: u16, descs: &[Desc]) {
+        let raw: Vec<u8> = descs.iter().flat_map(Self::encode_desc).collect();
         let _ = mem.write_slice(&raw, GuestAddress(table + 16 * u64::from(index)));
     }
 
@@ -255,10 +331,12 @@ impl DriverQueue {
         };
         if opts.indirect {
             let table = bump.alloc(16 * n as u64);
-            for (i, d) in descs.iter().enumerate() {
-                let d = link(i, d, (i + 1) as u16);
-                self.write_desc(mem, table, i as u16, &d);
-            }
+            let linked: Vec<Desc> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| link(i, d, (i + 1) as u16))
+                .collect();
+            self.write_descs(mem, table, 0, &linked);
             let ring = Desc {
                 addr: table,
                 len: (16 * n) as u32,
@@ -270,14 +348,23 @@ impl DriverQueue {
         } else {
             // A direct chain holds at most a table's worth of descriptors.
             let n = n.min(usize::from(self.size));
-            for (i, d) in descs.iter().take(n).enumerate() {
-                let index = (head + i as u16) % self.size;
-                let mut d = link(i, d, (index + 1) % self.size);
-                if i + 1 == n && opts.loop_back {
-                    d.next = head;
-                }
-                self.write_desc(mem, self.desc, index, &d);
-            }
+            let linked: Vec<Desc> = descs
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(i, d)| {
+                    let index = (head + i as u16) % self.size;
+                    let mut d = link(i, d, (index + 1) % self.size);
+                    if i + 1 == n && opts.loop_back {
+                        d.next = head;
+                    }
+                    d
+                })
+                .collect();
+            // The chain wraps around the end of the table at most once.
+            let first = linked.len().min(usize::from(self.size - head));
+            self.write_descs(mem, self.desc, head, &linked[..first]);
+            self.write_descs(mem, self.desc, 0, &linked[first..]);
             self.next_desc = (head + n as u16) % self.size;
         }
         self.publish(mem, head);
@@ -372,20 +459,26 @@ pub fn decode_chain(
                     next: 0,
                 }
             }
-            2 => Desc {
-                addr: r.u64(),
-                len: r.u32(),
-                flags: write,
-                next: 0,
-            },
+            2 => {
+                let d = Desc {
+                    addr: r.u64(),
+                    len: r.u32(),
+                    flags: write,
+                    next: 0,
+                };
+                bump.note_foreign(d.addr, d.len.into());
+                d
+            }
             _ => {
                 let len = r.u16();
-                Desc {
+                let d = Desc {
                     addr: mem_size - u64::from(len / 2),
                     len: len.into(),
                     flags: write,
                     next: 0,
-                }
+                };
+                bump.note_foreign(d.addr, d.len.into());
+                d
             }
         };
         descs.push(d);
@@ -495,8 +588,7 @@ impl SoundRig {
     /// `event_idx`: whether the driver acked VIRTIO_F_RING_EVENT_IDX.
     pub fn new(config: SoundConfig, event_idx: bool) -> SoundRig {
         let streams = config.outputs + config.inputs;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-            .expect("guest RAM");
+        let mem = GuestRam::take();
         let mut sound = Sound::new(config).expect("null sound device");
         let interrupt = Arc::new(CountingInterrupt::default());
         let mut queues = Vec::new();
@@ -656,6 +748,14 @@ impl SoundRig {
     }
 }
 
+impl Drop for SoundRig {
+    fn drop(&mut self) {
+        // Joins the period threads, the only writers besides this thread.
+        self.sound.reset();
+        GuestRam::give_back(self.mem.clone(), &self.bump);
+    }
+}
+
 /// PCM control codes the structured ops choose from.
 pub const PCM_CODES: [u32; 4] = [R_PCM_PREPARE, R_PCM_START, R_PCM_STOP, R_PCM_RELEASE];
 
@@ -709,12 +809,38 @@ impl ParamsChoice {
     }
 }
 
-/// Sleeps `n % 8 * 20` µs (at most 140 µs): lets period threads run between requests. The
-/// smallest periods are 5 µs, so a short sleep covers as much as a long one.
-pub fn short_sleep(n: u8) {
-    let us = u64::from(n % 8) * 20;
-    if us > 0 {
-        std::thread::sleep(Duration::from_micros(us));
+/// Pauses the harness between requests so that period threads run in between: `n % 8 * 20` µs
+/// (at most 140 µs; the smallest periods are 5 µs, so a short sleep covers as much as a long one),
+/// or a yield for 0. The sleeps of one input add up to at most [`Pauses::BUDGET_US`]; past that a
+/// pause is a yield. Without the budget the fuzzer learns to fill inputs with sleeps, which cost
+/// wall time and no CPU: one long run spent ~60 % of its time asleep.
+pub struct Pauses {
+    left_us: u64,
+}
+
+impl Pauses {
+    pub const BUDGET_US: u64 = 300;
+
+    pub fn new() -> Self {
+        Pauses {
+            left_us: Self::BUDGET_US,
+        }
+    }
+
+    pub fn pause(&mut self, n: u8) {
+        let us = u64::from(n % 8) * 20;
+        if us == 0 || us > self.left_us {
+            std::thread::yield_now();
+        } else {
+            self.left_us -= us;
+            std::thread::sleep(Duration::from_micros(us));
+        }
+    }
+}
+
+impl Default for Pauses {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
