@@ -166,7 +166,7 @@ impl Backend for UnpacedBackend {
     }
 
     fn formats(&self) -> u64 {
-        PcmFormat::ALL.iter().fold(0, |mask, f| mask | f.bit())
+        PcmFormat::mask_of(&PcmFormat::ALL)
     }
 
     fn open_output(

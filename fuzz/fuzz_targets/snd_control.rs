@@ -26,9 +26,7 @@ const MAX_OPS: usize = 96;
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);
     let mut pauses = Pauses::new();
-    let config = sound_config(r.u8());
-    let flags = r.u8();
-    let mut rig = SoundRig::new(config, flags & 1 != 0);
+    let mut rig = SoundRig::from_input(&mut r);
     let mut deferred = false;
     for _ in 0..MAX_OPS {
         if r.is_empty() {

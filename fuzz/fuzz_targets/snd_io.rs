@@ -43,9 +43,7 @@ fn stream_id(r: &mut Reader, streams: u32) -> u32 {
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);
     let mut pauses = Pauses::new();
-    let config = sound_config(r.u8());
-    let flags = r.u8();
-    let mut rig = SoundRig::new(config, flags & 1 != 0);
+    let mut rig = SoundRig::from_input(&mut r);
     let streams = rig.streams;
     for id in 0..streams {
         let params = ParamsChoice::read(&mut r);

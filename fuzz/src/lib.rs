@@ -286,13 +286,6 @@ impl DriverQueue {
         raw
     }
 
-    fn write_desc(&self, mem: &GuestMemoryMmap, table: u64, index: u16, d: &Desc) {
-        let _ = mem.write_slice(
-            &Self::encode_desc(d),
-            GuestAddress(table + 16 * u64::from(index)),
-        );
-    }
-
     /// Writes consecutive descriptors from `index` on in one go (a chain can have hundreds of
     /// descriptors, and one guest-memory write each was an eighth of snd_io's time).
     fn write_descs(&self, mem: &GuestMemoryMmap, table: u64, index: u16, descs: &[Desc]) {
@@ -343,7 +336,7 @@ impl DriverQueue {
                 flags: VRING_DESC_F_INDIRECT as u16,
                 next: 0,
             };
-            self.write_desc(mem, self.desc, head, &ring);
+            self.write_descs(mem, self.desc, head, &[ring]);
             self.next_desc = (head + 1) % self.size;
         } else {
             // A direct chain holds at most a table's worth of descriptors.
@@ -585,6 +578,14 @@ pub fn sound_config(b: u8) -> SoundConfig {
 }
 
 impl SoundRig {
+    /// The rig an input's first two bytes choose: `u8 topology` (see [`sound_config`]) and
+    /// `u8 flags` (bit 0: EVENT_IDX).
+    pub fn from_input(r: &mut Reader) -> SoundRig {
+        let config = sound_config(r.u8());
+        let flags = r.u8();
+        SoundRig::new(config, flags & 1 != 0)
+    }
+
     /// `event_idx`: whether the driver acked VIRTIO_F_RING_EVENT_IDX.
     pub fn new(config: SoundConfig, event_idx: bool) -> SoundRig {
         let streams = config.outputs + config.inputs;
