@@ -528,15 +528,21 @@ pub fn encode_chain(w: &mut Writer, descs: &[DescSpec], indirect: bool, loop_bac
 
 // ----- the sound device on its queues -----
 
-/// Counts interrupts.
+/// Counts interrupts and DEVICE_NEEDS_RESET reports.
 #[derive(Default)]
 pub struct CountingInterrupt {
     pub count: AtomicU64,
+    pub needs_reset: AtomicU64,
 }
 
 impl VirtioInterrupt for CountingInterrupt {
     fn trigger(&self, _kind: VirtioInterruptType) -> std::io::Result<()> {
         self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn needs_reset(&self) -> std::io::Result<()> {
+        self.needs_reset.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -490,6 +490,22 @@ fn virtq_attacks() {
         .filter(|l| l.starts_with("DG attack "))
         .count();
     assert_eq!(attacks, 20, "one line per attack: {}", out.stdout);
+    // A ring whose index runs past its size, or that names a head the table does not have, can
+    // never be served again: only a reset helps, and the device must say so (VIRTIO 1.2 §2.1.2).
+    let broken_rings: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("avail idx 1000 ahead") || l.contains("names descriptor 999"))
+        .collect();
+    assert_eq!(
+        broken_rings.len(),
+        4,
+        "2 attacks on txq and controlq: {}",
+        out.stdout
+    );
+    for line in broken_rings {
+        assert!(line.contains(": DEVICE_NEEDS_RESET"), "{line}");
+    }
 }
 
 /// The same attacks where a device that makes sense of a looping or over-long chain fails:

@@ -4,6 +4,7 @@
 //! queues, and nothing about PCI. The transport (`pci`) owns negotiation, the status state machine
 //! and queue setup, and calls [`VirtioDevice::activate`] once the driver sets DRIVER_OK.
 
+pub(crate) mod drain;
 pub mod pci;
 pub mod rng;
 pub mod snd;
@@ -33,6 +34,9 @@ pub enum VirtioInterruptType {
 /// routed to irqfds), so a device thread raises an interrupt with one eventfd write.
 pub trait VirtioInterrupt: Send + Sync {
     fn trigger(&self, kind: VirtioInterruptType) -> std::io::Result<()>;
+    /// The device hit an error only a reset clears (a ring the driver broke): the transport sets
+    /// DEVICE_NEEDS_RESET and sends a configuration change notification (VIRTIO 1.2 §2.1.2).
+    fn needs_reset(&self) -> std::io::Result<()>;
 }
 
 /// A subscriber of the VMM's event loop.

@@ -13,6 +13,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::virtio::drain::{drain_available, Drained};
 use crate::virtio::{
     ActivateContext, ActivateError, SharedSubscriber, VirtioDevice, VirtioInterrupt,
     VirtioInterruptType, VIRTIO_F_VERSION_1,
@@ -27,6 +28,9 @@ pub const RNG_QUEUE_SIZE: u16 = 256;
 pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
 /// Random bytes are produced and copied in pieces of this size.
 const CHUNK_SIZE: usize = 4096;
+/// Rounds of "serve everything, re-enable notifications" per kick before the worker yields the
+/// event loop (re-kicking itself).
+const MAX_ROUNDS: usize = 4;
 
 /// Why a request could not be served (it is then returned with what was written so far).
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +103,7 @@ impl VirtioDevice for Rng {
             kick: active.kick,
             interrupt: ctx.interrupt,
             buffer: vec![0; CHUNK_SIZE],
+            broken: false,
         }));
         self.worker = Some(worker.clone());
         Ok(vec![worker])
@@ -118,43 +123,49 @@ struct RngWorker {
     kick: EventFd,
     interrupt: Arc<dyn VirtioInterrupt>,
     buffer: Vec<u8>,
+    /// The driver broke the ring: nothing more is served until the device is reset.
+    broken: bool,
 }
 
 impl RngWorker {
     /// Serves every available chain; raises one interrupt at the end if the driver wants it.
     fn process_queue(&mut self) {
+        if self.broken {
+            return;
+        }
         let mut used = false;
-        loop {
-            if let Err(e) = self.queue.disable_notification(&self.mem) {
-                log::error!("virtio-rng: disabling notifications: {e}");
-                break;
-            }
-            let mut progressed = false;
-            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
-                progressed = true;
-                let head = chain.head_index();
-                let len = match fill_chain(&self.mem, chain, &mut self.buffer) {
-                    Ok(len) => len,
-                    Err((len, e)) => {
-                        log::warn!("virtio-rng: request {head}: {e}");
-                        len
-                    }
-                };
-                if let Err(e) = self.queue.add_used(&self.mem, head, len) {
-                    log::error!("virtio-rng: returning request {head}: {e}");
-                    break;
+        let mem = self.mem.clone();
+        let buffer = &mut self.buffer;
+        let drained = drain_available(&mut self.queue, &mem, MAX_ROUNDS, |queue, chain| {
+            let head = chain.head_index();
+            let len = match fill_chain(&mem, chain, buffer) {
+                Ok(len) => len,
+                Err((len, e)) => {
+                    log::warn!("virtio-rng: request {head}: {e}");
+                    len
                 }
-                used = true;
+            };
+            match queue.add_used(&mem, head, len) {
+                Ok(()) => used = true,
+                Err(e) => log::error!("virtio-rng: returning request {head}: {e}"),
             }
-            match self.queue.enable_notification(&self.mem) {
-                // More arrived while notifications were off. A ring that yields nothing while
-                // claiming more (a driver bug) must not spin the event loop: only loop on
-                // progress.
-                Ok(true) if progressed => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    log::error!("virtio-rng: enabling notifications: {e}");
-                    break;
+        });
+        match drained {
+            Drained::Empty => {}
+            // Come back after the event loop has served the other devices.
+            Drained::MoreLeft => {
+                if let Err(e) = self.kick.write(1) {
+                    log::error!("virtio-rng: re-kicking the queue: {e}");
+                }
+            }
+            Drained::Broken => {
+                log::warn!(
+                    "virtio-rng: the driver broke the available ring (index past the ring, or \
+                     a head outside the table); the queue is stopped until the device is reset"
+                );
+                self.broken = true;
+                if let Err(e) = self.interrupt.needs_reset() {
+                    log::error!("virtio-rng: reporting DEVICE_NEEDS_RESET: {e}");
                 }
             }
         }
@@ -290,12 +301,18 @@ mod tests {
     #[derive(Default)]
     struct CountingInterrupt {
         count: AtomicUsize,
+        needs_reset: AtomicUsize,
     }
 
     impl VirtioInterrupt for CountingInterrupt {
         fn trigger(&self, kind: VirtioInterruptType) -> io::Result<()> {
             assert_eq!(kind, VirtioInterruptType::Queue(0));
             self.count.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        fn needs_reset(&self) -> io::Result<()> {
+            self.needs_reset.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
     }
@@ -496,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn broken_avail_index_does_not_spin() {
+    fn broken_avail_index_needs_reset_and_does_not_spin() {
         let mem = memory();
         let mock = MockSplitQueue::new(&mem, 16);
         // avail idx 1000 ahead of a 16-entry ring: the iterator refuses it.
@@ -506,6 +523,13 @@ mod tests {
         running.kick();
         assert_eq!(used(&mem, USED_RING).0, 0);
         assert_eq!(running.interrupts(), 0);
+        assert_eq!(running.interrupt.needs_reset.load(Ordering::SeqCst), 1);
+        // Stopped: a repaired index is not served either, and no second report.
+        mem.write_obj(1u16, mock.avail_addr().unchecked_add(2))
+            .unwrap();
+        running.kick();
+        assert_eq!(used(&mem, USED_RING).0, 0);
+        assert_eq!(running.interrupt.needs_reset.load(Ordering::SeqCst), 1);
     }
 
     #[test]

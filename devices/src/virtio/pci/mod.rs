@@ -180,6 +180,9 @@ impl InterruptState {
 struct ActivationInterrupt {
     state: Arc<InterruptState>,
     live: AtomicBool,
+    /// The device asked for DEVICE_NEEDS_RESET. Kept here, per activation, rather than in the
+    /// shared state: a device thread racing a reset cannot mark the next driver session.
+    needs_reset: AtomicBool,
 }
 
 impl VirtioInterrupt for ActivationInterrupt {
@@ -209,6 +212,17 @@ impl VirtioInterrupt for ActivationInterrupt {
                 self.state.raise(ISR_QUEUE, vector)
             }
         }
+    }
+
+    fn needs_reset(&self) -> io::Result<()> {
+        if !self.live.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Set before the notification: the driver reads the status when it arrives.
+        if self.needs_reset.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.state.raise_config()
     }
 }
 
@@ -404,7 +418,12 @@ impl VirtioPciDevice {
 
     /// The device status register.
     pub fn device_status(&self) -> u8 {
-        self.common.status()
+        let needs_reset = if self.activation_needs_reset() {
+            STATUS_DEVICE_NEEDS_RESET
+        } else {
+            0
+        };
+        self.common.status() | needs_reset
     }
 
     /// Whether the device is running (DRIVER_OK accepted and activation succeeded).
@@ -446,8 +465,24 @@ impl VirtioPciDevice {
         }
     }
 
+    /// Whether the running device has asked for DEVICE_NEEDS_RESET.
+    fn activation_needs_reset(&self) -> bool {
+        self.activation
+            .as_ref()
+            .is_some_and(|a| a.interrupt.needs_reset.load(Ordering::Acquire))
+    }
+
+    /// Brings a device thread's DEVICE_NEEDS_RESET into the status register before the driver
+    /// looks at it (or writes it: the bit survives every write but a reset).
+    fn absorb_needs_reset(&mut self) {
+        if self.activation_needs_reset() {
+            self.common.set_needs_reset();
+        }
+    }
+
     fn bar_read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        self.absorb_needs_reset();
         match self.region(offset, data.len()) {
             Some(BarRegion::Common(at)) => self.common.read(at, data, &self.interrupts),
             Some(BarRegion::Isr(at)) => {
@@ -466,6 +501,7 @@ impl VirtioPciDevice {
     }
 
     fn bar_write(&mut self, offset: u64, data: &[u8]) {
+        self.absorb_needs_reset();
         match self.region(offset, data.len()) {
             Some(BarRegion::Common(at)) => match self.common.write(at, data, &self.interrupts) {
                 Some(CommonConfigAction::Activate) => self.activate(),
@@ -536,6 +572,7 @@ impl VirtioPciDevice {
         let interrupt = Arc::new(ActivationInterrupt {
             state: self.interrupts.clone(),
             live: AtomicBool::new(true),
+            needs_reset: AtomicBool::new(false),
         });
         let context = ActivateContext {
             mem: self.mem.clone(),

@@ -579,6 +579,40 @@ fn device_activation_failure_needs_reset() {
 }
 
 #[test]
+fn device_asked_needs_reset_until_the_driver_resets() {
+    let mut h = Harness::new(4);
+    h.enable_msix();
+    h.bring_up();
+    let driver_ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+    assert_eq!(h.status(), driver_ok);
+    let interrupt = h.fake.lock().unwrap().interrupt.clone().unwrap();
+    interrupt.needs_reset().unwrap();
+    assert_eq!(h.dev.device_status(), driver_ok | STATUS_DEVICE_NEEDS_RESET);
+    assert_eq!(h.msi.triggers(), [0], "a configuration change notification");
+    h.msi.take();
+    assert_eq!(h.read(ISR_OFFSET, 1) as u8, ISR_CONFIG);
+    assert_eq!(h.status(), driver_ok | STATUS_DEVICE_NEEDS_RESET);
+    // Asking again does not notify again; the driver cannot clear the bit by writing.
+    interrupt.needs_reset().unwrap();
+    assert!(h.msi.triggers().is_empty());
+    h.driver_ok();
+    assert_eq!(h.status(), driver_ok | STATUS_DEVICE_NEEDS_RESET);
+    assert!(
+        h.dev.is_active(),
+        "the device is not stopped behind the driver's back"
+    );
+
+    h.set_status(0);
+    assert_eq!(h.status(), 0);
+    h.msi.take();
+    // The retired activation's handle cannot mark the next session.
+    interrupt.needs_reset().unwrap();
+    h.bring_up();
+    assert_eq!(h.status(), driver_ok);
+    assert!(h.msi.triggers().is_empty());
+}
+
+#[test]
 fn reset_mid_use_returns_to_a_clean_state() {
     let mut h = Harness::new(4);
     h.enable_msix();

@@ -30,11 +30,17 @@ pub(super) const OUTSIDE: u64 = 0x1_0000_0000;
 #[derive(Default)]
 pub(super) struct CountingInterrupt {
     counts: Mutex<[u32; NUM_QUEUES]>,
+    needs_reset: Mutex<u32>,
 }
 
 impl CountingInterrupt {
     pub(super) fn count(&self, queue: u16) -> u32 {
         self.counts.lock().unwrap()[usize::from(queue)]
+    }
+
+    /// How many times the device reported DEVICE_NEEDS_RESET.
+    pub(super) fn needs_reset_count(&self) -> u32 {
+        *self.needs_reset.lock().unwrap()
     }
 }
 
@@ -43,6 +49,11 @@ impl VirtioInterrupt for CountingInterrupt {
         if let VirtioInterruptType::Queue(q) = kind {
             self.counts.lock().unwrap()[usize::from(q)] += 1;
         }
+        Ok(())
+    }
+
+    fn needs_reset(&self) -> std::io::Result<()> {
+        *self.needs_reset.lock().unwrap() += 1;
         Ok(())
     }
 }
@@ -138,6 +149,11 @@ impl DriverQueue {
             out.push(self.read_next_used(mem));
         }
         out
+    }
+
+    /// Publishes `idx` as the available index without adding anything (a broken driver).
+    pub(super) fn publish_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
+        mem.write_obj(idx, GuestAddress(self.avail.0 + 2)).unwrap();
     }
 
     /// Sets `used_event` (EVENT_IDX): interrupt once the used index passes it.

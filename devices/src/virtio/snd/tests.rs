@@ -907,6 +907,40 @@ fn device_reset_joins_threads_and_drops_queued_messages() {
     drop(h);
 }
 
+#[test]
+fn an_avail_index_past_the_ring_needs_reset_and_stops_only_that_queue() {
+    let mut h = Harness::new(null_config());
+    h.prepare(fast_params(0));
+    let sent = h.tx(0, &[1; 192]);
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    h.wait_used(TXQ, 1, Duration::from_secs(2));
+    assert_eq!(h.status_of(&sent).0, S_OK);
+    let used_before = h.queues[2].used_idx(&h.mem);
+    h.queues[2].publish_avail_idx(&h.mem, h.queues[2].avail_idx.wrapping_add(1000));
+    h.kick(TXQ);
+    assert_eq!(h.interrupt.needs_reset_count(), 1);
+    // Stopped until reset: repairing the index changes nothing, and nothing is reported twice.
+    h.queues[2].publish_avail_idx(&h.mem, h.queues[2].avail_idx);
+    h.tx(0, &[2; 192]);
+    h.kick(TXQ);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(h.queues[2].used_idx(&h.mem), used_before);
+    assert_eq!(h.interrupt.needs_reset_count(), 1);
+    // The controlq still answers, and RELEASE does not wait on the broken txq.
+    assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    // After a reset the device plays again.
+    h.sound.reset();
+    let sound = std::mem::replace(&mut h.sound, Sound::new(null_config()).unwrap());
+    let mut again = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    again.prepare(fast_params(0));
+    let sent = again.tx(0, &[3; 192]);
+    assert_eq!(again.pcm(R_PCM_START, 0), S_OK);
+    again.wait_used(TXQ, 1, Duration::from_secs(2));
+    assert_eq!(again.status_of(&sent).0, S_OK);
+    assert_eq!(again.interrupt.needs_reset_count(), 0);
+}
+
 // ----- RX -----
 
 #[test]

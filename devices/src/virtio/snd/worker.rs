@@ -9,6 +9,9 @@
 //!   the device cannot carry out.
 //! - eventq: the driver's buffers stay in the available ring, held for events; Canto sends none
 //!   (no jack hot-plug, no XRUN or PERIOD_ELAPSED notifications).
+//! - A queue whose available index runs more than a queue's worth ahead, or that makes a head
+//!   outside the descriptor table available, is broken: it is not served again until a reset,
+//!   and the device reports DEVICE_NEEDS_RESET (once).
 
 use std::sync::Arc;
 
@@ -24,41 +27,12 @@ use super::io::{Completer, Completion, Direction, IoMessage};
 use super::stats::SoundStats;
 use super::stream::{StreamControl, StreamResources};
 use super::wire::{CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, TXQ};
+use crate::virtio::drain::{drain_available, Drained};
 use crate::virtio::{VirtioInterrupt, VirtioInterruptType};
 
 /// Rounds of "pop everything, re-enable notifications" per kick before the worker yields the
 /// event loop (re-kicking itself so nothing is left behind).
 const MAX_ROUNDS: usize = 4;
-
-/// Pops every available chain, re-enabling notifications at the end (EVENT_IDX-safe). Returns
-/// true if chains are still available after `MAX_ROUNDS` rounds.
-fn pop_chains<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-    mut each: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>),
-) -> bool {
-    for _ in 0..MAX_ROUNDS {
-        if let Err(e) = queue.disable_notification(mem) {
-            log::warn!("virtio-snd: cannot disable notifications: {e}");
-        }
-        let mut popped = 0usize;
-        // At most a queue's worth per round: the avail index cannot run further ahead.
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            each(chain);
-            popped += 1;
-        }
-        match queue.enable_notification(mem) {
-            // A round that found nothing, with more announced, is a broken ring: stop.
-            Ok(true) if popped > 0 => continue,
-            Ok(_) => return false,
-            Err(e) => {
-                log::warn!("virtio-snd: cannot enable notifications: {e}");
-                return false;
-            }
-        }
-    }
-    true
-}
 
 /// Reads a chain, keeping its head for the length-0 return of an unusable chain.
 fn read<M>(
@@ -88,6 +62,8 @@ pub struct SoundWorker {
     backend: Arc<dyn Backend>,
     stats: Arc<SoundStats>,
     stopped: bool,
+    /// Queues whose ring the driver broke: not served until the device is reset.
+    broken: [bool; 4],
 }
 
 /// The queues of an activation, in queue order.
@@ -152,6 +128,7 @@ impl SoundWorker {
             backend,
             stats,
             stopped: false,
+            broken: [false; 4],
         })
     }
 
@@ -171,29 +148,53 @@ impl SoundWorker {
 
     /// Handles a notification of queue `index`.
     pub fn handle_queue(&mut self, index: u16) {
-        if self.stopped {
+        if self.stopped || self.broken.get(usize::from(index)).copied().unwrap_or(true) {
             return;
         }
-        let more = match index {
+        let drained = match index {
             CONTROLQ => self.process_controlq(),
             TXQ => self.process_io(Direction::Output),
             RXQ => self.process_io(Direction::Input),
             // The eventq's buffers stay available for events.
-            EVENTQ => false,
-            _ => false,
+            EVENTQ => Drained::Empty,
+            _ => Drained::Empty,
         };
-        if more {
-            // Come back after the event loop has served the others.
-            if let Some(kick) = self.kicks.get(usize::from(index)) {
-                let _ = kick.write(1);
+        self.after_drain(index, drained);
+    }
+
+    /// Re-kicks a queue with chains left over, or stops one whose ring is broken.
+    fn after_drain(&mut self, index: u16, drained: Drained) {
+        match drained {
+            Drained::Empty => {}
+            Drained::MoreLeft => {
+                // Come back after the event loop has served the others.
+                if let Some(kick) = self.kicks.get(usize::from(index)) {
+                    let _ = kick.write(1);
+                }
+            }
+            Drained::Broken => {
+                let Some(broken) = self.broken.get_mut(usize::from(index)) else {
+                    return;
+                };
+                if std::mem::replace(broken, true) {
+                    return;
+                }
+                log::warn!(
+                    "virtio-snd: the driver broke queue {index}'s available ring (index past \
+                     the ring, or a head outside the table); the queue is stopped until the \
+                     device is reset"
+                );
+                if let Err(e) = self.interrupt.needs_reset() {
+                    log::warn!("virtio-snd: reporting DEVICE_NEEDS_RESET: {e}");
+                }
             }
         }
     }
 
-    fn process_controlq(&mut self) -> bool {
+    fn process_controlq(&mut self) -> Drained {
         let mem = self.mem.clone();
         let mut chains = Vec::new();
-        let more = pop_chains(&mut self.controlq, &mem, |chain| {
+        let drained = drain_available(&mut self.controlq, &mem, MAX_ROUNDS, |_, chain| {
             chains.push(read(chain, &mem))
         });
         let mut used = false;
@@ -224,7 +225,7 @@ impl SoundWorker {
                 log::warn!("virtio-snd: controlq interrupt failed: {e}");
             }
         }
-        more
+        drained
     }
 
     /// Carries out one control request; returns the reply's length.
@@ -277,7 +278,14 @@ impl SoundWorker {
             Request::Release(id) => {
                 // Messages the driver queued before RELEASE are pending too: take them first.
                 if let Some(direction) = self.streams.get(id as usize).map(|s| s.info.direction) {
-                    self.process_io(direction);
+                    let queue = match direction {
+                        Direction::Output => TXQ,
+                        Direction::Input => RXQ,
+                    };
+                    if !self.broken[usize::from(queue)] {
+                        let drained = self.process_io(direction);
+                        self.after_drain(queue, drained);
+                    }
                 }
                 self.stream(id).map_or(S_BAD_MSG, |s| s.release())
             }
@@ -291,16 +299,18 @@ impl SoundWorker {
 
     /// The TX worker (and its RX twin): validates new messages and queues them on their
     /// streams; nothing is copied here.
-    fn process_io(&mut self, direction: Direction) -> bool {
+    fn process_io(&mut self, direction: Direction) -> Drained {
         let completer = match direction {
             Direction::Output => self.tx.clone(),
             Direction::Input => self.rx.clone(),
         };
         let mem = completer.mem();
         let mut chains = Vec::new();
-        let more = {
+        let drained = {
             let mut queue = completer.lock_queue();
-            pop_chains(&mut queue, mem, |chain| chains.push(read(chain, mem)))
+            drain_available(&mut queue, mem, MAX_ROUNDS, |_, chain| {
+                chains.push(read(chain, mem))
+            })
         };
         let mut done = Vec::new();
         for chain in chains {
@@ -355,7 +365,7 @@ impl SoundWorker {
             }
         }
         completer.complete(&done);
-        more
+        drained
     }
 }
 
