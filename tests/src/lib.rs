@@ -7,6 +7,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The workspace root.
@@ -107,6 +108,9 @@ impl RunOutput {
     }
 }
 
+/// Called while the VMM runs with its PID and the serial output so far.
+type Watcher<'a> = &'a mut dyn FnMut(u32, &str);
+
 /// A `canto` invocation.
 pub struct Canto {
     args: Vec<String>,
@@ -158,10 +162,16 @@ impl Canto {
     /// [`Canto::run`], calling `watch(pid)` about every 50 ms while the VMM runs (e.g. to sample
     /// its memory with [`vm_rss_kib`]).
     pub fn run_watching(self, mut watch: impl FnMut(u32)) -> RunOutput {
+        self.run_inner(Some(&mut |pid, _: &str| watch(pid)))
+    }
+
+    /// [`Canto::run`], calling `watch(pid, serial_output_so_far)` about every 50 ms while the VMM
+    /// runs, so a test can act on what the guest says (e.g. break the host while it plays).
+    pub fn run_interacting(self, mut watch: impl FnMut(u32, &str)) -> RunOutput {
         self.run_inner(Some(&mut watch))
     }
 
-    fn run_inner(self, mut watch: Option<&mut dyn FnMut(u32)>) -> RunOutput {
+    fn run_inner(self, mut watch: Option<Watcher<'_>>) -> RunOutput {
         const WATCH_EVERY: Duration = Duration::from_millis(50);
         let start = Instant::now();
         let mut watched_at: Option<Instant> = None;
@@ -175,10 +185,19 @@ impl Canto {
             .expect("cannot start canto");
         let mut out = child.stdout.take().expect("piped");
         let mut err = child.stderr.take().expect("piped");
-        let out_reader = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = out.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
+        // The serial output as it arrives, for `watch`.
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let out_reader = std::thread::spawn({
+            let stdout = stdout.clone();
+            move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = out.read(&mut chunk) {
+                    stdout
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&chunk[..n]);
+                }
+            }
         });
         let err_reader = std::thread::spawn(move || {
             let mut s = Vec::new();
@@ -198,7 +217,11 @@ impl Canto {
                     if let Some(watch) = watch.as_mut() {
                         if watched_at.is_none_or(|t| t.elapsed() >= WATCH_EVERY) {
                             watched_at = Some(Instant::now());
-                            watch(child.id());
+                            let so_far = String::from_utf8_lossy(
+                                &stdout.lock().unwrap_or_else(|e| e.into_inner()),
+                            )
+                            .into_owned();
+                            watch(child.id(), &so_far);
                         }
                     }
                     std::thread::sleep(Duration::from_millis(20));
@@ -206,9 +229,12 @@ impl Canto {
                 Err(_) => break None,
             }
         };
+        let _ = out_reader.join();
+        let stdout =
+            String::from_utf8_lossy(&stdout.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
         RunOutput {
             status: if timed_out { None } else { status },
-            stdout: out_reader.join().unwrap_or_default(),
+            stdout,
             stderr: err_reader.join().unwrap_or_default(),
             elapsed: start.elapsed(),
             timed_out,
@@ -298,8 +324,15 @@ impl PulseServer {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let child = Self::spawn(&dir);
+        Some(Self { child, dir })
+    }
+
+    /// Starts `pulseaudio` on `<dir>/native` and waits until it accepts connections (a killed
+    /// server leaves its socket file behind, so the file alone proves nothing).
+    fn spawn(dir: &Path) -> std::process::Child {
         let socket = dir.join("native");
-        let child = Command::new("pulseaudio")
+        let mut child = Command::new("pulseaudio")
             .args([
                 "-n",
                 "--daemonize=no",
@@ -313,22 +346,36 @@ impl PulseServer {
                 "--load=module-native-protocol-unix auth-anonymous=1 socket={}",
                 socket.display()
             ))
-            .envs(Self::env_for(&dir))
-            .env("HOME", &dir)
+            .envs(Self::env_for(dir))
+            .env("HOME", dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("cannot start pulseaudio");
-        let server = Self { child, dir };
         let start = Instant::now();
-        while !socket.exists() {
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("pulseaudio exited at start-up: {status}");
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "pulseaudio did not come up"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(server)
+        child
+    }
+
+    /// Kills the server with SIGKILL: to its clients the sound device disappears without notice.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same socket (after [`PulseServer::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.dir);
     }
 
     fn env_for(dir: &Path) -> Vec<(String, String)> {

@@ -7,7 +7,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use canto_tests::{kvm_available, prerequisite, vm_rss_kib, workspace_root, Canto, RunOutput};
+use canto_tests::{
+    kvm_available, prerequisite, vm_rss_kib, workspace_root, Canto, PulseServer, RunOutput,
+};
 
 /// Builds the guest once per test binary (`make -C tests/driver-guest`); None when gcc/make are
 /// missing (printed, or a panic in CI).
@@ -194,12 +196,13 @@ fn rtt_smoke() {
 
 // ---- virtio-snd ----------------------------------------------------------------------------
 
-/// A WAV file in the temp directory for one test, removed when dropped.
-struct TempWav(PathBuf);
+/// A file (WAV, raw capture) in the temp directory for one test, removed when dropped.
+struct TempFile(PathBuf);
 
-impl TempWav {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("canto-dg-{name}-{}.wav", std::process::id()));
+impl TempFile {
+    fn new(name: &str, ext: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("canto-dg-{name}-{}.{ext}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         Self(path)
     }
@@ -210,7 +213,7 @@ impl TempWav {
     }
 }
 
-impl Drop for TempWav {
+impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
@@ -274,7 +277,7 @@ fn snd_control() {
 /// in under 0.5 s) and recorded bit-exact.
 #[test]
 fn snd_tx() {
-    let wav = TempWav::new("snd-tx");
+    let wav = TempFile::new("snd-tx", "wav");
     let Some(out) = expect_pass_with("snd-tx", "", &wav.sound()) else {
         return;
     };
@@ -291,7 +294,7 @@ fn snd_tx() {
 /// the period thread must still raise one interrupt each (the guest counts them).
 #[test]
 fn snd_tx_event_idx() {
-    let wav = TempWav::new("snd-tx-event-idx");
+    let wav = TempFile::new("snd-tx-event-idx", "wav");
     if expect_pass_with("snd-tx", "event_idx=1", &wav.sound()).is_none() {
         return;
     }
@@ -302,7 +305,7 @@ fn snd_tx_event_idx() {
 /// is what the device plays: it copies at consume time (the Linux 6.1 driver's case).
 #[test]
 fn snd_tx_late_write() {
-    let wav = TempWav::new("snd-tx-late-write");
+    let wav = TempFile::new("snd-tx-late-write", "wav");
     if expect_pass_with("snd-tx-late-write", "", &wav.sound()).is_none() {
         return;
     }
@@ -389,8 +392,8 @@ fn snd_flood_memory_stays_bounded() {
         return;
     };
     let secs = flood_secs();
-    let wav = TempWav::new("snd-flood");
-    let stream1 = TempWav(wav_output_path(&wav.0, 1));
+    let wav = TempFile::new("snd-flood", "wav");
+    let stream1 = TempFile(wav_output_path(&wav.0, 1));
     let _ = std::fs::remove_file(&stream1.0);
     let sound = format!("{},streams=2:1", wav.sound());
     let cmdline = format!("test=snd-flood secs={secs}");
@@ -477,6 +480,90 @@ fn snd_flood_memory_stays_bounded() {
         "stream 1 got only {periods} periods of 10 ms in {secs} s: starved by the flood"
     );
     assert_counter_wav(&stream1.0, periods * 960);
+}
+
+/// The host's sound device disappears mid-stream and comes back (tests/driver-guest/tests/
+/// snd_fault.c): canto plays through ALSA into a private PulseAudio server, which this test kills
+/// with SIGKILL once the guest says it is playing and starts again once the guest says PREPARE
+/// fails. The guest checks IO_ERR on what was in flight, IO_ERR from PREPARE while the device is
+/// missing, and paced OK periods after it is back; this test checks the VMM lived through it and
+/// that the new server played the guest's PCM.
+#[test]
+fn snd_host_fault_sound_server_killed_and_restarted() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(elf) = driver_guest() else {
+        return;
+    };
+    let Some(mut pulse) = PulseServer::start("dg-fault") else {
+        return;
+    };
+    let capture = TempFile::new("snd-host-fault-capture", "raw");
+    let capture_path = capture.0.clone();
+    let mut recorder = None;
+    let mut killed = false;
+    let out = canto_args(&elf, "test=snd-host-fault", "backend=alsa,device=pulse")
+        .envs(pulse.client_env())
+        .timeout(Duration::from_secs(90))
+        .run_interacting(|_, serial| {
+            if !killed && serial.contains("DG snd-host-fault: playing") {
+                pulse.kill();
+                killed = true;
+            }
+            if killed && recorder.is_none() && serial.contains("waiting for the device") {
+                pulse.restart();
+                recorder = Some(pulse.record(&capture_path));
+            }
+        });
+    // Let the recorder take what the sink played last, then stop it.
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(mut recorder) = recorder {
+        let _ = recorder.kill();
+        let _ = recorder.wait();
+    }
+    eprintln!(
+        "--- test=snd-host-fault: {:?} in {:?}\n{}",
+        out.status, out.elapsed, out.stdout
+    );
+    if !out.stderr.is_empty() {
+        eprintln!("--- canto stderr:\n{}", out.stderr);
+    }
+    let fails: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("DG FAIL"))
+        .collect();
+    assert!(
+        fails.is_empty(),
+        "snd-host-fault failed: {fails:?}\n{out:#?}"
+    );
+    assert!(!out.timed_out, "snd-host-fault timed out: {out:#?}");
+    out.expect_line("DG PASS snd-host-fault");
+
+    // The restarted server played the guest's post-recovery PCM (the constant sample 0x2345),
+    // and nothing else but silence.
+    let raw = std::fs::read(&capture_path).expect("the recorder's capture");
+    let samples: Vec<u16> = raw
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let played = samples.iter().filter(|&&s| s == 0x2345).count();
+    let other = samples.iter().filter(|&&s| s != 0x2345 && s != 0).count();
+    eprintln!(
+        "snd-host-fault: the restarted server played {played} samples of the guest's PCM \
+         ({} captured, {other} other non-silent)",
+        samples.len()
+    );
+    // 5 of the 20 periods (2400 samples each): parec may start after the first ones.
+    assert!(
+        played >= 5 * 2400,
+        "only {played} samples of the guest's PCM were played"
+    );
+    assert_eq!(
+        other, 0,
+        "samples that are neither the guest's PCM nor silence"
+    );
 }
 
 #[test]
