@@ -77,14 +77,31 @@ fn run_guest_with(name: &str, extra: &str, sound: &str) -> Option<RunOutput> {
     let elf = driver_guest()?;
     let cmdline = format!("test={name} {extra}");
     let out = canto_args(&elf, cmdline.trim_end(), sound).run();
+    print_run(cmdline.trim_end(), &out);
+    Some(out)
+}
+
+/// Prints a run's serial output and canto's stderr (shown when the test fails).
+fn print_run(cmdline: &str, out: &RunOutput) {
     eprintln!(
-        "--- test={name}: {:?} in {:?}\n{}",
+        "--- {cmdline}: {:?} in {:?}\n{}",
         out.status, out.elapsed, out.stdout
     );
     if !out.stderr.is_empty() {
         eprintln!("--- canto stderr:\n{}", out.stderr);
     }
-    Some(out)
+}
+
+/// Exit 0, no FAIL line, no timeout, and the line `DG PASS <name>`.
+fn assert_passed(name: &str, out: &RunOutput) {
+    let fails: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("DG FAIL"))
+        .collect();
+    assert!(fails.is_empty(), "test={name} failed: {fails:?}\n{out:#?}");
+    assert!(!out.timed_out, "test={name} timed out: {out:#?}");
+    out.expect_line(&format!("DG PASS {name}"));
 }
 
 /// Exit 0, exactly one result line, and it is `DG PASS <name>`.
@@ -95,14 +112,7 @@ fn expect_pass(name: &str, extra: &str) -> Option<RunOutput> {
 /// `expect_pass` with the sound device `--sound <sound>`.
 fn expect_pass_with(name: &str, extra: &str, sound: &str) -> Option<RunOutput> {
     let out = run_guest_with(name, extra, sound)?;
-    let fails: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("DG FAIL"))
-        .collect();
-    assert!(fails.is_empty(), "test={name} failed: {fails:?}\n{out:#?}");
-    assert!(!out.timed_out, "test={name} timed out: {out:#?}");
-    out.expect_line(&format!("DG PASS {name}"));
+    assert_passed(name, &out);
     Some(out)
 }
 
@@ -406,21 +416,8 @@ fn snd_flood_memory_stays_bounded() {
                 samples.push((start.elapsed(), kib));
             }
         });
-    eprintln!(
-        "--- {cmdline}: {:?} in {:?}\n{}",
-        out.status, out.elapsed, out.stdout
-    );
-    if !out.stderr.is_empty() {
-        eprintln!("--- canto stderr:\n{}", out.stderr);
-    }
-    let fails: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("DG FAIL"))
-        .collect();
-    assert!(fails.is_empty(), "snd-flood failed: {fails:?}\n{out:#?}");
-    assert!(!out.timed_out, "snd-flood timed out: {out:#?}");
-    out.expect_line("DG PASS snd-flood");
+    print_run(&cmdline, &out);
+    assert_passed("snd-flood", &out);
 
     // Memory: the baseline is the first sample after one second (the device is active and the
     // flood under way), the final one the last sample before the VMM exited.
@@ -522,24 +519,8 @@ fn snd_host_fault_sound_server_killed_and_restarted() {
         let _ = recorder.kill();
         let _ = recorder.wait();
     }
-    eprintln!(
-        "--- test=snd-host-fault: {:?} in {:?}\n{}",
-        out.status, out.elapsed, out.stdout
-    );
-    if !out.stderr.is_empty() {
-        eprintln!("--- canto stderr:\n{}", out.stderr);
-    }
-    let fails: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("DG FAIL"))
-        .collect();
-    assert!(
-        fails.is_empty(),
-        "snd-host-fault failed: {fails:?}\n{out:#?}"
-    );
-    assert!(!out.timed_out, "snd-host-fault timed out: {out:#?}");
-    out.expect_line("DG PASS snd-host-fault");
+    print_run("test=snd-host-fault", &out);
+    assert_passed("snd-host-fault", &out);
 
     // The restarted server played the guest's post-recovery PCM (the constant sample 0x2345),
     // and nothing else but silence.
