@@ -1,10 +1,13 @@
 //! The one helper every guest-booting test shares: it finds the `canto` binary and the guest
 //! image, builds the command line, runs the VMM with a timeout and collects the serial output.
+//! It also runs the private PulseAudio servers that tests needing a real ALSA device use (the
+//! device crate's host-fault tests included).
 //!
 //! Tests that need /dev/kvm or the guest image skip with a printed reason when they are missing,
 //! except in CI (`CI=true`), where a missing prerequisite fails the test loudly.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -304,20 +307,23 @@ pub fn newc_archive(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
 }
 
 /// A private, headless PulseAudio server with a null sink: a real-time paced ALSA device
-/// (ALSA PCM `pulse`) on a machine with no sound card. Stopped (by PID) when dropped.
+/// (ALSA PCM `pulse`) on a machine with no sound card. Killed (by PID) when dropped, and with
+/// the thread that started it should that die first.
 pub struct PulseServer {
     child: std::process::Child,
     dir: PathBuf,
+    /// Whether `dir` is the server's own, removed when it is dropped.
+    owns_dir: bool,
 }
 
 impl PulseServer {
-    /// Starts the server; None (with the reason printed, or a panic in CI) when it cannot run.
+    /// Starts the server in a directory of its own; None (with the reason printed, or a panic in
+    /// CI) when `pulseaudio` is not installed.
     pub fn start(name: &str) -> Option<Self> {
-        let have = Command::new("pulseaudio")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !prerequisite(have, "pulseaudio is not installed (make test installs it)") {
+        if !prerequisite(
+            Self::installed(),
+            "pulseaudio is not installed (make test installs it)",
+        ) {
             return None;
         }
         let dir = std::env::temp_dir().join(format!("canto-pulse-{name}-{}", std::process::id()));
@@ -325,14 +331,42 @@ impl PulseServer {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         let child = Self::spawn(&dir);
-        Some(Self { child, dir })
+        Some(Self {
+            child,
+            dir,
+            owns_dir: true,
+        })
+    }
+
+    /// Starts the server in `dir`, which the caller made (mode 0700) and removes: its socket is
+    /// `<dir>/native`, its log `<dir>/server.log`.
+    pub fn start_in(dir: &Path) -> Self {
+        Self {
+            child: Self::spawn(dir),
+            dir: dir.to_owned(),
+            owns_dir: false,
+        }
+    }
+
+    /// Whether `pulseaudio` runs here.
+    pub fn installed() -> bool {
+        Command::new("pulseaudio")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     /// Starts `pulseaudio` on `<dir>/native` and waits until it accepts connections (a killed
     /// server leaves its socket file behind, so the file alone proves nothing).
     fn spawn(dir: &Path) -> std::process::Child {
         let socket = dir.join("native");
-        let mut child = Command::new("pulseaudio")
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .expect("the server's log file");
+        let mut command = Command::new("pulseaudio");
+        command
             .args([
                 "-n",
                 "--daemonize=no",
@@ -348,14 +382,23 @@ impl PulseServer {
             ))
             .envs(Self::env_for(dir))
             .env("HOME", dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start pulseaudio");
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the server's log file"))
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe and touches no memory of this process; the server
+        // then dies with the thread that started it should a test die without dropping it.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("cannot start pulseaudio");
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("pulseaudio exited at start-up: {status}");
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                panic!("pulseaudio exited at start-up ({status}):\n{log}");
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
@@ -378,7 +421,9 @@ impl PulseServer {
         self.child = Self::spawn(&self.dir);
     }
 
-    fn env_for(dir: &Path) -> Vec<(String, String)> {
+    /// The environment that makes a client reach a server in `dir` (the server's own
+    /// runtime paths point there too).
+    pub fn env_for(dir: &Path) -> Vec<(String, String)> {
         let d = dir.display().to_string();
         vec![
             ("XDG_RUNTIME_DIR".into(), d.clone()),
@@ -414,9 +459,10 @@ impl PulseServer {
 
 impl Drop for PulseServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.kill();
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -10,11 +10,12 @@
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use canto_tests::{prerequisite, PulseServer};
 
 use super::backend::{
     alsa::AlsaBackend, BackendError, InputStream, OutputStream, PcmParams, Readiness,
@@ -141,22 +142,6 @@ fn config(backend: BackendConfig) -> SoundConfig {
     null_config().with_backend(backend)
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Returns false (after printing why) when a prerequisite is missing; panics under `CI=true`.
-fn prerequisite(ok: bool, what: &str) -> bool {
-    if !ok {
-        assert!(
-            !in_ci(),
-            "CI=true and {what}: this test cannot run, so it fails"
-        );
-        eprintln!("SKIPPED: {what}");
-    }
-    ok
-}
-
 /// An empty directory `canto-fault-<pid>-<name>` under the system's temporary directory (what
 /// was there before is removed); the caller removes it.
 fn fresh_dir(name: &str) -> PathBuf {
@@ -180,13 +165,7 @@ fn pulse_child(name: &str) -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os(CHILD_DIR_ENV) {
         return Some(dir.into());
     }
-    let found = Command::new("pulseaudio")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !prerequisite(found, "`pulseaudio` is not installed") {
+    if !prerequisite(PulseServer::installed(), "`pulseaudio` is not installed") {
         return None;
     }
     // One child (and server) at a time: the tests are about timing, on few cores.
@@ -200,10 +179,7 @@ fn pulse_child(name: &str) -> Option<PathBuf> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([&test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR_ENV, &dir)
-        .env("PULSE_SERVER", format!("unix:{}/native", dir.display()))
-        .env("XDG_RUNTIME_DIR", &dir)
-        .env("PULSE_RUNTIME_PATH", &dir)
-        .env("PULSE_STATE_PATH", &dir)
+        .envs(PulseServer::env_for(&dir))
         .env("HOME", &dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -244,78 +220,6 @@ fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Strin
         let _ = pipe.read_to_end(&mut bytes);
         String::from_utf8_lossy(&bytes).into_owned()
     })
-}
-
-/// A headless PulseAudio with a 48 kHz stereo null sink, listening on `<dir>/native`; killed
-/// (by its PID) when dropped.
-struct PulseServer {
-    child: Child,
-}
-
-impl PulseServer {
-    fn start(dir: &Path) -> PulseServer {
-        let socket = dir.join("native");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("server.log"))
-            .unwrap();
-        let mut command = Command::new("pulseaudio");
-        command
-            .args([
-                "-n",
-                "--daemonize=no",
-                "--exit-idle-time=-1",
-                "--disallow-exit",
-                "--use-pid-file=no",
-                "--disable-shm=yes",
-                "--load=module-null-sink sink_name=vsink format=s16le rate=48000 channels=2 norewinds=1",
-            ])
-            .arg(format!(
-                "--load=module-native-protocol-unix auth-anonymous=1 socket={}",
-                socket.display()
-            ))
-            .env("XDG_RUNTIME_DIR", dir)
-            .env("PULSE_RUNTIME_PATH", dir)
-            .env("PULSE_STATE_PATH", dir)
-            .env("HOME", dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; the server dies with the thread that started it
-        // should this test die without dropping it.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("cannot start pulseaudio");
-        // A killed server leaves its socket file behind: wait until one accepts connections.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                panic!("pulseaudio exited ({status}):\n{log}");
-            }
-            assert!(Instant::now() < deadline, "pulseaudio did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PulseServer { child }
-    }
-
-    /// Kills the server (SIGKILL: the device disappears without a goodbye).
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PulseServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ----- 1. the ALSA device disappears mid-stream -----
@@ -381,7 +285,7 @@ fn alsa_device_disappears_mid_stream() {
     let Some(dir) = pulse_child("alsa_device_disappears_mid_stream") else {
         return;
     };
-    let server = PulseServer::start(&dir);
+    let mut server = PulseServer::start_in(&dir);
     let mut h = Harness::new(config(BackendConfig::Alsa {
         device: "pulse".into(),
     }));
@@ -395,7 +299,7 @@ fn alsa_device_disappears_mid_stream() {
     assert_eq!(h.state(0), PcmState::Started);
 
     // A new server on the same socket: the old PCM stays broken, messages keep failing.
-    let server = PulseServer::start(&dir);
+    server.restart();
     for (_, status) in player.play(&mut h, 20, PATIENCE) {
         assert_eq!(status, S_IO_ERR, "the stream came back by itself");
     }
@@ -428,7 +332,7 @@ fn alsa_device_disappears_mid_stream() {
         start.elapsed()
     );
     assert_eq!(h.state(0), PcmState::Released);
-    let _server = PulseServer::start(&dir);
+    server.restart();
     assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
     player.fill(&mut h);
     assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
@@ -538,7 +442,7 @@ fn a_host_xrun_is_recovered_and_the_stream_continues() {
     let Some(dir) = pulse_child("a_host_xrun_is_recovered_and_the_stream_continues") else {
         return;
     };
-    let _server = PulseServer::start(&dir);
+    let _server = PulseServer::start_in(&dir);
     let backend = StallingBackend {
         inner: AlsaBackend::new("pulse").unwrap(),
         at: 30,
