@@ -45,7 +45,8 @@ pub fn drain_available<'m>(
         if let Err(e) = queue.disable_notification(mem) {
             log::warn!("virtio: cannot disable notifications: {e}");
         }
-        // Checked before popping, whose failure virtio-queue only logs (once per kick).
+        // Checked here: virtio-queue's pop refuses such a ring too, but only logs it and
+        // returns nothing, which looks like an empty ring.
         if avail_overrun(queue, mem) {
             return Drained::Broken;
         }
