@@ -44,6 +44,15 @@ fn driver_guest() -> Option<PathBuf> {
     }
 }
 
+/// The guest to run: None when KVM or the toolchain is missing (printed, or a panic in CI), and
+/// the test then skips.
+fn guest_to_run() -> Option<PathBuf> {
+    if !kvm_available() {
+        return None;
+    }
+    driver_guest()
+}
+
 /// The sound device most tests run with: the null backend (paced, nothing played, no host audio
 /// device needed).
 const NULL_SOUND: &str = "backend=null";
@@ -71,10 +80,7 @@ fn run_guest(name: &str, extra: &str) -> Option<RunOutput> {
 
 /// Runs `test=<name>` with the sound device `--sound <sound>`.
 fn run_guest_with(name: &str, extra: &str, sound: &str) -> Option<RunOutput> {
-    if !kvm_available() {
-        return None;
-    }
-    let elf = driver_guest()?;
+    let elf = guest_to_run()?;
     let cmdline = format!("test={name} {extra}");
     let out = canto_args(&elf, cmdline.trim_end(), sound).run();
     print_run(cmdline.trim_end(), &out);
@@ -395,10 +401,7 @@ fn wav_output_path(base: &Path, index: u32) -> PathBuf {
 /// another is flooded.
 #[test]
 fn snd_flood_memory_stays_bounded() {
-    if !kvm_available() {
-        return;
-    }
-    let Some(elf) = driver_guest() else {
+    let Some(elf) = guest_to_run() else {
         return;
     };
     let secs = flood_secs();
@@ -487,10 +490,7 @@ fn snd_flood_memory_stays_bounded() {
 /// that the new server played the guest's PCM.
 #[test]
 fn snd_host_fault_sound_server_killed_and_restarted() {
-    if !kvm_available() {
-        return;
-    }
-    let Some(elf) = driver_guest() else {
+    let Some(elf) = guest_to_run() else {
         return;
     };
     let Some(mut pulse) = PulseServer::start("dg-fault") else {
