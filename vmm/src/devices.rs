@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use canto_arch::layout;
 use canto_devices::bus::Bus;
 use canto_devices::pci::{PciDeviceInfo, PciRoot, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
-use canto_devices::virtio::pci::{msix_vector_count, VirtioPciDevice};
 use canto_devices::virtio::rng::Rng;
 use canto_devices::virtio::snd::{self, BackendConfig, Sound, SoundConfig};
+use canto_devices::virtio::transport::pci::{msix_vector_count, VirtioPciDevice};
 use canto_devices::virtio::{SharedSubscriber, VirtioDevice};
 use event_manager::RemoteEndpoint;
 
@@ -20,7 +20,7 @@ pub enum DeviceError {
     #[error("cannot set up the PCI bus: {0}")]
     Pci(#[from] canto_devices::pci::PciError),
     #[error("cannot set up a virtio-pci device: {0}")]
-    VirtioPci(#[from] canto_devices::virtio::pci::VirtioPciError),
+    VirtioPci(#[from] canto_devices::virtio::transport::pci::VirtioPciError),
     #[error("cannot set up interrupts: {0}")]
     Interrupts(#[source] io::Error),
     #[error("cannot set up the sound device: {0}")]

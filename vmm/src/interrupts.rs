@@ -10,7 +10,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use canto_devices::pci::{MsiInterruptGroup, MsiMessage};
-use canto_devices::virtio::pci::IoEventRegistrar;
+use canto_devices::virtio::transport::pci::IoEventRegistrar;
 use canto_devices::virtio::{SharedSubscriber, SubscriberRegistrar};
 use event_manager::{RemoteEndpoint, SubscriberId};
 use kvm_bindings::{

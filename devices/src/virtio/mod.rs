@@ -5,9 +5,9 @@
 //! and queue setup, and calls [`VirtioDevice::activate`] once the driver sets DRIVER_OK.
 
 pub(crate) mod drain;
-pub mod pci;
 pub mod rng;
 pub mod snd;
+pub mod transport;
 
 use std::sync::{Arc, Mutex};
 

@@ -569,8 +569,8 @@ mod tests {
         use crate::pci::msix::test_utils::RecordingMsiGroup;
         use crate::pci::msix::MSIX_CONTROL_ENABLE;
         use crate::pci::PciDevice;
-        use crate::virtio::pci::test_utils::{FakeIoEvents, LocalRegistrar};
-        use crate::virtio::pci::*;
+        use crate::virtio::transport::pci::test_utils::{FakeIoEvents, LocalRegistrar};
+        use crate::virtio::transport::pci::*;
 
         let mem = memory();
         let msi = Arc::new(RecordingMsiGroup::default());
