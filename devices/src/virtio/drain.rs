@@ -1,20 +1,65 @@
 //! Taking chains off a queue's available ring, the same way for every device: bounded work per
-//! notification, EVENT_IDX-safe re-enabling of notifications, and a ring the driver has broken
+//! notification (a budget counted in descriptors walked), every chain walked with the device's
+//! [`ChainLimits`], EVENT_IDX-safe re-enabling of notifications, and a ring the driver has broken
 //! told apart from one that is merely busy.
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::chain::{read_chain, ChainLimits, DescriptorTable, Walk};
+
+/// The descriptors one notification may make a device walk, over all its queues' drains. A full
+/// 256-entry queue of 3-descriptor chains (a sound period each) takes 768; a driver that offers
+/// more waits for the next turn of the event loop.
+pub const DESCRIPTORS_PER_KICK: usize = 2048;
+/// Rounds of "notifications off, pop, notifications on" per drain, whatever the budget: a ring
+/// whose available index keeps moving while nothing can be popped ends here.
+const MAX_ROUNDS: usize = 8;
+
+/// What one notification may still cost, in descriptors walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KickBudget {
+    descriptors_left: usize,
+}
+
+impl KickBudget {
+    /// A fresh budget of [`DESCRIPTORS_PER_KICK`].
+    pub fn new() -> KickBudget {
+        KickBudget::with_descriptors(DESCRIPTORS_PER_KICK)
+    }
+
+    pub fn with_descriptors(descriptors: usize) -> KickBudget {
+        KickBudget {
+            descriptors_left: descriptors,
+        }
+    }
+
+    pub fn is_spent(&self) -> bool {
+        self.descriptors_left == 0
+    }
+
+    fn spend(&mut self, descriptors: usize) {
+        // A refused chain still cost at least its head.
+        self.descriptors_left = self.descriptors_left.saturating_sub(descriptors.max(1));
+    }
+}
+
+impl Default for KickBudget {
+    fn default() -> Self {
+        KickBudget::new()
+    }
+}
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {
     /// The ring is empty and notifications are on again.
     Empty,
-    /// Chains are still available after the round limit: the caller comes back later (after the
-    /// event loop has served the others).
+    /// Chains are still available when the budget ran out: the caller comes back later (after
+    /// the event loop has served the others).
     MoreLeft,
     /// The driver broke the ring: it announced more chains than the ring holds (virtio-queue
     /// refuses to iterate such a ring), or made available a head the descriptor table does not
@@ -31,37 +76,48 @@ fn avail_overrun(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
     }
 }
 
-/// Pops every available chain and hands it to `each` (with the queue, to return chains as it
-/// goes), in rounds of "notifications off, pop all, notifications on". At most `max_rounds`
-/// rounds of at most a queue's worth each, so a driver that keeps adding cannot hold the event
-/// loop.
-pub fn drain_available<'m>(
+/// Pops every available chain, walks it with `limits` and hands the walk to `each` (with the
+/// queue, to return chains as it goes), in rounds of "notifications off, pop all, notifications
+/// on", until the ring is empty or `budget` is spent, so a driver that keeps adding cannot hold
+/// the event loop.
+pub fn drain_available(
     queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-    max_rounds: usize,
-    mut each: impl FnMut(&mut Queue, DescriptorChain<&'m GuestMemoryMmap>),
+    mem: &GuestMemoryMmap,
+    limits: &ChainLimits,
+    budget: &mut KickBudget,
+    mut each: impl FnMut(&mut Queue, Walk),
 ) -> Drained {
-    for _ in 0..max_rounds {
+    let table = DescriptorTable {
+        addr: GuestAddress(queue.desc_table()),
+        size: queue.size(),
+    };
+    for _ in 0..MAX_ROUNDS {
         if let Err(e) = queue.disable_notification(mem) {
-            log::warn!("virtio: cannot disable notifications: {e}");
+            log::debug!("virtio: cannot disable notifications: {e}");
         }
         // Checked here: virtio-queue's pop refuses such a ring too, but only logs it and
         // returns nothing, which looks like an empty ring.
         if avail_overrun(queue, mem) {
             return Drained::Broken;
         }
-        // A queue's worth at most: a driver re-publishing heads from another vCPU as fast as
-        // they are popped would otherwise keep this loop going.
+        // A queue's worth at most per round: a driver re-publishing heads from another vCPU as
+        // fast as they are popped would otherwise keep this loop going.
         for _ in 0..queue.size() {
+            if budget.is_spent() {
+                return Drained::MoreLeft;
+            }
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 break;
             };
-            if chain.head_index() >= queue.size() {
+            let head = chain.head_index();
+            if head >= queue.size() {
                 // A head the descriptor table does not have: no used entry can name it, so the
                 // driver would wait for it forever.
                 return Drained::Broken;
             }
-            each(queue, chain);
+            let walk = read_chain(mem, table, head, limits);
+            budget.spend(walk.descriptors);
+            each(queue, walk);
         }
         match queue.enable_notification(mem) {
             // More arrived while notifications were off (or the driver broke the ring since the
@@ -69,7 +125,7 @@ pub fn drain_available<'m>(
             Ok(true) => continue,
             Ok(false) => return Drained::Empty,
             Err(e) => {
-                log::warn!("virtio: cannot enable notifications: {e}");
+                log::debug!("virtio: cannot enable notifications: {e}");
                 return Drained::Empty;
             }
         }
@@ -85,6 +141,10 @@ mod tests {
     use vm_memory::{Address, Bytes, GuestAddress};
 
     const SIZE: u16 = 16;
+
+    fn limits() -> ChainLimits {
+        ChainLimits::default()
+    }
 
     fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
@@ -113,14 +173,26 @@ mod tests {
         let mem = memory();
         let (_mock, mut queue) = queue_with(&mem, 5);
         let mut heads = Vec::new();
-        let end = drain_available(&mut queue, &mem, 4, |q, chain| {
-            heads.push(chain.head_index());
-            q.add_used(&mem, chain.head_index(), 0).unwrap();
-        });
+        let end = drain_available(
+            &mut queue,
+            &mem,
+            &limits(),
+            &mut KickBudget::new(),
+            |q, walk| {
+                heads.push(walk.head);
+                q.add_used(&mem, walk.head, 0).unwrap();
+            },
+        );
         assert_eq!(end, Drained::Empty);
         assert_eq!(heads, [0, 1, 2, 3, 4]);
         assert_eq!(
-            drain_available(&mut queue, &mem, 4, |_, _| panic!("nothing left")),
+            drain_available(
+                &mut queue,
+                &mem,
+                &limits(),
+                &mut KickBudget::new(),
+                |_, _| { panic!("nothing left") }
+            ),
             Drained::Empty
         );
     }
@@ -134,7 +206,13 @@ mod tests {
                 .unwrap();
             let mut popped = 0;
             assert_eq!(
-                drain_available(&mut queue, &mem, 4, |_, _| popped += 1),
+                drain_available(
+                    &mut queue,
+                    &mem,
+                    &limits(),
+                    &mut KickBudget::new(),
+                    |_, _| popped += 1
+                ),
                 Drained::Broken,
                 "avail idx {ahead}"
             );
@@ -145,7 +223,13 @@ mod tests {
             .unwrap();
         let mut popped = 0;
         assert_eq!(
-            drain_available(&mut queue, &mem, 4, |_, _| popped += 1),
+            drain_available(
+                &mut queue,
+                &mem,
+                &limits(),
+                &mut KickBudget::new(),
+                |_, _| popped += 1
+            ),
             Drained::Empty
         );
         assert_eq!(popped, usize::from(SIZE));
@@ -159,9 +243,13 @@ mod tests {
         mem.write_obj(999u16, mock.avail_addr().unchecked_add(4 + 2))
             .unwrap();
         let mut heads = Vec::new();
-        let end = drain_available(&mut queue, &mem, 4, |_, chain| {
-            heads.push(chain.head_index())
-        });
+        let end = drain_available(
+            &mut queue,
+            &mem,
+            &limits(),
+            &mut KickBudget::new(),
+            |_, walk| heads.push(walk.head),
+        );
         assert_eq!(end, Drained::Broken);
         assert_eq!(heads, [0], "the chain before it is served");
     }
@@ -173,9 +261,10 @@ mod tests {
         // Each pop announces one more (the same descriptor, re-offered): never empty.
         let avail_idx = mock.avail_addr().unchecked_add(2);
         let mut popped = 0u16;
-        let end = drain_available(&mut queue, &mem, 3, |q, chain| {
+        let budget = &mut KickBudget::with_descriptors(3 * usize::from(SIZE));
+        let end = drain_available(&mut queue, &mem, &limits(), budget, |q, walk| {
             popped += 1;
-            q.add_used(&mem, chain.head_index(), 0).unwrap();
+            q.add_used(&mem, walk.head, 0).unwrap();
             let idx: u16 = mem.read_obj(avail_idx).unwrap();
             let slot = mock
                 .avail_addr()
@@ -184,6 +273,11 @@ mod tests {
             mem.write_obj(idx.wrapping_add(1), avail_idx).unwrap();
         });
         assert_eq!(end, Drained::MoreLeft);
-        assert_eq!(popped, 3 * SIZE, "a queue's worth per round");
+        assert_eq!(
+            popped,
+            3 * SIZE,
+            "one descriptor each, until the budget is spent"
+        );
+        assert!(budget.is_spent());
     }
 }

@@ -4,7 +4,9 @@
 //! queues, and nothing about PCI. The transport (`pci`) owns negotiation, the status state machine
 //! and queue setup, and calls [`VirtioDevice::activate`] once the driver sets DRIVER_OK.
 
-pub(crate) mod drain;
+pub mod chain;
+pub mod drain;
+pub mod queue;
 pub mod rng;
 pub mod snd;
 pub mod transport;
@@ -16,10 +18,17 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+/// Device ids (VIRTIO 1.2 §5), as `virtio-bindings` has them.
+pub use virtio_bindings::virtio_ids::{VIRTIO_ID_RNG, VIRTIO_ID_SOUND};
+
 /// VIRTIO_F_VERSION_1: the modern (1.x) interface. Every Canto device offers it.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// VIRTIO_F_RING_EVENT_IDX: used/avail event fields suppress notifications and interrupts.
-pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+/// VIRTIO_F_INDIRECT_DESC: chains may point at indirect descriptor tables. No Canto device
+/// offers it yet; [`chain::read_chain`] refuses indirect tables unless it was negotiated.
+pub const VIRTIO_F_INDIRECT_DESC: u64 =
+    1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 
 /// What an interrupt is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

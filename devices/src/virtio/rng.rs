@@ -1,26 +1,25 @@
 //! virtio-rng, the entropy device (VIRTIO 1.2 §5.4): one queue of device-writable buffers that
 //! the device fills with random bytes from the host's `getrandom(2)`.
 //!
-//! The work runs in the event loop: activation returns a subscriber that waits on the queue's
-//! kick eventfd, fills every available chain and raises the queue interrupt when the driver wants
-//! one (EVENT_IDX honoured).
+//! It is also the smallest example of a Canto virtio device (docs/architecture.md, "Adding a
+//! virtio device"): activation wraps the queue in a [`DeviceQueue`] and returns an event-loop
+//! subscriber that waits on the queue's kick, pops the walked chains within the kick's budget,
+//! fills them and completes them (EVENT_IDX honoured by the queue).
 
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use vm_memory::GuestMemoryMmap;
 
-use crate::virtio::drain::{drain_available, Drained};
+use crate::virtio::chain::{ChainBuffers, ChainLimits};
+use crate::virtio::drain::KickBudget;
+use crate::virtio::queue::{Completion, DeviceQueue};
 use crate::virtio::{
-    ActivateContext, ActivateError, SharedSubscriber, VirtioDevice, VirtioInterrupt,
-    VirtioInterruptType, VIRTIO_F_VERSION_1,
+    ActivateContext, ActivateError, SharedSubscriber, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_ID_RNG,
 };
 
-/// Virtio device type of the entropy device.
-pub const VIRTIO_ID_RNG: u32 = 4;
 /// The largest queue the driver may set up.
 pub const RNG_QUEUE_SIZE: u16 = 256;
 /// The most random bytes one request gets, however large its buffers: a guest cannot make the
@@ -28,9 +27,12 @@ pub const RNG_QUEUE_SIZE: u16 = 256;
 pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
 /// Random bytes are produced and copied in pieces of this size.
 const CHUNK_SIZE: usize = 4096;
-/// Rounds of "serve everything, re-enable notifications" per kick before the worker yields the
-/// event loop (re-kicking itself).
-const MAX_ROUNDS: usize = 4;
+/// What the device accepts of one request: 16 descriptors (Linux sends one).
+const CHAIN_LIMITS: ChainLimits = ChainLimits {
+    max_descriptors: 16,
+    max_bytes: u32::MAX as u64,
+    indirect: false,
+};
 
 /// Why a request could not be served (it is then returned with what was written so far).
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +45,6 @@ pub enum RngError {
         #[source]
         source: vm_memory::GuestMemoryError,
     },
-    #[error("virtio queue: {0}")]
-    Queue(#[from] virtio_queue::Error),
 }
 
 /// The entropy device.
@@ -97,13 +97,17 @@ impl VirtioDevice for Rng {
         if got != 1 {
             return Err(ActivateError::QueueCount { got, want: 1 });
         }
+        let queue = DeviceQueue::new(
+            "virtio-rng",
+            active,
+            ctx.mem,
+            ctx.interrupt,
+            ctx.acked_features,
+            CHAIN_LIMITS,
+        );
         let worker = Arc::new(Mutex::new(RngWorker {
-            mem: ctx.mem,
-            queue: active.queue,
-            kick: active.kick,
-            interrupt: ctx.interrupt,
+            queue,
             buffer: vec![0; CHUNK_SIZE],
-            broken: false,
         }));
         self.worker = Some(worker.clone());
         Ok(vec![worker])
@@ -118,72 +122,39 @@ impl VirtioDevice for Rng {
 
 /// Serves the queue from the event loop.
 struct RngWorker {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    kick: EventFd,
-    interrupt: Arc<dyn VirtioInterrupt>,
+    queue: DeviceQueue,
     buffer: Vec<u8>,
-    /// The driver broke the ring: nothing more is served until the device is reset.
-    broken: bool,
 }
 
 impl RngWorker {
-    /// Serves every available chain; raises one interrupt at the end if the driver wants it.
+    /// Serves the available chains the kick's budget allows; the queue raises one interrupt at
+    /// the end if the driver wants it.
     fn process_queue(&mut self) {
-        if self.broken {
-            return;
-        }
-        let mut used = false;
-        let mem = self.mem.clone();
-        let buffer = &mut self.buffer;
-        let drained = drain_available(&mut self.queue, &mem, MAX_ROUNDS, |queue, chain| {
-            let head = chain.head_index();
-            let len = match fill_chain(&mem, chain, buffer) {
-                Ok(len) => len,
-                Err((len, e)) => {
-                    log::warn!("virtio-rng: request {head}: {e}");
-                    len
+        let mut budget = KickBudget::new();
+        let walks = self.queue.pop_available(&mut budget);
+        let mem = self.queue.mem();
+        let mut done = Vec::with_capacity(walks.len());
+        for walk in walks {
+            let len = match walk.result {
+                Ok(buffers) => match fill_request(mem, &buffers, &mut self.buffer) {
+                    Ok(len) => len,
+                    Err((len, e)) => {
+                        log::debug!("virtio-rng: request {}: {e}", walk.head);
+                        len
+                    }
+                },
+                // Guest-caused: debug only, so a guest cannot fill the host's log.
+                Err(e) => {
+                    log::debug!("virtio-rng: request {} refused: {e}", walk.head);
+                    0
                 }
             };
-            match queue.add_used(&mem, head, len) {
-                Ok(()) => used = true,
-                Err(e) => log::error!("virtio-rng: returning request {head}: {e}"),
-            }
-        });
-        match drained {
-            Drained::Empty => {}
-            // Come back after the event loop has served the other devices.
-            Drained::MoreLeft => {
-                if let Err(e) = self.kick.write(1) {
-                    log::error!("virtio-rng: re-kicking the queue: {e}");
-                }
-            }
-            Drained::Broken => {
-                log::warn!(
-                    "virtio-rng: the driver broke the available ring (index past the ring, or \
-                     a head outside the table); the queue is stopped until the device is reset"
-                );
-                self.broken = true;
-                if let Err(e) = self.interrupt.needs_reset() {
-                    log::error!("virtio-rng: reporting DEVICE_NEEDS_RESET: {e}");
-                }
-            }
-        }
-        if !used {
-            return;
-        }
-        let notify = self
-            .queue
-            .needs_notification(&self.mem)
-            .unwrap_or_else(|e| {
-                log::error!("virtio-rng: reading used_event: {e}");
-                true
+            done.push(Completion {
+                head: walk.head,
+                len,
             });
-        if notify {
-            if let Err(e) = self.interrupt.trigger(VirtioInterruptType::Queue(0)) {
-                log::error!("virtio-rng: raising the queue interrupt: {e}");
-            }
         }
+        self.queue.complete(&done);
     }
 }
 
@@ -193,67 +164,52 @@ impl MutEventSubscriber for RngWorker {
             return;
         }
         // Non-blocking: a spurious wake-up finds nothing to read, and that is fine.
-        let _ = self.kick.read();
+        let _ = self.queue.kick().read();
         self.process_queue();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.kick, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(self.queue.kick(), EventSet::IN)) {
             log::error!("virtio-rng: watching the queue's kick eventfd: {e}");
         }
     }
 }
 
-/// Fills the writable buffers of `chain` with random bytes, at most [`MAX_BYTES_PER_REQUEST`],
-/// and returns how many were written. A chain with a driver-readable descriptor or a buffer
-/// outside guest RAM is malformed and gets nothing (length 0). On failure part-way, the error
-/// comes with the bytes written so far.
-fn fill_chain(
+/// Fills the writable buffers of a request with random bytes, at most
+/// [`MAX_BYTES_PER_REQUEST`], and returns how many were written. A request with a
+/// driver-readable buffer is malformed and gets nothing (length 0); the walk has already checked
+/// every buffer lies in guest RAM. On failure part-way, the error comes with the bytes written
+/// so far.
+fn fill_request(
     mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    request: &ChainBuffers,
     buffer: &mut [u8],
 ) -> Result<u32, (u32, RngError)> {
-    // Check the whole chain first, so a malformed one leaves guest memory untouched.
-    for desc in chain.clone() {
-        let inside = GuestMemoryBackend::check_range(mem, desc.addr(), desc.len() as usize);
-        if !desc.is_write_only() || !inside {
-            log::warn!(
-                "virtio-rng: request {} has a {} buffer at {:#x}+{:#x}; returned empty",
-                chain.head_index(),
-                if inside { "read-only" } else { "out-of-RAM" },
-                desc.addr().0,
-                desc.len()
-            );
-            return Ok(0);
-        }
+    if !request.readable.is_empty() {
+        log::debug!(
+            "virtio-rng: request {} has a read-only buffer; returned empty",
+            request.head
+        );
+        return Ok(0);
     }
-    let mut remaining = MAX_BYTES_PER_REQUEST;
+    let total = request.writable.len().min(MAX_BYTES_PER_REQUEST as u64) as usize;
     let mut written = 0usize;
-    for desc in chain {
-        let mut addr = desc.addr();
-        let mut left = (desc.len() as usize).min(remaining);
-        while left > 0 {
-            let piece = &mut buffer[..left.min(CHUNK_SIZE)];
-            fill_random(piece).map_err(|e| (written as u32, RngError::Entropy(e)))?;
-            mem.write_slice(piece, addr).map_err(|source| {
+    while written < total {
+        let piece = &mut buffer[..(total - written).min(CHUNK_SIZE)];
+        fill_random(piece).map_err(|e| (written as u32, RngError::Entropy(e)))?;
+        request
+            .writable
+            .write_at(mem, written as u64, piece)
+            .map_err(|source| {
                 (
                     written as u32,
                     RngError::GuestMemory {
-                        addr: addr.0,
+                        addr: written as u64,
                         source,
                     },
                 )
             })?;
-            let n = piece.len();
-            // Cannot overflow: the range was checked to be inside guest memory.
-            addr = vm_memory::GuestAddress(addr.0 + n as u64);
-            left -= n;
-            remaining -= n;
-            written += n;
-        }
-        if remaining == 0 {
-            break;
-        }
+        written += piece.len();
     }
     // At most MAX_BYTES_PER_REQUEST, so it fits.
     Ok(written as u32)
@@ -284,13 +240,21 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use event_manager::{EventManager, SubscriberOps};
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, GuestAddress};
 
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::Bytes;
+    use vmm_sys_util::eventfd::EventFd;
+
     use super::*;
-    use crate::virtio::{ActiveQueue, VIRTIO_F_RING_EVENT_IDX};
+    use crate::virtio::{
+        ActiveQueue, VirtioInterrupt, VirtioInterruptType, VIRTIO_F_RING_EVENT_IDX,
+    };
 
     const RAM: usize = 0x20_0000;
     /// Where the tests put the used ring. MockSplitQueue places its own used ring right after
@@ -465,6 +429,37 @@ mod tests {
         }
         assert!(!all_zero(&mem, 0x14_0000, 8));
         assert_eq!(running.interrupts(), 1);
+    }
+
+    /// Every head points at one 65535-entry indirect table of writable descriptors, which the
+    /// driver never negotiated (VIRTIO_F_INDIRECT_DESC is not offered): each request is refused
+    /// at its first descriptor, untouched, instead of a walk of the whole table per head.
+    #[test]
+    fn indirect_tables_are_refused_at_their_head() {
+        let mem = memory();
+        let table = 0x10_0000u64;
+        let entries = u16::MAX;
+        for i in 0..entries {
+            let flags = if i + 1 < entries {
+                (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16
+            } else {
+                VRING_DESC_F_WRITE as u16
+            };
+            let entry = SplitDescriptor::new(0x8_0000, 1, flags, i.wrapping_add(1));
+            mem.write_obj(entry, GuestAddress(table + 16 * u64::from(i)))
+                .unwrap();
+        }
+        let mock = MockSplitQueue::new(&mem, 16);
+        let heads: Vec<RawDescriptor> = (0..16)
+            .map(|_| desc(table, u32::from(entries) * 16, VRING_DESC_F_INDIRECT, 0))
+            .collect();
+        mock.add_desc_chains(&heads, 0).unwrap();
+        let mut running = Running::start(&mem, &mock, false);
+        running.kick();
+        let (idx, elems) = used(&mem, USED_RING);
+        assert_eq!(idx, 16);
+        assert!(elems.iter().all(|(_, len)| *len == 0), "{elems:?}");
+        assert!(all_zero(&mem, 0x8_0000, 1), "no request was served");
     }
 
     #[test]

@@ -10,11 +10,11 @@
 
 use vm_memory::GuestMemoryMmap;
 
-use super::chain::Segments;
 use super::config::SoundConfig;
 use super::io::Direction;
 use super::stream::StreamInfo;
 use super::wire::*;
+use crate::virtio::chain::Segments;
 
 /// The largest `size` an *_INFO request may ask for per item.
 pub const MAX_INFO_ITEM_SIZE: u32 = 1024;

@@ -1,19 +1,14 @@
 //! PCM I/O messages (§5.14.6.8) and their return to the driver.
 //!
 //! An I/O message is kept as a reference into guest memory (head index, ranges); its PCM is read
-//! (TX) or written (RX) only when the period thread consumes it. [`Completer`] puts finished
-//! messages on the used ring of the txq or rxq and raises the queue's interrupt when the driver
-//! asked for one (EVENT_IDX).
+//! (TX) or written (RX) only when the period thread consumes it, and the finished message goes
+//! back through the txq's or rxq's [`crate::virtio::queue::DeviceQueue`].
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryError, GuestMemoryMmap};
 
-use super::chain::ChainBuffers;
-use super::stats::SoundStats;
 use super::wire::{pcm_status, PCM_STATUS_SIZE, PCM_XFER_SIZE};
-use crate::virtio::{VirtioInterrupt, VirtioInterruptType};
+use crate::virtio::chain::ChainBuffers;
+pub use crate::virtio::queue::Completion;
 
 /// The most PCM bytes one I/O message may carry (4 MiB, far above any period the Linux driver
 /// uses). Larger messages are malformed.
@@ -36,13 +31,6 @@ impl Direction {
             Direction::Input => super::wire::D_INPUT,
         }
     }
-}
-
-/// A used-ring entry to be written: the chain's head and the bytes the device wrote into it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Completion {
-    pub head: u16,
-    pub len: u32,
 }
 
 /// Why an I/O message was refused at once.
@@ -71,7 +59,7 @@ impl IoMessage {
     /// Validates a chain from the txq (`Output`) or rxq (`Input`): a readable 4-byte header, then
     /// PCM (readable for TX, writable for RX), then an 8-byte writable status. A message that
     /// cannot hold a status is returned with length 0; any other malformed message gets status
-    /// BAD_MSG.
+    /// IO_ERR (§5.14.6.8: an I/O status is OK or IO_ERR).
     pub fn parse(
         buffers: ChainBuffers,
         direction: Direction,
@@ -187,75 +175,5 @@ impl IoMessage {
     /// Completes the message at once, with no PCM consumed or captured.
     pub fn reject(self, mem: &GuestMemoryMmap, status: u32) -> Completion {
         self.complete(mem, status, 0, 0)
-    }
-}
-
-/// Returns chains to one queue (txq or rxq). The queue is shared between the event-loop worker,
-/// which pops chains, and the period threads, which return them: each side holds the lock only
-/// for the ring update itself, never across audio I/O.
-pub struct Completer {
-    queue: Arc<Mutex<Queue>>,
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    index: u16,
-    stats: Arc<SoundStats>,
-}
-
-impl Completer {
-    pub fn new(
-        queue: Queue,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        index: u16,
-        stats: Arc<SoundStats>,
-    ) -> Completer {
-        Completer {
-            queue: Arc::new(Mutex::new(queue)),
-            mem,
-            interrupt,
-            index,
-            stats,
-        }
-    }
-
-    pub fn mem(&self) -> &GuestMemoryMmap {
-        &self.mem
-    }
-
-    /// Locks the queue. Nothing that holds the lock sleeps or does audio I/O.
-    pub fn lock_queue(&self) -> MutexGuard<'_, Queue> {
-        // The queue's state stays consistent at every step, so a poisoned lock is still usable.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Puts the entries on the used ring and raises the interrupt if the driver wants one.
-    pub fn complete(&self, done: &[Completion]) {
-        if done.is_empty() {
-            return;
-        }
-        let notify = {
-            let mut queue = self.lock_queue();
-            for entry in done {
-                if let Err(e) = queue.add_used(&self.mem, entry.head, entry.len) {
-                    // Guest-caused (a head the guest made up): debug only, or a guest could
-                    // fill the host's log.
-                    log::debug!(
-                        "virtio-snd: queue {}: cannot return chain {}: {e}",
-                        self.index,
-                        entry.head
-                    );
-                }
-            }
-            queue.needs_notification(&self.mem).unwrap_or(true)
-        };
-        self.stats.messages_completed(self.index, done.len() as u64);
-        if notify {
-            if let Err(e) = self
-                .interrupt
-                .trigger(VirtioInterruptType::Queue(self.index))
-            {
-                log::warn!("virtio-snd: queue {} interrupt failed: {e}", self.index);
-            }
-        }
     }
 }

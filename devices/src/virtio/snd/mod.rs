@@ -19,7 +19,7 @@
 //!   eventq's buffers are held and never used.
 //! - The event loop runs the device's worker: control requests are carried out and answered at
 //!   once; TX/RX messages are validated and queued on their stream as references to guest
-//!   memory (no copy). Malformed messages come back at once with BAD_MSG (or with length 0 if
+//!   memory (no copy). Malformed messages come back at once with IO_ERR (or with length 0 if
 //!   they have no room for a status); messages for a stream that is not prepared, or beyond
 //!   what a stream may hold (the queue's size, twice the driver's buffer), with IO_ERR.
 //! - PREPARE starts a period thread per stream, paced by the backend (ALSA poll, or a monotonic
@@ -36,10 +36,10 @@
 //!   wait, so a vCPU's notification never waits for audio.
 
 pub mod backend;
-pub(crate) mod chain;
 pub mod config;
 pub(crate) mod control;
 pub(crate) mod io;
+pub(crate) mod mailbox;
 pub(crate) mod period;
 pub mod stats;
 pub(crate) mod stream;
@@ -61,11 +61,12 @@ pub use config::{BackendConfig, ConfigError, SoundConfig};
 pub use stats::{SoundStats, SoundStatsSnapshot};
 
 use self::control::Topology;
-use self::wire::{NUM_QUEUES, VIRTIO_ID_SOUND};
+use self::wire::NUM_QUEUES;
 use self::worker::{SoundWorker, WorkerQueues};
+use super::queue::DeviceQueue;
 use super::{
     ActivateContext, ActivateError, SharedSubscriber, VirtioDevice, VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_VERSION_1,
+    VIRTIO_F_VERSION_1, VIRTIO_ID_SOUND,
 };
 
 /// The size of each of the four queues the device offers.
@@ -188,17 +189,22 @@ impl VirtioDevice for Sound {
             });
         }
         self.stop_worker();
-        let event_idx = ctx.acked_features & VIRTIO_F_RING_EVENT_IDX != 0;
-        let mut slots: [Option<(virtio_queue::Queue, vmm_sys_util::eventfd::EventFd)>; 4] =
-            Default::default();
+        let mut slots: [Option<DeviceQueue>; NUM_QUEUES] = Default::default();
         for active in ctx.queues {
-            let mut queue = active.queue;
-            virtio_queue::QueueT::set_event_idx(&mut queue, event_idx);
-            match slots.get_mut(usize::from(active.index)) {
-                Some(slot) if slot.is_none() => *slot = Some((queue, active.kick)),
+            let index = usize::from(active.index);
+            let queue = DeviceQueue::new(
+                "virtio-snd",
+                active,
+                ctx.mem.clone(),
+                ctx.interrupt.clone(),
+                ctx.acked_features,
+                worker::CHAIN_LIMITS,
+            );
+            match slots.get_mut(index) {
+                Some(slot) if slot.is_none() => *slot = Some(queue),
                 _ => {
                     return Err(ActivateError::QueueCount {
-                        got: usize::from(active.index) + 1,
+                        got: index + 1,
                         want: NUM_QUEUES,
                     })
                 }
@@ -211,8 +217,6 @@ impl VirtioDevice for Sound {
             });
         };
         let worker = SoundWorker::new(
-            ctx.mem,
-            ctx.interrupt,
             WorkerQueues {
                 controlq,
                 eventq,

@@ -21,19 +21,21 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::backend::{BackendError, InputStream, OutputStream, PcmParams, Readiness};
-use super::io::{Completer, Completion, IoMessage};
+use super::io::{Completion, IoMessage};
+use super::mailbox::{Command, StreamMailbox};
 use super::stats::SoundStats;
-use super::stream::{Command, StreamShared};
 use super::waker::Waker;
 use super::wire::{S_IO_ERR, S_OK};
+use crate::virtio::queue::DeviceQueue;
 
 /// How long a stopped thread sleeps between looks at its mailbox (commands wake it anyway).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// What a period thread works with.
 pub struct PeriodContext {
-    pub shared: Arc<StreamShared>,
-    pub completer: Arc<Completer>,
+    pub mailbox: Arc<StreamMailbox>,
+    /// The txq or rxq, where finished messages go back.
+    pub queue: Arc<DeviceQueue>,
     pub stats: Arc<SoundStats>,
     pub params: PcmParams,
 }
@@ -85,8 +87,9 @@ impl ErrorLog {
     }
 }
 
-/// The part both directions share: the mailbox, the message in flight, completions.
-struct Worker {
+/// The part of a period thread both directions share: the mailbox, the message in flight,
+/// completions.
+struct PeriodLoop {
     ctx: PeriodContext,
     running: bool,
     /// When the stream first started (the backend's clock begins there): the origin of the
@@ -98,9 +101,9 @@ struct Worker {
     errors: ErrorLog,
 }
 
-impl Worker {
-    fn new(ctx: PeriodContext) -> Worker {
-        Worker {
+impl PeriodLoop {
+    fn new(ctx: PeriodContext) -> PeriodLoop {
+        PeriodLoop {
             ctx,
             running: false,
             first_start: None,
@@ -112,12 +115,12 @@ impl Worker {
     }
 
     fn id(&self) -> u32 {
-        self.ctx.shared.id
+        self.ctx.mailbox.id
     }
 
     fn next_message(&mut self) -> Option<&mut InFlight> {
         if self.current.is_none() {
-            self.current = self.ctx.shared.pop().map(InFlight::new);
+            self.current = self.ctx.mailbox.pop().map(InFlight::new);
         }
         self.current.as_mut()
     }
@@ -132,7 +135,7 @@ impl Worker {
     /// Returns the finished messages to the driver. `captured` RX bytes are each message's
     /// offset; TX messages report only their status.
     fn complete_finished(&mut self, latency_bytes: u32) {
-        let mem = self.ctx.completer.mem();
+        let mem = self.ctx.queue.mem();
         self.completions.clear();
         for done in self.finished.drain(..) {
             let status = if done.failed {
@@ -146,20 +149,20 @@ impl Worker {
             self.completions
                 .push(done.message.complete(mem, status, latency_bytes, captured));
         }
-        self.ctx.completer.complete(&self.completions);
+        self.ctx.queue.complete(&self.completions);
     }
 
     /// Ends the thread's use of the queue: the message in flight goes back to the front.
     fn park(&mut self) {
         if let Some(current) = self.current.take() {
-            self.ctx.shared.push_front(current.message);
+            self.ctx.mailbox.push_front(current.message);
         }
     }
 
     /// Takes every message: the one in flight, then the queued ones.
     fn take_all(&mut self) -> VecDeque<InFlight> {
         let mut all: VecDeque<InFlight> = self.current.take().into_iter().collect();
-        all.extend(self.ctx.shared.take_all().into_iter().map(InFlight::new));
+        all.extend(self.ctx.mailbox.take_all().into_iter().map(InFlight::new));
         all
     }
 
@@ -167,7 +170,7 @@ impl Worker {
     /// STOP, parks the thread's messages and answers EXIT, or waits for the backend. Returns what
     /// is left for the direction to do.
     fn step<S: PacedStream + ?Sized>(&mut self, stream: &mut S) -> Option<Step> {
-        if let Some(command) = self.ctx.shared.take_command() {
+        if let Some(command) = self.ctx.mailbox.take_command() {
             match command {
                 Command::Start => {
                     let result = stream.start();
@@ -175,27 +178,27 @@ impl Worker {
                     if self.running {
                         self.first_start.get_or_insert_with(std::time::Instant::now);
                     }
-                    self.ctx.shared.reply(result);
+                    self.ctx.mailbox.reply(result);
                 }
                 Command::Stop => {
                     self.running = false;
                     let result = stream.stop();
-                    self.ctx.shared.reply(result);
+                    self.ctx.mailbox.reply(result);
                 }
                 Command::Release => return Some(Step::Release),
                 Command::Exit => {
                     self.park();
-                    self.ctx.shared.reply(Ok(()));
+                    self.ctx.mailbox.reply(Ok(()));
                     return Some(Step::Exit);
                 }
             }
             return None;
         }
         if !self.running {
-            self.ctx.shared.waker.wait_for(IDLE_WAIT);
+            self.ctx.mailbox.waker.wait_for(IDLE_WAIT);
             return None;
         }
-        match stream.wait_ready(&self.ctx.shared.waker) {
+        match stream.wait_ready(&self.ctx.mailbox.waker) {
             Ok(Readiness::Ready) => Some(Step::Period),
             Ok(Readiness::Woken | Readiness::TimedOut) => None,
             Err(e) => {
@@ -203,7 +206,7 @@ impl Worker {
                 // Keep the guest's clock running: the period's messages fail at the period's
                 // pace instead of piling up.
                 let period = self.ctx.params.period_duration();
-                if self.ctx.shared.waker.wait_for(period) {
+                if self.ctx.mailbox.waker.wait_for(period) {
                     None
                 } else {
                     Some(Step::FailedPeriod)
@@ -213,7 +216,7 @@ impl Worker {
     }
 }
 
-/// What [`Worker::step`] leaves to the direction.
+/// What [`PeriodLoop::step`] leaves to the direction.
 enum Step {
     /// The backend wants (output) or has (input) a period.
     Period,
@@ -225,7 +228,7 @@ enum Step {
     Exit,
 }
 
-/// The calls [`Worker::step`] makes on either direction's backend stream.
+/// The calls [`PeriodLoop::step`] makes on either direction's backend stream.
 trait PacedStream {
     fn start(&mut self) -> Result<(), BackendError>;
     fn stop(&mut self) -> Result<(), BackendError>;
@@ -286,9 +289,9 @@ pub fn spawn_output(
     ctx: PeriodContext,
     stream: Box<dyn OutputStream>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let name = format!("snd-out{}", ctx.shared.id);
+    let name = format!("snd-out{}", ctx.mailbox.id);
     let thread = OutputThread {
-        worker: Worker::new(ctx),
+        period: PeriodLoop::new(ctx),
         stream,
         pcm_bytes_written: 0,
     };
@@ -298,7 +301,7 @@ pub fn spawn_output(
 }
 
 struct OutputThread {
-    worker: Worker,
+    period: PeriodLoop,
     stream: Box<dyn OutputStream>,
     /// How many guest PCM bytes went to the backend: against the time from START until the
     /// backend finished playing them, this says whether the host device paced the stream in
@@ -309,15 +312,15 @@ struct OutputThread {
 impl OutputThread {
     fn run(mut self) {
         loop {
-            match self.worker.step(&mut *self.stream) {
+            match self.period.step(&mut *self.stream) {
                 Some(Step::Period) => self.play_period(true),
                 Some(Step::FailedPeriod) => self.play_period(false),
                 Some(Step::Release) => {
                     self.flush();
-                    self.worker.ctx.shared.reply(Ok(()));
+                    self.period.ctx.mailbox.reply(Ok(()));
                     // Let the backend play what it holds; the driver has its answer.
                     let pacing = self.pacing_report();
-                    self.stream.close(Some(&self.worker.ctx.shared.waker));
+                    self.stream.close(Some(&self.period.ctx.mailbox.waker));
                     pacing.log();
                     return;
                 }
@@ -333,18 +336,18 @@ impl OutputThread {
     /// Consumes one period of queued PCM. With `play`, it goes to the backend; without (the
     /// backend is failing), the messages complete with IO_ERR.
     fn play_period(&mut self, play: bool) {
-        let worker = &mut self.worker;
-        let period = worker.ctx.params.period_bytes as usize;
-        let format = worker.ctx.params.format;
+        let period_loop = &mut self.period;
+        let period = period_loop.ctx.params.period_bytes as usize;
+        let format = period_loop.ctx.params.format;
         let buffer = self.stream.period_buffer();
         let period = period.min(buffer.len());
-        let completer = worker.ctx.completer.clone();
-        let mem = completer.mem();
-        let stream_id = worker.ctx.shared.id;
+        let queue = period_loop.ctx.queue.clone();
+        let mem = queue.mem();
+        let stream_id = period_loop.ctx.mailbox.id;
         let mut filled = 0;
         let mut copied = 0u64;
         while filled < period {
-            let Some(current) = worker.next_message() else {
+            let Some(current) = period_loop.next_message() else {
                 break;
             };
             let n = (period - filled).min(current.remaining());
@@ -360,46 +363,49 @@ impl OutputThread {
             }
             filled += n;
             current.offset += n;
-            worker.retire_if_done();
+            period_loop.retire_if_done();
         }
-        worker.ctx.stats.tx_copied(copied);
+        period_loop.ctx.stats.tx_copied(copied);
         if play {
             match self.stream.play_period(filled) {
                 Ok(silence) => {
                     self.pcm_bytes_written += copied;
-                    worker.errors.succeeded();
-                    worker.ctx.stats.tx_played(copied);
-                    worker.ctx.stats.tx_silence(silence as u64);
+                    period_loop.errors.succeeded();
+                    period_loop.ctx.stats.tx_played(copied);
+                    period_loop.ctx.stats.tx_silence(silence as u64);
                 }
                 Err(e) => {
-                    worker.errors.failed(worker.ctx.shared.id, &e);
-                    worker.finished.iter_mut().for_each(|m| m.failed = true);
-                    if let Some(current) = worker.current.as_mut() {
+                    period_loop.errors.failed(period_loop.ctx.mailbox.id, &e);
+                    period_loop
+                        .finished
+                        .iter_mut()
+                        .for_each(|m| m.failed = true);
+                    if let Some(current) = period_loop.current.as_mut() {
                         current.failed = true;
                     }
                 }
             }
             if filled < period {
-                worker.ctx.stats.tx_underrun();
+                period_loop.ctx.stats.tx_underrun();
                 log::debug!(
                     "virtio-snd: stream {}: underrun, {filled} of {period} bytes queued",
-                    worker.ctx.shared.id
+                    period_loop.ctx.mailbox.id
                 );
             }
         }
-        if !worker.finished.is_empty() {
+        if !period_loop.finished.is_empty() {
             let latency = self.stream.latency_bytes();
-            worker.complete_finished(latency);
+            period_loop.complete_finished(latency);
         }
     }
 
     /// What [`PacingReport::log`] needs once the backend has played everything.
     fn pacing_report(&self) -> PacingReport {
-        let params = &self.worker.ctx.params;
+        let params = &self.period.ctx.params;
         let bytes_per_second = u64::from(params.rate_hz) * u64::from(params.frame_bytes());
         PacingReport {
-            stream: self.worker.id(),
-            started: self.worker.first_start,
+            stream: self.period.id(),
+            started: self.period.first_start,
             audio_seconds: self.pcm_bytes_written as f64 / bytes_per_second.max(1) as f64,
         }
     }
@@ -407,11 +413,11 @@ impl OutputThread {
     /// RELEASE: hands every queued byte to the backend without pacing, then returns every
     /// message, all before the driver gets its answer.
     fn flush(&mut self) {
-        let worker = &mut self.worker;
-        let completer = worker.ctx.completer.clone();
-        let mem = completer.mem();
+        let period_loop = &mut self.period;
+        let queue = period_loop.ctx.queue.clone();
+        let mem = queue.mem();
         let mut error = None;
-        for mut message in worker.take_all() {
+        for mut message in period_loop.take_all() {
             while message.remaining() > 0 && error.is_none() && !message.failed {
                 let buffer = self.stream.period_buffer();
                 let n = message.remaining().min(buffer.len());
@@ -426,10 +432,10 @@ impl OutputThread {
                     message.failed = true;
                     break;
                 }
-                worker.ctx.stats.tx_copied(n as u64);
+                period_loop.ctx.stats.tx_copied(n as u64);
                 match self.stream.flush_bytes(n) {
                     Ok(()) => {
-                        worker.ctx.stats.tx_played(n as u64);
+                        period_loop.ctx.stats.tx_played(n as u64);
                         self.pcm_bytes_written += n as u64;
                     }
                     Err(e) => {
@@ -442,16 +448,19 @@ impl OutputThread {
             if message.remaining() > 0 {
                 message.failed = true;
             }
-            worker.finished.push(message);
+            period_loop.finished.push(message);
         }
         if let Some(e) = error {
-            log::warn!("virtio-snd: stream {}: release flush: {e}", worker.id());
+            log::warn!(
+                "virtio-snd: stream {}: release flush: {e}",
+                period_loop.id()
+            );
         }
         if let Err(e) = self.stream.finish() {
-            log::error!("virtio-snd: stream {}: {e}", worker.id());
+            log::error!("virtio-snd: stream {}: {e}", period_loop.id());
         }
         let latency = self.stream.latency_bytes();
-        worker.complete_finished(latency);
+        period_loop.complete_finished(latency);
     }
 }
 
@@ -460,9 +469,9 @@ pub fn spawn_input(
     ctx: PeriodContext,
     stream: Box<dyn InputStream>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let name = format!("snd-in{}", ctx.shared.id);
+    let name = format!("snd-in{}", ctx.mailbox.id);
     let thread = InputThread {
-        worker: Worker::new(ctx),
+        period: PeriodLoop::new(ctx),
         stream,
     };
     std::thread::Builder::new()
@@ -471,23 +480,23 @@ pub fn spawn_input(
 }
 
 struct InputThread {
-    worker: Worker,
+    period: PeriodLoop,
     stream: Box<dyn InputStream>,
 }
 
 impl InputThread {
     fn run(mut self) {
         loop {
-            match self.worker.step(&mut *self.stream) {
+            match self.period.step(&mut *self.stream) {
                 Some(Step::Period) => self.capture_period(),
                 Some(Step::FailedPeriod) => self.fail_period(),
                 Some(Step::Release) => {
                     // The end of the stream: messages return with what they hold.
-                    let all = self.worker.take_all();
-                    self.worker.finished.extend(all);
+                    let all = self.period.take_all();
+                    self.period.finished.extend(all);
                     let latency = self.stream.latency_bytes();
-                    self.worker.complete_finished(latency);
-                    self.worker.ctx.shared.reply(Ok(()));
+                    self.period.complete_finished(latency);
+                    self.period.ctx.mailbox.reply(Ok(()));
                     self.stream.close();
                     return;
                 }
@@ -502,28 +511,28 @@ impl InputThread {
 
     /// Copies one captured period into the queued RX messages.
     fn capture_period(&mut self) {
-        let worker = &mut self.worker;
-        let completer = worker.ctx.completer.clone();
-        let mem = completer.mem();
-        let stats = worker.ctx.stats.clone();
+        let period_loop = &mut self.period;
+        let queue = period_loop.ctx.queue.clone();
+        let mem = queue.mem();
+        let stats = period_loop.ctx.stats.clone();
         let data = match self.stream.capture_period() {
             Ok(data) => {
-                worker.errors.succeeded();
+                period_loop.errors.succeeded();
                 data
             }
             Err(e) => {
-                worker.errors.failed(worker.ctx.shared.id, &e);
+                period_loop.errors.failed(period_loop.ctx.mailbox.id, &e);
                 self.fail_period();
                 return;
             }
         };
         let mut offset = 0;
         while offset < data.len() {
-            let Some(current) = worker.next_message() else {
-                worker.ctx.stats.rx_overrun();
+            let Some(current) = period_loop.next_message() else {
+                period_loop.ctx.stats.rx_overrun();
                 log::debug!(
                     "virtio-snd: stream {}: overrun, {} captured bytes dropped",
-                    worker.ctx.shared.id,
+                    period_loop.ctx.mailbox.id,
                     data.len() - offset
                 );
                 break;
@@ -538,28 +547,28 @@ impl InputThread {
             }
             offset += n;
             current.offset += n;
-            worker.retire_if_done();
+            period_loop.retire_if_done();
         }
-        if !worker.finished.is_empty() {
+        if !period_loop.finished.is_empty() {
             let latency = self.stream.latency_bytes();
-            worker.complete_finished(latency);
+            period_loop.complete_finished(latency);
         }
     }
 
     /// The backend failed: one period's worth of messages complete with IO_ERR, unfilled.
     fn fail_period(&mut self) {
-        let worker = &mut self.worker;
-        let mut budget = worker.ctx.params.period_bytes as usize;
+        let period_loop = &mut self.period;
+        let mut budget = period_loop.ctx.params.period_bytes as usize;
         while budget > 0 {
-            let Some(current) = worker.next_message() else {
+            let Some(current) = period_loop.next_message() else {
                 break;
             };
             let n = budget.min(current.remaining());
             current.failed = true;
             current.offset += n;
             budget -= n;
-            worker.retire_if_done();
+            period_loop.retire_if_done();
         }
-        worker.complete_finished(0);
+        period_loop.complete_finished(0);
     }
 }

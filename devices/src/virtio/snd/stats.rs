@@ -40,7 +40,7 @@ pub struct SoundStatsSnapshot {
     pub rx_overruns: u64,
     /// RX messages returned to the driver (any status).
     pub rx_messages: u64,
-    /// Malformed I/O messages, completed with BAD_MSG or returned with length 0.
+    /// Malformed I/O messages, completed with IO_ERR or returned with length 0.
     pub bad_messages: u64,
     /// I/O messages completed with IO_ERR.
     pub io_errors: u64,

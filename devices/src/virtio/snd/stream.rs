@@ -14,27 +14,23 @@
 //! (joined, so no thread or backend stream outlives its use). Messages the guest queued stay
 //! queued across SET_PARAMS/PREPARE; RELEASE returns them all before it is answered.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use super::backend::{Backend, BackendError, PcmParams};
-use super::io::{Completer, Direction, IoMessage};
+use super::backend::{Backend, PcmParams};
+use super::io::{Direction, IoMessage};
+use super::mailbox::{Command, CommandError, StreamMailbox};
 use super::period;
 use super::stats::SoundStats;
-use super::waker::Waker;
 use super::wire::{
     mask_has, rate_hz, PcmFormat, PcmInfo, SetParams, S_BAD_MSG, S_IO_ERR, S_NOT_SUPP, S_OK,
 };
+use crate::virtio::queue::DeviceQueue;
 
 /// The largest period the device accepts (1 MiB; the Linux driver's largest is ~480 KiB).
 pub const MAX_PERIOD_BYTES: u32 = 1 << 20;
 /// The largest buffer the device accepts (8 MiB).
 pub const MAX_BUFFER_BYTES: u32 = 8 << 20;
-/// How long a control request waits for the period thread to carry out a command. Well under
-/// the Linux driver's 1 s control timeout.
-const COMMAND_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// What the device offers for one stream (its `virtio_snd_pcm_info`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,138 +106,11 @@ pub fn validate_params(request: &SetParams, info: &StreamInfo) -> Result<PcmPara
     })
 }
 
-/// A command from the control side to the period thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    /// Start (or resume) the backend and consume messages at its pace.
-    Start,
-    /// Stop consuming; queued and partly consumed messages stay.
-    Stop,
-    /// Flush: hand every queued message to the backend, return them all, then end the thread.
-    Release,
-    /// End the thread, leaving queued messages queued (a partly consumed one goes back first).
-    Exit,
-}
-
-/// Why a command did not complete.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error("the stream has no period thread")]
-    NoThread,
-    #[error("the period thread did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-}
-
-#[derive(Default)]
-struct Shared {
-    pending: VecDeque<IoMessage>,
-    /// PCM bytes of the messages in `pending`.
-    pending_bytes: u64,
-    /// The most PCM bytes `pending` may hold: twice the driver's buffer. A driver has at most
-    /// its buffer in flight, so only a misbehaving one meets the limit.
-    byte_limit: u64,
-    command: Option<Command>,
-    reply: Option<Result<(), BackendError>>,
-}
-
-/// What a stream's control side and its period thread share: the queue of messages waiting to
-/// be consumed, and a one-slot command mailbox.
-pub struct StreamShared {
-    pub id: u32,
-    pub waker: Waker,
-    shared: Mutex<Shared>,
-    replied: Condvar,
-    pending_limit: usize,
-}
-
-impl StreamShared {
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        // Every update leaves `Shared` consistent, so a poisoned lock is still usable.
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues a message behind the others, unless `pending_limit` messages or the byte limit
-    /// are already reached.
-    pub fn push(&self, message: IoMessage) -> Result<(), IoMessage> {
-        let mut shared = self.lock();
-        let bytes = shared.pending_bytes + message.data_len() as u64;
-        if shared.pending.len() >= self.pending_limit || bytes > shared.byte_limit {
-            return Err(message);
-        }
-        shared.pending_bytes = bytes;
-        shared.pending.push_back(message);
-        Ok(())
-    }
-
-    /// Puts a partly consumed message back at the front.
-    pub fn push_front(&self, message: IoMessage) {
-        let mut shared = self.lock();
-        shared.pending_bytes += message.data_len() as u64;
-        shared.pending.push_front(message);
-    }
-
-    pub fn pop(&self) -> Option<IoMessage> {
-        let mut shared = self.lock();
-        let message = shared.pending.pop_front()?;
-        shared.pending_bytes -= message.data_len() as u64;
-        Some(message)
-    }
-
-    /// Takes every queued message, oldest first.
-    pub fn take_all(&self) -> VecDeque<IoMessage> {
-        let mut shared = self.lock();
-        shared.pending_bytes = 0;
-        std::mem::take(&mut shared.pending)
-    }
-
-    fn set_byte_limit(&self, params: &PcmParams) {
-        self.lock().byte_limit = 2 * u64::from(params.buffer_bytes);
-    }
-
-    /// The period thread takes the command posted to it, if any.
-    pub fn take_command(&self) -> Option<Command> {
-        self.lock().command.take()
-    }
-
-    /// The period thread answers the command it took.
-    pub fn reply(&self, result: Result<(), BackendError>) {
-        self.lock().reply = Some(result);
-        self.replied.notify_all();
-    }
-
-    /// Posts a command, wakes the period thread and waits (bounded) for its answer.
-    fn send(&self, command: Command) -> Result<(), CommandError> {
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        let mut shared = self.lock();
-        shared.command = Some(command);
-        shared.reply = None;
-        drop(shared);
-        self.waker.wake();
-        let mut shared = self.lock();
-        loop {
-            if let Some(result) = shared.reply.take() {
-                return result.map_err(CommandError::from);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(CommandError::Timeout(COMMAND_TIMEOUT));
-            }
-            shared = self
-                .replied
-                .wait_timeout(shared, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-}
-
 /// What PREPARE needs to start a period thread.
 pub struct StreamResources<'a> {
     pub backend: &'a Arc<dyn Backend>,
-    pub tx: &'a Arc<Completer>,
-    pub rx: &'a Arc<Completer>,
+    pub tx: &'a Arc<DeviceQueue>,
+    pub rx: &'a Arc<DeviceQueue>,
     pub stats: &'a Arc<SoundStats>,
 }
 
@@ -250,7 +119,7 @@ pub struct StreamControl {
     pub info: StreamInfo,
     state: PcmState,
     params: Option<PcmParams>,
-    shared: Arc<StreamShared>,
+    mailbox: Arc<StreamMailbox>,
     thread: Option<JoinHandle<()>>,
     /// A released stream's thread, still letting the backend drain; joined at the next PREPARE
     /// or at reset.
@@ -264,13 +133,7 @@ impl StreamControl {
             info,
             state: PcmState::Initial,
             params: None,
-            shared: Arc::new(StreamShared {
-                id: info.id,
-                waker: Waker::new()?,
-                shared: Mutex::new(Shared::default()),
-                replied: Condvar::new(),
-                pending_limit,
-            }),
+            mailbox: Arc::new(StreamMailbox::new(info.id, pending_limit)?),
             thread: None,
             retired: None,
         })
@@ -295,12 +158,12 @@ impl StreamControl {
 
     /// Queues an I/O message for the period thread; gives it back if the queue is full.
     pub fn enqueue(&self, message: IoMessage) -> Result<(), IoMessage> {
-        self.shared.push(message)
+        self.mailbox.push(message)
     }
 
     #[cfg(test)]
     pub fn pending_len(&self) -> usize {
-        self.shared.lock().pending.len()
+        self.mailbox.pending_len()
     }
 
     pub fn set_params(&mut self, request: &SetParams) -> u32 {
@@ -334,10 +197,10 @@ impl StreamControl {
             return S_BAD_MSG;
         };
         self.join_retired();
-        self.shared.set_byte_limit(&params);
+        self.mailbox.set_byte_limit(&params);
         let context = period::PeriodContext {
-            shared: self.shared.clone(),
-            completer: match self.info.direction {
+            mailbox: self.mailbox.clone(),
+            queue: match self.info.direction {
                 Direction::Output => resources.tx.clone(),
                 Direction::Input => resources.rx.clone(),
             },
@@ -434,17 +297,17 @@ impl StreamControl {
     pub fn reset(&mut self) {
         self.end_thread();
         // A released stream may still be draining: cut it short, the stream is going away.
-        self.shared.waker.cancel();
+        self.mailbox.waker.cancel();
         self.join_retired();
-        self.shared.waker.uncancel();
-        drop(self.shared.take_all());
+        self.mailbox.waker.uncancel();
+        drop(self.mailbox.take_all());
         self.params = None;
         self.state = PcmState::Initial;
     }
 
     fn command(&mut self, command: Command) -> Result<(), CommandError> {
         match &self.thread {
-            Some(thread) if !thread.is_finished() => self.shared.send(command),
+            Some(thread) if !thread.is_finished() => self.mailbox.send(command),
             _ => Err(CommandError::NoThread),
         }
     }

@@ -4,8 +4,8 @@
 //! Requests are decoded from byte arrays and replies encoded into byte arrays with explicit
 //! `from_le_bytes`/`to_le_bytes`, so nothing here depends on host layout or alignment.
 
-/// The virtio device id of a sound card.
-pub const VIRTIO_ID_SOUND: u32 = 25;
+/// The virtio device id of a sound card (from `virtio-bindings`).
+pub use crate::virtio::VIRTIO_ID_SOUND;
 
 /// Queue indices (§5.14.2).
 pub const CONTROLQ: u16 = 0;

@@ -37,6 +37,10 @@ pub use common_config::{
 use crate::pci::config::{PciBar, PciBarKind, PciConfigError, PciConfigSpace, PciIdentity};
 use crate::pci::msix::{MsiInterruptGroup, Msix, MsixCapability, MsixError};
 use crate::pci::PciDevice;
+use virtio_bindings::virtio_ids::{
+    VIRTIO_ID_BLOCK, VIRTIO_ID_RNG, VIRTIO_ID_SOUND, VIRTIO_ID_VSOCK,
+};
+
 use crate::virtio::{
     ActivateContext, ActivateError, ActiveQueue, SubscriberRegistrar, VirtioDevice,
     VirtioInterrupt, VirtioInterruptType, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
@@ -48,10 +52,23 @@ pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
 pub const VIRTIO_PCI_DEVICE_ID_BASE: u16 = 0x1040;
 /// Revision 1: a modern-only device (VIRTIO 1.2 §4.1.2.1).
 const VIRTIO_PCI_REVISION: u8 = 1;
-/// Virtio device type of sound devices, which get the audio class code.
-const VIRTIO_ID_SOUND: u32 = 25;
-const CLASS_MULTIMEDIA_AUDIO: u32 = 0x04_01_00;
+/// The PCI class code (class, subclass, prog-if) each virtio device type is given, so a guest's
+/// PCI listing says what the function is; types not listed are "unclassified, other".
+const PCI_CLASS_OF_DEVICE_TYPE: &[(u32, u32)] = &[
+    (VIRTIO_ID_BLOCK, 0x01_80_00), // mass storage, other
+    (VIRTIO_ID_RNG, 0x00_ff_00),   // unclassified, other
+    (VIRTIO_ID_VSOCK, 0x07_80_00), // communication, other
+    (VIRTIO_ID_SOUND, 0x04_01_00), // multimedia, audio
+];
 const CLASS_UNCLASSIFIED_OTHER: u32 = 0x00_ff_00;
+
+/// The class code a function carrying `device_type` gets.
+fn pci_class_of(device_type: u32) -> u32 {
+    PCI_CLASS_OF_DEVICE_TYPE
+        .iter()
+        .find(|(t, _)| *t == device_type)
+        .map_or(CLASS_UNCLASSIFIED_OTHER, |(_, class)| *class)
+}
 
 /// The one BAR, its size, and where each structure sits in it.
 pub const BAR_INDEX: u8 = 0;
@@ -298,11 +315,7 @@ impl VirtioPciDevice {
             .ok()
             .and_then(|t| VIRTIO_PCI_DEVICE_ID_BASE.checked_add(t))
             .ok_or(VirtioPciError::DeviceType(device_type))?;
-        let class_code = if device_type == VIRTIO_ID_SOUND {
-            CLASS_MULTIMEDIA_AUDIO
-        } else {
-            CLASS_UNCLASSIFIED_OTHER
-        };
+        let class_code = pci_class_of(device_type);
 
         let mut config = PciConfigSpace::new(PciIdentity {
             vendor_id: VIRTIO_PCI_VENDOR_ID,
