@@ -27,6 +27,8 @@ demo: build guest
 check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# The devices without the sound backends (no libasound) stay clean too.
+	$(CARGO) clippy -p canto-devices --no-default-features --all-targets -- -D warnings
 
 # The tests run beside a private PulseAudio server (resources/with-pulse.sh), so the ALSA tests
 # that need a real-time paced device (marked #[ignore] for a plain `cargo test`) run too.

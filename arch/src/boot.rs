@@ -99,7 +99,7 @@ pub struct MemmapEntry(pub hvm_memmap_table_entry);
 unsafe impl ByteValued for MemmapEntry {}
 
 const _: () = assert!(
-    std::mem::size_of::<hvm_memmap_table_entry>() as u64 == crate::layout::PVH_MEMMAP_ENTRY_SIZE
+    size_of::<hvm_memmap_table_entry>() as u64 == crate::layout::PVH_MEMMAP_ENTRY_SIZE
 );
 
 /// `boot_flag` value marking a valid setup header.

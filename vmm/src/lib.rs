@@ -124,7 +124,7 @@ struct RawTerminal;
 impl RawTerminal {
     fn enter() -> Option<Self> {
         let stdin = io::stdin();
-        if !std::io::IsTerminal::is_terminal(&stdin) {
+        if !io::IsTerminal::is_terminal(&stdin) {
             return None;
         }
         match stdin.lock().set_raw_mode() {

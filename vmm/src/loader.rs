@@ -191,7 +191,7 @@ pub fn write_boot_structures(
     load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &line)
         .map_err(|e| LoadError::Cmdline(e.to_string()))?;
     let boot_err = |what| {
-        move |e: canto_arch::boot::Error| LoadError::Boot {
+        move |e: boot::Error| LoadError::Boot {
             what,
             reason: e.to_string(),
         }

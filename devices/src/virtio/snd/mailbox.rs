@@ -103,7 +103,7 @@ impl StreamMailbox {
         Some(message)
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
     pub fn pending_len(&self) -> usize {
         self.lock().pending.len()
     }

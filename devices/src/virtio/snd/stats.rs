@@ -104,7 +104,7 @@ impl SoundStats {
     pub(crate) fn io_error(&self) {
         add(&self.io_errors, 1)
     }
-    pub(crate) fn backend_xrun(&self) {
+    pub fn backend_xrun(&self) {
         add(&self.backend_xruns, 1)
     }
     pub(crate) fn control_request(&self) {

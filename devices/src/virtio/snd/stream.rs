@@ -143,7 +143,7 @@ impl StreamControl {
         self.state
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
     pub fn params(&self) -> Option<PcmParams> {
         self.params
     }
@@ -161,7 +161,7 @@ impl StreamControl {
         self.mailbox.push(message)
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
     pub fn pending_len(&self) -> usize {
         self.mailbox.pending_len()
     }

@@ -6,14 +6,20 @@
 //! stream's period buffer, hand it over. Backends report failures as [`BackendError`] values; the
 //! device turns them into IO_ERR on the requests or messages affected and keeps running.
 //!
-//! - [`alsa`]: an ALSA PCM by name, paced by the PCM (non-blocking, poll).
-//! - [`wav`]: one WAV file per output stream, holding exactly the PCM the guest sent; input
-//!   streams capture silence. Paced by a monotonic clock.
+//! - `alsa` (cargo feature `snd-alsa`, on by default): an ALSA PCM by name, paced by the PCM
+//!   (non-blocking, poll). The only part of Canto that links libasound.
+//! - `wav` (cargo feature `snd-wav`, on by default): one WAV file per output stream, holding
+//!   exactly the PCM the guest sent; input streams capture silence. Paced by a monotonic clock.
 //! - [`null`]: discards output, captures silence. Paced by a monotonic clock.
+//!
+//! A backend left out of the build is still understood on the command line: choosing it fails
+//! with [`BackendError::NotBuilt`], which names the feature to build with.
 
+#[cfg(feature = "snd-alsa")]
 pub mod alsa;
 pub mod clock;
 pub mod null;
+#[cfg(feature = "snd-wav")]
 pub mod wav;
 
 use std::path::PathBuf;
@@ -66,17 +72,25 @@ impl PcmParams {
 /// What a backend failed to do.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    #[error("this Canto was built without the {backend} sound backend: rebuild with `--features {feature}`, or choose another backend")]
+    NotBuilt {
+        backend: &'static str,
+        feature: &'static str,
+    },
+    #[cfg(feature = "snd-alsa")]
     #[error("cannot open ALSA PCM `{device}` for {direction}: {source}")]
     AlsaOpen {
         device: String,
         direction: &'static str,
         source: ::alsa::Error,
     },
+    #[cfg(feature = "snd-alsa")]
     #[error("ALSA {op} failed: {source}")]
     Alsa {
         op: &'static str,
         source: ::alsa::Error,
     },
+    #[cfg(feature = "snd-alsa")]
     #[error("ALSA PCM `{device}` failed and cannot recover ({source}): the stream must be prepared again")]
     AlsaBroken {
         device: String,
@@ -96,6 +110,7 @@ pub enum BackendError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[cfg(feature = "snd-wav")]
     #[error("cannot encode a WAV header for {format:?}: {source}")]
     WavHeader {
         format: PcmFormat,
@@ -188,10 +203,25 @@ pub trait InputStream: Send {
 /// prepared; WAV files are created here, so a bad path fails at startup.
 pub fn create(config: &SoundConfig) -> Result<Arc<dyn Backend>, BackendError> {
     Ok(match &config.backend {
+        #[cfg(feature = "snd-alsa")]
         BackendConfig::Alsa { device } => Arc::new(alsa::AlsaBackend::new(device)?),
+        #[cfg(feature = "snd-wav")]
         BackendConfig::Wav { path } => Arc::new(wav::WavBackend::new(path, config.outputs)?),
         BackendConfig::Null => Arc::new(null::NullBackend),
+        #[allow(unreachable_patterns)]
+        other => return Err(not_built(other)),
     })
+}
+
+/// The error for a backend this build left out.
+#[allow(dead_code)]
+fn not_built(config: &BackendConfig) -> BackendError {
+    let (backend, feature) = match config {
+        BackendConfig::Alsa { .. } => ("ALSA", "snd-alsa"),
+        BackendConfig::Wav { .. } => ("WAV", "snd-wav"),
+        BackendConfig::Null => ("null", "none"),
+    };
+    BackendError::NotBuilt { backend, feature }
 }
 
 /// Checks that the configured backend can work: ALSA opens (and closes) the PCM in each
@@ -199,11 +229,15 @@ pub fn create(config: &SoundConfig) -> Result<Arc<dyn Backend>, BackendError> {
 /// startup and falls back to null when ALSA fails.
 pub fn probe(config: &SoundConfig) -> Result<(), BackendError> {
     match &config.backend {
+        #[cfg(feature = "snd-alsa")]
         BackendConfig::Alsa { device } => {
             alsa::probe(device, config.outputs > 0, config.inputs > 0)
         }
+        #[cfg(feature = "snd-wav")]
         BackendConfig::Wav { path } => wav::WavBackend::new(path, config.outputs).map(|_| ()),
         BackendConfig::Null => Ok(()),
+        #[allow(unreachable_patterns)]
+        other => Err(not_built(other)),
     }
 }
 
