@@ -98,9 +98,8 @@ pub struct MemmapEntry(pub hvm_memmap_table_entry);
 // padding), and any bit pattern is a valid value.
 unsafe impl ByteValued for MemmapEntry {}
 
-const _: () = assert!(
-    size_of::<hvm_memmap_table_entry>() as u64 == crate::layout::PVH_MEMMAP_ENTRY_SIZE
-);
+const _: () =
+    assert!(size_of::<hvm_memmap_table_entry>() as u64 == crate::layout::PVH_MEMMAP_ENTRY_SIZE);
 
 /// `boot_flag` value marking a valid setup header.
 pub const BOOT_FLAG_MAGIC: u16 = 0xaa55;
