@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex};
 
 use canto_devices::bus::{Bus, BusDevice};
 use canto_devices::pci::{MsiInterruptGroup, MsiMessage, PciRoot, SharedPciDevice};
-use canto_devices::virtio::transport::pci::{IoEventRegistrar, VirtioPciDevice};
 use canto_devices::virtio::rng::Rng;
 use canto_devices::virtio::snd::{BackendConfig, Sound, SoundConfig};
+use canto_devices::virtio::transport::pci::{IoEventRegistrar, VirtioPciDevice};
 use canto_devices::virtio::{SharedSubscriber, SubscriberRegistrar, VirtioDevice};
 use canto_fuzz::{Pauses, Reader};
 use event_manager::{EventManager, SubscriberId, SubscriberOps};
