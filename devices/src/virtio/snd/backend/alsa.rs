@@ -694,7 +694,7 @@ impl InputStream for AlsaInput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::snd::test_harness::paced_alsa_pcm;
+    use crate::virtio::test_utils::sound::paced_alsa_pcm;
     use crate::virtio::snd::waker::Waker;
 
     fn params() -> PcmParams {
