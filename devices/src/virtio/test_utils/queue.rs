@@ -282,7 +282,9 @@ impl DriverQueue {
         Self::write_table(mem, self.desc, index, descs);
     }
 
-    fn write_table(mem: &GuestMemoryMmap, table: u64, index: u16, descs: &[Desc]) {
+    /// Writes descriptors as they are into the table at `table` (an indirect one, say), from
+    /// entry `index` on; what lies outside RAM is not written.
+    pub fn write_table(mem: &GuestMemoryMmap, table: u64, index: u16, descs: &[Desc]) {
         let raw: Vec<u8> = descs.iter().flat_map(Desc::encode).collect();
         let _ = mem.write_slice(&raw, GuestAddress(table + 16 * u64::from(index)));
     }
