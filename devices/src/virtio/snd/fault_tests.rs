@@ -15,7 +15,6 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-
 use super::backend::{alsa::AlsaBackend, BackendError, PcmParams};
 use super::stats::SoundStats;
 use super::stream::PcmState;

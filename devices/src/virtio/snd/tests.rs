@@ -10,10 +10,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::stream::PcmState;
-use crate::virtio::test_utils::sound::*;
-use crate::virtio::test_utils::InterruptRecorder;
 use super::wire::*;
 use super::*;
+use crate::virtio::test_utils::sound::*;
+use crate::virtio::test_utils::InterruptRecorder;
 use crate::virtio::ActiveQueue;
 
 /// A descriptor as the tests write it: address, length, device-writable.
@@ -868,7 +868,8 @@ fn tx_beyond_twice_the_buffer_is_refused() {
 
 #[test]
 fn event_idx_suppresses_interrupts_until_used_event() {
-    let mut h = SoundRig::with_features(null_config(), VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX);
+    let mut h =
+        SoundRig::with_features(null_config(), VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX);
     h.prepare(fast_params(0));
     // The driver wants an interrupt only after the 4th used entry.
     h.queues[2].set_used_event(&h.mem, 3);

@@ -162,8 +162,8 @@ pub struct GuestRam {
 impl GuestRam {
     /// `size` bytes of RAM; buffers come from `[data_start, size)`.
     pub fn new(size: u64, data_start: u64) -> GuestRam {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)])
-            .expect("guest RAM");
+        let mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).expect("guest RAM");
         GuestRam::with_memory(mem, size, data_start)
     }
 

@@ -23,6 +23,7 @@ use crate::virtio::{
 };
 
 /// How queue notifications reach the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoopMode {
     /// [`SoundRig::kick`] calls the device's queue handler on the caller's thread; the
     /// subscribers are left to the caller ([`SoundRig::subscribers`]).
@@ -125,7 +126,12 @@ impl SoundRig {
 
     /// `event_idx`: whether the driver acked VIRTIO_F_RING_EVENT_IDX.
     pub fn features(event_idx: bool) -> u64 {
-        VIRTIO_F_VERSION_1 | if event_idx { VIRTIO_F_RING_EVENT_IDX } else { 0 }
+        VIRTIO_F_VERSION_1
+            | if event_idx {
+                VIRTIO_F_RING_EVENT_IDX
+            } else {
+                0
+            }
     }
 
     /// Activates `sound` on four queues laid out as `layout` says, in `mem` (zero-filled,
@@ -189,9 +195,14 @@ impl SoundRig {
     }
 
     pub(crate) fn worker(&self) -> MutexGuard<'_, crate::virtio::snd::worker::SoundWorker> {
-        self.sound.worker().expect("an active device").lock().unwrap()
+        self.sound
+            .worker()
+            .expect("an active device")
+            .lock()
+            .unwrap()
     }
 
+    #[cfg(test)]
     pub(crate) fn state(&self, stream: usize) -> crate::virtio::snd::stream::PcmState {
         self.worker().streams()[stream].state()
     }
