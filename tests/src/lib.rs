@@ -7,7 +7,6 @@
 //! except in CI (`CI=true`), where a missing prerequisite fails the test loudly.
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
