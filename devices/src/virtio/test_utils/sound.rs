@@ -101,7 +101,12 @@ pub struct SoundRig {
     pub tampered: bool,
     event_loop: EventLoop,
     data_start: u64,
+    /// Runs once the device is reset and its threads joined (see [`SoundRig::on_drop`]).
+    on_drop: Option<DropHook>,
 }
+
+/// What a [`SoundRig`] hands its RAM to when it is dropped.
+type DropHook = Box<dyn FnOnce(&GuestMemoryMmap, &Bump)>;
 
 impl SoundRig {
     /// A device with `config` (and the backend it names), VERSION_1 acked, kicked directly.
@@ -191,7 +196,15 @@ impl SoundRig {
             tampered: false,
             event_loop,
             data_start: layout.data_start,
+            on_drop: None,
         }
+    }
+
+    /// Calls `hook` with the RAM and the allocator when the rig is dropped, after the device
+    /// was reset and its threads joined (nothing writes the RAM any more): to zero and reuse
+    /// the mapping, as the fuzz targets do.
+    pub fn on_drop(&mut self, hook: impl FnOnce(&GuestMemoryMmap, &Bump) + 'static) {
+        self.on_drop = Some(Box::new(hook));
     }
 
     pub(crate) fn worker(&self) -> MutexGuard<'_, crate::virtio::snd::worker::SoundWorker> {
@@ -218,9 +231,11 @@ impl SoundRig {
     }
 
     /// Notifies `queue` and, unless the event loop has a thread, lets the device take it.
-    pub fn kick(&mut self, queue: u16) {
+    /// (Queue indices are `u16` or `usize` here, as the caller keeps them.)
+    pub fn kick(&mut self, queue: impl Into<usize>) {
+        let queue = queue.into() % NUM_QUEUES;
         if let EventLoop::Direct = self.event_loop {
-            self.worker().handle_queue(queue);
+            self.worker().handle_queue(queue as u16);
         } else {
             self.notify(queue);
             self.run_events();
@@ -228,8 +243,8 @@ impl SoundRig {
     }
 
     /// Writes `queue`'s eventfd only.
-    pub fn notify(&self, queue: u16) {
-        let _ = self.kicks[usize::from(queue) % NUM_QUEUES].write(1);
+    pub fn notify(&self, queue: impl Into<usize>) {
+        let _ = self.kicks[queue.into() % NUM_QUEUES].write(1);
     }
 
     /// Runs the inline event manager until it has nothing left to do (at most 64 rounds).
@@ -256,14 +271,14 @@ impl SoundRig {
 
     /// Adds a chain to `queue` with the layout `opts` asks for; returns its head. A writable
     /// descriptor below the data area (over the rings) marks the rig [`SoundRig::tampered`].
-    pub fn add(&mut self, queue: usize, descs: &[Desc], opts: ChainOpts) -> u16 {
+    pub fn add(&mut self, queue: impl Into<usize>, descs: &[Desc], opts: ChainOpts) -> u16 {
         if descs
             .iter()
             .any(|d| d.flags & Desc::writable(0, 0).flags != 0 && d.addr < self.data_start)
         {
             self.tampered = true;
         }
-        self.queues[queue].add_with(&self.mem, &mut self.bump, descs, opts)
+        self.queues[queue.into()].add_with(&self.mem, &mut self.bump, descs, opts)
     }
 
     /// Sends a control request with a `response_len`-byte writable response buffer (none for
@@ -346,7 +361,7 @@ impl SoundRig {
             Desc::readable(req, request.len() as u32),
             Desc::writable(resp, resp_len),
         ];
-        self.add(usize::from(CONTROLQ), &descs, ChainOpts::default());
+        self.add(CONTROLQ, &descs, ChainOpts::default());
         self.kick(CONTROLQ);
         let status: u32 = self.mem.read_obj(GuestAddress(resp)).ok()?;
         (status != 0xaaaa_aaaa).then_some(status)
@@ -449,10 +464,11 @@ impl SoundRig {
 
     /// Checks that every chain made available on `queue` came back; the driver's view of the
     /// used ring is the only evidence. Nothing is checked on a tampered rig.
-    pub fn assert_all_returned(&mut self, queue: usize, what: &str) {
+    pub fn assert_all_returned(&mut self, queue: impl Into<usize>, what: &str) {
         if self.tampered {
             return;
         }
+        let queue = queue.into();
         let left = self.queues[queue].outstanding(&self.mem);
         assert!(
             left == 0,
@@ -463,7 +479,8 @@ impl SoundRig {
     }
 
     /// Waits (bounded) until every chain on `queue` came back; true if they did.
-    pub fn wait_all_returned(&mut self, queue: usize, timeout: Duration) -> bool {
+    pub fn wait_all_returned(&mut self, queue: impl Into<usize>, timeout: Duration) -> bool {
+        let queue = queue.into();
         let deadline = Instant::now() + timeout;
         loop {
             if self.queues[queue].outstanding(&self.mem) <= 0 {
@@ -513,7 +530,11 @@ impl Drop for SoundRig {
                 let _ = handle.join();
             }
         }
+        // Joins the period threads, the only writers besides this thread.
         self.sound.reset();
+        if let Some(hook) = self.on_drop.take() {
+            hook(&self.mem, &self.bump);
+        }
     }
 }
 
