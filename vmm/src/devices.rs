@@ -12,6 +12,7 @@ use canto_devices::virtio::transport::pci::{msix_vector_count, VirtioPciDevice};
 use canto_devices::virtio::{SharedSubscriber, VirtioDevice};
 use event_manager::RemoteEndpoint;
 
+use crate::config::{DevicesConfig, SoundSetting};
 use crate::interrupts::{GsiRouter, KvmIoEvents, KvmMsiGroup, RemoteRegistrar};
 use crate::vm::Vm;
 
@@ -29,30 +30,71 @@ pub enum DeviceError {
     Bus(#[from] canto_devices::bus::BusError),
 }
 
-/// What the user asked for in the way of devices.
-pub struct DeviceOptions {
-    pub rng: bool,
-    /// None: no sound device.
-    pub sound: Option<SoundConfig>,
+/// One virtio device the VMM knows: how to build it from the configuration (`None`: the
+/// configuration leaves it out). Adding a virtio device is its folder in `devices/src/virtio/`
+/// plus one entry in [`DEVICE_LIST`].
+struct DeviceEntry {
+    build: fn(&DevicesConfig) -> Result<Option<BuiltDevice>, DeviceError>,
 }
 
-/// The sound configuration to use: the user's, or ALSA `default` falling back to null (with one
-/// line on stderr saying so) when it cannot be opened.
-pub fn choose_sound(user: Option<SoundConfig>, disabled: bool) -> Option<SoundConfig> {
-    if disabled {
-        return None;
+/// The virtio devices, in PCI slot order (the first present one is 00:01.0). Teardown resets
+/// them in this order too, then logs their report lines in it.
+const DEVICE_LIST: &[DeviceEntry] = &[
+    DeviceEntry { build: build_sound },
+    DeviceEntry {
+        build: |config| Ok(config.rng.then(|| BuiltDevice::new(Rng::new()))),
+    },
+];
+
+/// A device built from its [`DeviceEntry`]: what the transport drives, and the line it reports at
+/// exit.
+pub struct BuiltDevice {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    report: Option<Box<dyn Fn() -> String + Send>>,
+}
+
+impl BuiltDevice {
+    fn new(device: impl VirtioDevice + 'static) -> Self {
+        Self {
+            device: Arc::new(Mutex::new(device)),
+            report: None,
+        }
     }
-    if let Some(config) = user {
-        return Some(config);
+
+    /// `report` gives the line logged (at info) when the VM ends, after the device's reset.
+    fn with_report(mut self, report: impl Fn() -> String + Send + 'static) -> Self {
+        self.report = Some(Box::new(report));
+        self
     }
-    let default = SoundConfig::default();
+}
+
+fn build_sound(config: &DevicesConfig) -> Result<Option<BuiltDevice>, DeviceError> {
+    let Some(sound) = choose_sound(&config.sound) else {
+        return Ok(None);
+    };
+    let sound = Sound::new(sound)?;
+    let stats = sound.stats_handle();
+    let device = BuiltDevice::new(sound);
+    Ok(Some(device.with_report(move || {
+        format!("sound stats: {:?}", stats.snapshot())
+    })))
+}
+
+/// The sound configuration to use: the configured one, or ALSA `default` falling back to null
+/// (with one line on stderr saying so) when it cannot be opened.
+pub fn choose_sound(setting: &SoundSetting) -> Option<SoundConfig> {
+    let device = match setting {
+        SoundSetting::Off => return None,
+        SoundSetting::Device(device) => return Some(device.to_sound_config()),
+        SoundSetting::Auto => SoundConfig::default(),
+    };
     // alsa-lib prints its own multi-line complaints on stderr; the user gets our one line instead.
-    let probed = with_stderr_silenced(|| snd::probe(&default));
+    let probed = with_stderr_silenced(|| snd::probe(&device));
     match probed {
-        Ok(()) => Some(default),
+        Ok(()) => Some(device),
         Err(e) => {
             eprintln!("canto: sound: cannot open ALSA 'default' ({e}); using the null backend (choose one with --sound)");
-            Some(default.with_backend(BackendConfig::Null))
+            Some(device.with_backend(BackendConfig::Null))
         }
     }
 }
@@ -60,7 +102,8 @@ pub fn choose_sound(user: Option<SoundConfig>, disabled: bool) -> Option<SoundCo
 /// The PCI bus and its devices, built and mapped.
 pub struct PciDevices {
     pub root: Arc<Mutex<PciRoot>>,
-    pub sound: Option<Arc<Mutex<Sound>>>,
+    /// In [`DEVICE_LIST`] order.
+    devices: Vec<BuiltDevice>,
 }
 
 impl PciDevices {
@@ -70,16 +113,32 @@ impl PciDevices {
             .unwrap_or_else(|e| e.into_inner())
             .device_list()
     }
+
+    /// Ends every device, in list order (the vCPUs must be stopped): their threads stop and
+    /// backends flush (a WAV file gets its final header) even when the guest did not release
+    /// them. Then logs each device's report line.
+    pub fn teardown(&self) {
+        for built in &self.devices {
+            built
+                .device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset();
+        }
+        for report in self.devices.iter().filter_map(|d| d.report.as_ref()) {
+            log::info!("{}", report());
+        }
+    }
 }
 
-/// Builds the PCI root bus on ports 0xCF8-0xCFF with the requested virtio devices.
+/// Builds the PCI root bus on ports 0xCF8-0xCFF with the configured virtio devices.
 pub fn build_pci(
     vm: &Vm,
     pio: &Bus,
     mmio: Arc<Bus>,
     router: &Arc<GsiRouter>,
     endpoint: RemoteEndpoint<SharedSubscriber>,
-    options: DeviceOptions,
+    config: &DevicesConfig,
 ) -> Result<PciDevices, DeviceError> {
     let low_ram_end = canto_arch::memory::low_ram_end(vm.mem_size);
     let window = layout::PCI_MMIO32_START..layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE;
@@ -89,7 +148,12 @@ pub fn build_pci(
 
     let ioevents = Arc::new(KvmIoEvents { vm: vm.fd.clone() });
     let registrar = Arc::new(RemoteRegistrar { endpoint });
-    let mut add = |device: Arc<Mutex<dyn VirtioDevice>>| -> Result<(), DeviceError> {
+    let mut devices = Vec::new();
+    for entry in DEVICE_LIST {
+        let Some(built) = (entry.build)(config)? else {
+            continue;
+        };
+        let device = built.device.clone();
         let vectors = msix_vector_count(&*device.lock().unwrap_or_else(|e| e.into_inner()));
         let msi =
             KvmMsiGroup::new(router.clone(), &vm.fd, vectors).map_err(DeviceError::Interrupts)?;
@@ -101,22 +165,12 @@ pub fn build_pci(
             registrar.clone(),
         )?;
         root.add_device(Arc::new(Mutex::new(transport)))?;
-        Ok(())
-    };
-
-    let mut sound = None;
-    if let Some(config) = options.sound {
-        let device = Arc::new(Mutex::new(Sound::new(config)?));
-        sound = Some(device.clone());
-        add(device)?;
-    }
-    if options.rng {
-        add(Arc::new(Mutex::new(Rng::new())))?;
+        devices.push(built);
     }
 
     let root = Arc::new(Mutex::new(root));
     pio.insert(root.clone(), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN)?;
-    Ok(PciDevices { root, sound })
+    Ok(PciDevices { root, devices })
 }
 
 /// Runs `f` with file descriptor 2 pointed at /dev/null (only at startup, before other threads).
