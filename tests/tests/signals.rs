@@ -15,10 +15,8 @@ const PLAYED_BEFORE_SIGNAL: u64 = 8 * 4800;
 
 /// Where a test's WAV file goes (removed first).
 fn wav_path(name: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "canto-signals-{name}-{}.wav",
-        std::process::id()
-    ));
+    let path =
+        std::env::temp_dir().join(format!("canto-signals-{name}-{}.wav", std::process::id()));
     let _ = std::fs::remove_file(&path);
     path
 }
@@ -79,6 +77,7 @@ fn check_wav_header(wav: &Path) -> u64 {
 /// The signal's exit status, its one stderr line, and a WAV header true to the data.
 fn check_clean_stop(out: &RunOutput, signal: i32, name: &str, wav: &Path) {
     assert!(!out.timed_out, "canto did not end after {name}: {out:#?}");
+    let frames = check_wav_header(wav);
     assert_eq!(
         out.status.and_then(|s| s.code()),
         Some(128 + signal),
@@ -87,7 +86,6 @@ fn check_clean_stop(out: &RunOutput, signal: i32, name: &str, wav: &Path) {
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "not one stderr line: {out:#?}");
     assert!(lines[0].contains(name), "{out:#?}");
-    let frames = check_wav_header(wav);
     assert!(
         frames * 4 >= PLAYED_BEFORE_SIGNAL,
         "only {frames} frames were played"
@@ -162,7 +160,11 @@ fn sigterm_restores_the_terminal() {
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
     let cooked = local_flags(std::os::fd::AsRawFd::as_raw_fd(&master));
     let canonical = libc::ICANON | libc::ECHO | libc::ISIG;
-    assert_eq!(cooked & canonical, canonical, "a new pty is not in canonical mode");
+    assert_eq!(
+        cooked & canonical,
+        canonical,
+        "a new pty is not in canonical mode"
+    );
 
     let mut child = Command::new(canto_bin())
         .args(["--kernel", elf.to_str().unwrap(), "--memory", "64M"])
@@ -200,15 +202,18 @@ fn sigterm_restores_the_terminal() {
     let mut stderr = String::new();
     let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
     let _ = std::fs::remove_file(&wav);
-    assert!(raw_seen, "canto never put the terminal in raw mode: {stderr}");
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(128 + libc::SIGTERM),
-        "{status:?}: {stderr}"
+    assert!(
+        raw_seen,
+        "canto never put the terminal in raw mode: {stderr}"
     );
     assert_eq!(
         local_flags(master_fd) & canonical,
         cooked & canonical,
         "the terminal was left in raw mode: {stderr}"
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(128 + libc::SIGTERM),
+        "{status:?}: {stderr}"
     );
 }
