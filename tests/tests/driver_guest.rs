@@ -3,8 +3,6 @@
 //! so each test here is one short `canto` run that must end with `DG PASS <name>`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use canto_tests::{vm_rss_kib, Canto, PulseServer, RunOutput};
