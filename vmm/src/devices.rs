@@ -116,8 +116,8 @@ impl PciDevices {
 
     /// Ends every device, in list order (the vCPUs must be stopped): their threads stop and
     /// backends flush (a WAV file gets its final header) even when the guest did not release
-    /// them. Then logs each device's report line.
-    pub fn teardown(&self) {
+    /// them. Returns the devices' report lines, in list order.
+    pub fn teardown(&self) -> Vec<String> {
         for built in &self.devices {
             built
                 .device
@@ -125,9 +125,10 @@ impl PciDevices {
                 .unwrap_or_else(|e| e.into_inner())
                 .reset();
         }
-        for report in self.devices.iter().filter_map(|d| d.report.as_ref()) {
-            log::info!("{}", report());
-        }
+        self.devices
+            .iter()
+            .filter_map(|d| d.report.as_ref().map(|report| report()))
+            .collect()
     }
 }
 

@@ -306,7 +306,9 @@ impl Vmm {
         for thread in threads {
             thread.stop();
         }
-        pci.teardown();
+        for line in pci.teardown() {
+            log::info!("{line}");
+        }
         drop(raw_terminal);
         result?;
         match exit.reason() {
