@@ -83,6 +83,13 @@ pub fn install() -> io::Result<StopSignals> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
+    // A process Canto's libraries start (alsa-lib may spawn a sound server) must not inherit
+    // the blocked signals, or it could not be stopped with them.
+    // SAFETY: the handler only calls pthread_sigmask, which is async-signal-safe, in the child.
+    let rc = unsafe { libc::pthread_atfork(None, None, Some(unblock_in_child)) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
     let stop = StopSignals {
         evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
         received: Arc::new(AtomicI32::new(0)),
@@ -92,6 +99,12 @@ pub fn install() -> io::Result<StopSignals> {
         .name("canto-signals".into())
         .spawn(move || watch(set, &watcher))?;
     Ok(stop)
+}
+
+extern "C" fn unblock_in_child() {
+    let set = stop_set();
+    // SAFETY: `set` is a valid signal set; this runs in the new child, on its only thread.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
 }
 
 fn watch(set: libc::sigset_t, stop: &StopSignals) {
