@@ -34,14 +34,20 @@ pub enum DeviceError {
 /// configuration leaves it out). Adding a virtio device is its folder in `devices/src/virtio/`
 /// plus one entry in [`DEVICE_LIST`].
 struct DeviceEntry {
+    /// What the logs call it.
+    name: &'static str,
     build: fn(&DevicesConfig) -> Result<Option<BuiltDevice>, DeviceError>,
 }
 
 /// The virtio devices, in PCI slot order (the first present one is 00:01.0). Teardown resets
-/// them in this order too, then logs their report lines in it.
+/// them in this order too, and their report lines come in it.
 const DEVICE_LIST: &[DeviceEntry] = &[
-    DeviceEntry { build: build_sound },
     DeviceEntry {
+        name: "sound",
+        build: build_sound,
+    },
+    DeviceEntry {
+        name: "rng",
         build: |config| Ok(config.rng.then(|| BuiltDevice::new(Rng::new()))),
     },
 ];
@@ -49,6 +55,7 @@ const DEVICE_LIST: &[DeviceEntry] = &[
 /// A device built from its [`DeviceEntry`]: what the transport drives, and the line it reports at
 /// exit.
 pub struct BuiltDevice {
+    name: &'static str,
     device: Arc<Mutex<dyn VirtioDevice>>,
     report: Option<Box<dyn Fn() -> String + Send>>,
 }
@@ -56,6 +63,7 @@ pub struct BuiltDevice {
 impl BuiltDevice {
     fn new(device: impl VirtioDevice + 'static) -> Self {
         Self {
+            name: "",
             device: Arc::new(Mutex::new(device)),
             report: None,
         }
@@ -119,6 +127,7 @@ impl PciDevices {
     /// them. Returns the devices' report lines, in list order.
     pub fn teardown(&self) -> Vec<String> {
         for built in &self.devices {
+            log::debug!("teardown: resetting the {} device", built.name);
             built
                 .device
                 .lock()
@@ -130,6 +139,21 @@ impl PciDevices {
             .filter_map(|d| d.report.as_ref().map(|report| report()))
             .collect()
     }
+}
+
+/// Builds the devices of `list` that `config` asks for, in list order.
+fn build_devices(
+    list: &[DeviceEntry],
+    config: &DevicesConfig,
+) -> Result<Vec<BuiltDevice>, DeviceError> {
+    let mut devices = Vec::new();
+    for entry in list {
+        if let Some(mut built) = (entry.build)(config)? {
+            built.name = entry.name;
+            devices.push(built);
+        }
+    }
+    Ok(devices)
 }
 
 /// Builds the PCI root bus on ports 0xCF8-0xCFF with the configured virtio devices.
@@ -149,11 +173,8 @@ pub fn build_pci(
 
     let ioevents = Arc::new(KvmIoEvents { vm: vm.fd.clone() });
     let registrar = Arc::new(RemoteRegistrar { endpoint });
-    let mut devices = Vec::new();
-    for entry in DEVICE_LIST {
-        let Some(built) = (entry.build)(config)? else {
-            continue;
-        };
+    let devices = build_devices(DEVICE_LIST, config)?;
+    for built in &devices {
         let device = built.device.clone();
         let vectors = msix_vector_count(&*device.lock().unwrap_or_else(|e| e.into_inner()));
         let msi =
@@ -166,7 +187,6 @@ pub fn build_pci(
             registrar.clone(),
         )?;
         root.add_device(Arc::new(Mutex::new(transport)))?;
-        devices.push(built);
     }
 
     let root = Arc::new(Mutex::new(root));
@@ -198,4 +218,135 @@ fn with_stderr_silenced<T>(f: impl FnOnce() -> T) -> T {
         libc::close(saved);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use canto_devices::virtio::{ActivateContext, ActivateError};
+
+    use super::*;
+    use crate::config::{SoundBackend, SoundDeviceConfig};
+
+    /// A device that records its resets in a shared log.
+    struct Recorder {
+        id: &'static str,
+        log: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl VirtioDevice for Recorder {
+        fn device_type(&self) -> u32 {
+            4
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[8]
+        }
+        fn features(&self) -> u64 {
+            1 << 32
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(
+            &mut self,
+            _ctx: ActivateContext,
+        ) -> Result<Vec<SharedSubscriber>, ActivateError> {
+            Ok(Vec::new())
+        }
+        fn reset(&mut self) {
+            self.log.lock().unwrap().push(self.id);
+        }
+    }
+
+    fn names(devices: &[BuiltDevice]) -> Vec<&'static str> {
+        devices.iter().map(|d| d.name).collect()
+    }
+
+    #[test]
+    fn the_config_chooses_the_devices_in_list_order() {
+        let null_sound = SoundSetting::Device(SoundDeviceConfig {
+            backend: SoundBackend::Null,
+            outputs: 1,
+            inputs: 1,
+            jacks: 0,
+        });
+        let all = DevicesConfig {
+            rng: true,
+            sound: null_sound.clone(),
+        };
+        assert_eq!(
+            names(&build_devices(DEVICE_LIST, &all).unwrap()),
+            ["sound", "rng"]
+        );
+        let rng_only = DevicesConfig {
+            rng: true,
+            sound: SoundSetting::Off,
+        };
+        assert_eq!(
+            names(&build_devices(DEVICE_LIST, &rng_only).unwrap()),
+            ["rng"]
+        );
+        let sound_only = DevicesConfig {
+            rng: false,
+            sound: null_sound,
+        };
+        assert_eq!(
+            names(&build_devices(DEVICE_LIST, &sound_only).unwrap()),
+            ["sound"]
+        );
+        let none = DevicesConfig {
+            rng: false,
+            sound: SoundSetting::Off,
+        };
+        assert!(build_devices(DEVICE_LIST, &none).unwrap().is_empty());
+        let bad_wav = DevicesConfig {
+            rng: true,
+            sound: SoundSetting::Device(SoundDeviceConfig {
+                backend: SoundBackend::Wav {
+                    path: "/nonexistent-dir/x.wav".into(),
+                },
+                outputs: 1,
+                inputs: 0,
+                jacks: 0,
+            }),
+        };
+        #[cfg(feature = "snd-wav")]
+        assert!(matches!(
+            build_devices(DEVICE_LIST, &bad_wav),
+            Err(DeviceError::Sound(_))
+        ));
+        #[cfg(not(feature = "snd-wav"))]
+        let _ = bad_wav;
+    }
+
+    #[test]
+    fn teardown_resets_in_list_order_then_reports() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let recorder = |id: &'static str| {
+            let log = log.clone();
+            BuiltDevice::new(Recorder {
+                id,
+                log: log.clone(),
+            })
+            .with_report(move || format!("{id} saw {:?}", log.lock().unwrap()))
+        };
+        let devices = vec![recorder("first"), recorder("second"), recorder("third")];
+        let mmio = Arc::new(Bus::new());
+        let root = PciRoot::new(mmio, 0xc000_0000..0xd000_0000, 0x1000_0000).unwrap();
+        let pci = PciDevices {
+            root: Arc::new(Mutex::new(root)),
+            devices,
+        };
+        let reports = pci.teardown();
+        assert_eq!(*log.lock().unwrap(), ["first", "second", "third"]);
+        // Every report comes after every reset.
+        assert_eq!(
+            reports,
+            [
+                r#"first saw ["first", "second", "third"]"#,
+                r#"second saw ["first", "second", "third"]"#,
+                r#"third saw ["first", "second", "third"]"#,
+            ]
+        );
+    }
 }
