@@ -217,3 +217,38 @@ fn sigterm_restores_the_terminal() {
         "{status:?}: {stderr}"
     );
 }
+
+/// A second stop signal during the shutdown ends Canto at once with its own status. Both arrive
+/// while Canto is stopped (SIGSTOP), so both are pending when it continues: the lower-numbered
+/// SIGINT is taken first and starts the shutdown, SIGTERM is then already waiting.
+#[test]
+fn a_second_signal_ends_the_shutdown_at_once() {
+    let Some(elf) = driver_guest_to_run() else {
+        return;
+    };
+    let wav = wav_path("second");
+    let mut sent = false;
+    let out = canto_playing(&elf, &wav).run_interacting(|pid, serial| {
+        if !sent && serial.contains("DG snd-play: playing") {
+            for signal in [libc::SIGSTOP, libc::SIGINT, libc::SIGTERM, libc::SIGCONT] {
+                // SAFETY: kill only sends a signal to the canto process this test started.
+                assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+            }
+            sent = true;
+        }
+    });
+    let _ = std::fs::remove_file(&wav);
+    assert!(sent, "the guest never played: {out:#?}");
+    assert!(!out.timed_out, "{out:#?}");
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(128 + libc::SIGTERM),
+        "{out:#?}"
+    );
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one stderr line: {out:#?}");
+    assert!(
+        lines[0].contains("SIGTERM") && lines[0].contains("SIGINT") && lines[0].contains("at once"),
+        "{out:#?}"
+    );
+}
