@@ -9,6 +9,8 @@ pub mod drain;
 pub mod queue;
 pub mod rng;
 pub mod snd;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 pub mod transport;
 
 use std::sync::{Arc, Mutex};

@@ -301,7 +301,7 @@ pub fn write_reply(
 mod tests {
     use super::*;
     use crate::virtio::snd::config::BackendConfig;
-    use crate::virtio::snd::test_harness::query;
+    use crate::virtio::test_utils::sound::query;
 
     fn topology() -> Topology {
         let config = SoundConfig {

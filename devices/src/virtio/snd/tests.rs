@@ -1,4 +1,4 @@
-//! Device-level tests: a fake driver ([`Harness`]) drives the device through real split queues
+//! Device-level tests: a fake driver ([`SoundRig`], in `virtio::test_utils`) drives the device through real split queues
 //! in real guest memory.
 
 use std::path::PathBuf;
@@ -10,10 +10,14 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::stream::PcmState;
-use super::test_harness::*;
 use super::wire::*;
 use super::*;
+use crate::virtio::test_utils::sound::*;
+use crate::virtio::test_utils::InterruptRecorder;
 use crate::virtio::ActiveQueue;
+
+/// A descriptor as the tests write it: address, length, device-writable.
+type Desc = (u64, u32, bool);
 
 struct TempFile(PathBuf);
 
@@ -106,7 +110,7 @@ fn activation_needs_four_distinct_queues() {
     };
     let ctx = |queues| ActivateContext {
         mem: mem.clone(),
-        interrupt: Arc::new(CountingInterrupt::default()),
+        interrupt: Arc::new(InterruptRecorder::default()),
         queues,
         acked_features: VIRTIO_F_VERSION_1,
     };
@@ -149,7 +153,7 @@ fn a_wav_path_that_cannot_be_created_fails_at_startup() {
 
 #[test]
 fn pcm_info_describes_every_stream() {
-    let mut h = Harness::new(SoundConfig {
+    let mut h = SoundRig::new(SoundConfig {
         outputs: 2,
         inputs: 1,
         ..null_config()
@@ -189,7 +193,7 @@ fn pcm_info_describes_every_stream() {
 
 #[test]
 fn info_requests_with_bad_ranges_or_sizes_are_bad_msg() {
-    let mut h = Harness::new(SoundConfig {
+    let mut h = SoundRig::new(SoundConfig {
         jacks: 1,
         ..null_config()
     });
@@ -227,7 +231,7 @@ fn info_requests_with_bad_ranges_or_sizes_are_bad_msg() {
 
 #[test]
 fn malformed_and_unknown_requests_are_answered() {
-    let mut h = Harness::new(null_config());
+    let mut h = SoundRig::new(null_config());
     // Short header.
     assert_eq!(h.control(&[0x00, 0x01]), S_BAD_MSG);
     // Short bodies.
@@ -250,7 +254,7 @@ fn malformed_and_unknown_requests_are_answered() {
     }
     // JACK_REMAP: no such jack, or no remapping support.
     assert_eq!(h.control(&query(R_JACK_REMAP, 0, 0, 0)), S_BAD_MSG);
-    let mut jacks = Harness::new(SoundConfig {
+    let mut jacks = SoundRig::new(SoundConfig {
         jacks: 1,
         ..null_config()
     });
@@ -268,7 +272,7 @@ fn malformed_and_unknown_requests_are_answered() {
 
 #[test]
 fn replies_need_a_writable_status() {
-    let mut h = Harness::new(null_config());
+    let mut h = SoundRig::new(null_config());
     // No writable part at all: the chain comes back with length 0.
     let (len, _) = h.control_with(&query(R_PCM_INFO, 0, 1, 32), 0);
     assert_eq!(len, 0);
@@ -319,7 +323,7 @@ enum Op {
 
 const OPS: [Op; 5] = [Op::SetParams, Op::Prepare, Op::Start, Op::Stop, Op::Release];
 
-fn run_op(h: &mut Harness, op: Op) -> u32 {
+fn run_op(h: &mut SoundRig, op: Op) -> u32 {
     match op {
         Op::SetParams => h.set_params(fast_params(0)),
         Op::Prepare => h.pcm(R_PCM_PREPARE, 0),
@@ -329,7 +333,7 @@ fn run_op(h: &mut Harness, op: Op) -> u32 {
     }
 }
 
-fn reach(h: &mut Harness, state: PcmState) {
+fn reach(h: &mut SoundRig, state: PcmState) {
     let path: &[Op] = match state {
         PcmState::Initial => &[],
         PcmState::ParamsSet => &[Op::SetParams],
@@ -362,7 +366,7 @@ fn every_transition_legal_and_illegal() {
     use PcmState::*;
     for state in [Initial, ParamsSet, Prepared, Started, Stopped, Released] {
         for op in OPS {
-            let mut h = Harness::new(null_config());
+            let mut h = SoundRig::new(null_config());
             reach(&mut h, state);
             let status = run_op(&mut h, op);
             match transition(state, op) {
@@ -381,7 +385,7 @@ fn every_transition_legal_and_illegal() {
 
 #[test]
 fn set_params_fields_are_validated_on_the_wire() {
-    let mut h = Harness::new(null_config());
+    let mut h = SoundRig::new(null_config());
     let good = fast_params(0);
     let cases = [
         (SetParams { format: 64, ..good }, S_BAD_MSG),
@@ -491,7 +495,7 @@ fn repeated_prepare_does_not_leak_backend_streams() {
     // The WAV backend has one file per output stream: a leaked stream would keep it, and the
     // next PREPARE would fail.
     let file = TempFile::new("prepare.wav");
-    let mut h = Harness::new(wav_config(&file));
+    let mut h = SoundRig::new(wav_config(&file));
     for _ in 0..5 {
         assert_eq!(h.set_params(fast_params(0)), S_OK);
         assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
@@ -521,7 +525,7 @@ fn a_backend_that_cannot_open_gives_io_err() {
     let config = null_config().with_backend(BackendConfig::Alsa {
         device: "canto_no_such_pcm".into(),
     });
-    let mut h = Harness::new(config);
+    let mut h = SoundRig::new(config);
     assert_eq!(h.set_params(fast_params(0)), S_OK);
     assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_IO_ERR);
     assert_eq!(h.state(0), PcmState::ParamsSet);
@@ -533,7 +537,7 @@ fn a_backend_that_cannot_open_gives_io_err() {
 #[test]
 fn tx_messages_return_at_the_pace_of_the_backend_with_data_read_at_consume_time() {
     let file = TempFile::new("pace.wav");
-    let mut h = Harness::new(wav_config(&file));
+    let mut h = SoundRig::new(wav_config(&file));
     h.prepare(slow_params(0));
     // Pre-buffer four periods; the driver writes the PCM only after queueing (as the Linux 6.1
     // driver does when it re-queues a period before the application refilled it).
@@ -580,7 +584,7 @@ fn tx_messages_return_at_the_pace_of_the_backend_with_data_read_at_consume_time(
 #[test]
 fn release_flushes_and_returns_everything_before_its_reply() {
     let file = TempFile::new("release.wav");
-    let mut h = Harness::new(wav_config(&file));
+    let mut h = SoundRig::new(wav_config(&file));
     h.prepare(slow_params(0));
     let mut expected = Vec::new();
     let mut heads = Vec::new();
@@ -620,7 +624,7 @@ fn release_flushes_and_returns_everything_before_its_reply() {
 #[test]
 fn stop_keeps_messages_and_start_resumes_them() {
     let file = TempFile::new("stop.wav");
-    let mut h = Harness::new(wav_config(&file));
+    let mut h = SoundRig::new(wav_config(&file));
     h.prepare(slow_params(0));
     let mut expected = Vec::new();
     for i in 0..8 {
@@ -649,7 +653,7 @@ fn stop_keeps_messages_and_start_resumes_them() {
 #[test]
 fn a_message_spanning_periods_returns_when_fully_consumed() {
     let file = TempFile::new("span.wav");
-    let mut h = Harness::new(wav_config(&file));
+    let mut h = SoundRig::new(wav_config(&file));
     h.prepare(slow_params(0));
     // 2.5 periods, then half a period.
     let long = pattern(400, 1);
@@ -668,7 +672,7 @@ fn a_message_spanning_periods_returns_when_fully_consumed() {
 
 #[test]
 fn underruns_give_silence_on_null_and_nothing_in_wav() {
-    let mut null = Harness::new(null_config());
+    let mut null = SoundRig::new(null_config());
     null.prepare(fast_params(0));
     assert_eq!(null.pcm(R_PCM_START, 0), S_OK);
     std::thread::sleep(Duration::from_millis(60));
@@ -678,7 +682,7 @@ fn underruns_give_silence_on_null_and_nothing_in_wav() {
     assert_eq!(stats.tx_bytes_played, 0);
 
     let file = TempFile::new("underrun.wav");
-    let mut h = Harness::new(wav_config(&file));
+    let mut h = SoundRig::new(wav_config(&file));
     h.prepare(fast_params(0));
     assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
     std::thread::sleep(Duration::from_millis(20));
@@ -698,7 +702,7 @@ fn underruns_give_silence_on_null_and_nothing_in_wav() {
 #[test]
 fn bad_tx_chains_are_refused_and_the_device_keeps_playing() {
     let file = TempFile::new("bad.wav");
-    let mut h = Harness::new(wav_config(&file));
+    let mut h = SoundRig::new(wav_config(&file));
     h.prepare(fast_params(0));
     // Stream ids out of range, and an input stream on the txq: IO_ERR (§5.14.6.8 gives I/O
     // messages only OK and IO_ERR).
@@ -766,7 +770,7 @@ fn bad_tx_chains_are_refused_and_the_device_keeps_playing() {
     }
     assert_eq!(h.sound.stats().bad_messages, 4 + bad.len() as u64);
     // A stream that is not prepared: IO_ERR at once.
-    let mut other = Harness::new(wav_config(&TempFile::new("bad2.wav")));
+    let mut other = SoundRig::new(wav_config(&TempFile::new("bad2.wav")));
     let sent = other.tx(0, &[1; 192]);
     assert_eq!(other.take_used(TXQ), vec![(sent.head, 8)]);
     assert_eq!(other.status_of(&sent).0, S_IO_ERR);
@@ -784,7 +788,7 @@ fn bad_tx_chains_are_refused_and_the_device_keeps_playing() {
 #[test]
 fn split_headers_and_data_across_descriptors_are_read_as_one_stream() {
     let file = TempFile::new("split.wav");
-    let mut h = Harness::new(wav_config(&file));
+    let mut h = SoundRig::new(wav_config(&file));
     h.prepare(fast_params(0));
     let data = pattern(192, 9);
     let hdr = h.alloc(4);
@@ -819,7 +823,7 @@ fn split_headers_and_data_across_descriptors_are_read_as_one_stream() {
 
 #[test]
 fn tx_beyond_the_queue_size_is_refused_not_stored() {
-    let mut h = Harness::new(null_config());
+    let mut h = SoundRig::new(null_config());
     // A buffer of 256 periods: the byte limit is not what stops them.
     h.prepare(SetParams {
         buffer_bytes: 192 * 256,
@@ -847,7 +851,7 @@ fn tx_beyond_the_queue_size_is_refused_not_stored() {
 
 #[test]
 fn tx_beyond_twice_the_buffer_is_refused() {
-    let mut h = Harness::new(null_config());
+    let mut h = SoundRig::new(null_config());
     // A 768-byte buffer: at most 1536 bytes may wait.
     h.prepare(fast_params(0));
     for _ in 0..8 {
@@ -864,7 +868,8 @@ fn tx_beyond_twice_the_buffer_is_refused() {
 
 #[test]
 fn event_idx_suppresses_interrupts_until_used_event() {
-    let mut h = Harness::with_features(null_config(), VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX);
+    let mut h =
+        SoundRig::with_features(null_config(), VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX);
     h.prepare(fast_params(0));
     // The driver wants an interrupt only after the 4th used entry.
     h.queues[2].set_used_event(&h.mem, 3);
@@ -879,7 +884,7 @@ fn event_idx_suppresses_interrupts_until_used_event() {
 #[test]
 fn device_reset_joins_threads_and_drops_queued_messages() {
     let file = TempFile::new("reset.wav");
-    let mut h = Harness::new(wav_config(&file));
+    let mut h = SoundRig::new(wav_config(&file));
     h.prepare(slow_params(0));
     h.prepare(slow_params(1));
     for i in 0..4 {
@@ -899,7 +904,7 @@ fn device_reset_joins_threads_and_drops_queued_messages() {
     assert_eq!(h.queues[3].used_idx(&h.mem), 0);
     // The WAV file went back to its slot: a new activation can prepare the stream again.
     let sound = std::mem::replace(&mut h.sound, Sound::new(null_config()).unwrap());
-    let mut again = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    let mut again = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
     assert_eq!(again.state(0), PcmState::Initial);
     again.prepare(slow_params(0));
     again.sound.reset();
@@ -909,7 +914,7 @@ fn device_reset_joins_threads_and_drops_queued_messages() {
 
 #[test]
 fn an_avail_index_past_the_ring_needs_reset_and_stops_only_that_queue() {
-    let mut h = Harness::new(null_config());
+    let mut h = SoundRig::new(null_config());
     h.prepare(fast_params(0));
     let sent = h.tx(0, &[1; 192]);
     assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
@@ -932,7 +937,7 @@ fn an_avail_index_past_the_ring_needs_reset_and_stops_only_that_queue() {
     // After a reset the device plays again.
     h.sound.reset();
     let sound = std::mem::replace(&mut h.sound, Sound::new(null_config()).unwrap());
-    let mut again = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    let mut again = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
     again.prepare(fast_params(0));
     let sent = again.tx(0, &[3; 192]);
     assert_eq!(again.pcm(R_PCM_START, 0), S_OK);
@@ -945,7 +950,7 @@ fn an_avail_index_past_the_ring_needs_reset_and_stops_only_that_queue() {
 
 #[test]
 fn rx_chains_without_room_for_the_status_come_back_empty() {
-    let mut h = Harness::new(null_config());
+    let mut h = SoundRig::new(null_config());
     h.prepare(fast_params(1));
     let hdr = h.alloc(4);
     h.mem.write_obj(1u32, GuestAddress(hdr)).unwrap();
@@ -984,7 +989,7 @@ fn rx_chains_without_room_for_the_status_come_back_empty() {
 
 #[test]
 fn rx_captures_silence_at_the_stream_pace() {
-    let mut h = Harness::new(null_config());
+    let mut h = SoundRig::new(null_config());
     // U8 silence is 0x80, not 0.
     let params = SetParams {
         format: PcmFormat::U8.code(),
@@ -1028,7 +1033,7 @@ fn rx_captures_silence_at_the_stream_pace() {
 #[test]
 fn kicks_reach_the_device_through_the_event_loop() {
     use event_manager::{EventManager, SubscriberOps};
-    let mut h = Harness::new(null_config());
+    let mut h = SoundRig::new(null_config());
     let mut manager = EventManager::<SharedSubscriber>::new().unwrap();
     manager.add_subscriber(h.subscribers[0].clone());
     let req = h.alloc(16);
@@ -1052,7 +1057,7 @@ fn alsa_file_pcm_records_the_guest_pcm_bit_exactly() {
     let config = null_config().with_backend(BackendConfig::Alsa {
         device: format!("file:'{}',raw", file.0.display()),
     });
-    let mut h = Harness::new(config);
+    let mut h = SoundRig::new(config);
     h.prepare(SetParams {
         buffer_bytes: 192 * 10,
         ..fast_params(0)
@@ -1100,7 +1105,7 @@ fn a_paced_alsa_pcm_plays_the_guest_pcm_in_real_time() {
     let config = null_config().with_backend(BackendConfig::Alsa {
         device: format!("tee:{slave},'{}',raw", file.0.display()),
     });
-    let mut h = Harness::new(config);
+    let mut h = SoundRig::new(config);
     // 10 ms periods, 8 per buffer, 100 periods of audio. Eight in flight give the test thread
     // (the "guest") 80 ms of slack, so a busy machine does not make it underrun.
     let params = SetParams {
