@@ -1147,3 +1147,94 @@ fn a_paced_alsa_pcm_plays_the_guest_pcm_in_real_time() {
     // benchmark's business, not a test's: a busy machine may only make it slower.)
     assert!(elapsed >= Duration::from_millis(950), "{elapsed:?}");
 }
+
+// ----- host cost of idle streams -----
+
+/// The ids of this process's threads named `name`.
+fn threads_named(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|entry| {
+            let tid = entry.ok()?.file_name().to_str()?.parse::<u32>().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).ok()?;
+            (comm.trim_end() == name).then_some(tid)
+        })
+        .collect()
+}
+
+/// CPU time (user + system) thread `tid` has used, in clock ticks.
+fn thread_cpu_ticks(tid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    field(14).unwrap_or(0) + field(15).unwrap_or(0)
+}
+
+/// Issue 12 finding 2: with periods of one frame an idle started stream's period thread woke
+/// 10^4-10^5 times a second. Whatever SET_PARAMS the device accepts, an idle started stream (no
+/// buffers queued), output or input, costs at most a few percent of a core.
+#[test]
+fn idle_started_streams_cost_little_cpu() {
+    // Stream ids 3 (output) and 7 (input) name threads "snd-out3" and "snd-in7", which no other
+    // test of this process starts.
+    let config = SoundConfig {
+        outputs: 4,
+        inputs: 4,
+        ..null_config()
+    };
+    let mut h = Harness::new(config);
+    let rate = rate_code(192_000).unwrap();
+    let s16_stereo = |stream_id: u32, frames: u32| SetParams {
+        stream_id,
+        buffer_bytes: frames * 4,
+        period_bytes: frames * 4,
+        features: 0,
+        channels: 2,
+        format: PcmFormat::S16.code(),
+        rate,
+    };
+    for (stream, name) in [(3, "snd-out3"), (7, "snd-in7")] {
+        // One frame (5 us) if the device takes it; otherwise it must say NOT_SUPP and take
+        // the shortest period it supports (1 ms).
+        let status = h.set_params(s16_stereo(stream, 1));
+        if status != S_OK {
+            assert_eq!(status, S_NOT_SUPP, "stream {stream}: one-frame periods");
+            assert_eq!(h.set_params(s16_stereo(stream, 192)), S_OK);
+        }
+        assert_eq!(h.pcm(R_PCM_PREPARE, stream), S_OK);
+        assert_eq!(h.pcm(R_PCM_START, stream), S_OK);
+        assert_eq!(threads_named(name).len(), 1, "{name}");
+    }
+    let tids: Vec<u32> = ["snd-out3", "snd-in7"]
+        .iter()
+        .flat_map(|name| threads_named(name))
+        .collect();
+    let before: Vec<u64> = tids.iter().map(|tid| thread_cpu_ticks(*tid)).collect();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let elapsed = started.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    for (tid, before) in tids.iter().zip(before) {
+        let used = (thread_cpu_ticks(*tid) - before) as f64 / ticks_per_second;
+        let share = used / elapsed;
+        eprintln!(
+            "idle started stream thread {tid}: {:.2} % of a core",
+            share * 100.0
+        );
+        // ~1 % is the target; 5 % leaves room for a loaded, unoptimized test build.
+        assert!(
+            share < 0.05,
+            "an idle started stream's thread {tid} used {:.1} % of a core",
+            share * 100.0
+        );
+    }
+    for stream in [3, 7] {
+        assert_eq!(h.pcm(R_PCM_STOP, stream), S_OK);
+        assert_eq!(h.pcm(R_PCM_RELEASE, stream), S_OK);
+    }
+}
