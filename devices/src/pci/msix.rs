@@ -360,7 +360,7 @@ impl Msix {
         // it runs unlocked; triggers meanwhile leave the vector pending (see `updating`).
         for (index, (msg, masked)) in &updates {
             if let Err(e) = self.shared.group.update(*index as u16, *msg, *masked) {
-                log::error!("MSI-X vector {index}: routing update failed: {e}");
+                crate::error_limited!("MSI-X vector {index}: routing update failed: {e}");
             }
         }
         let mut state = lock(&self.shared.state);
@@ -373,7 +373,9 @@ impl Msix {
             if state.pending(index) && !state.blocked(index) && !state.entries[index].updating {
                 state.set_pending(index, false);
                 if let Err(e) = self.shared.group.trigger(index as u16) {
-                    log::error!("MSI-X vector {index}: raising pending interrupt failed: {e}");
+                    crate::error_limited!(
+                        "MSI-X vector {index}: raising pending interrupt failed: {e}"
+                    );
                 }
             }
         }

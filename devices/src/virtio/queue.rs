@@ -140,12 +140,12 @@ impl DeviceQueue {
             // Come back after the event loop has served the others.
             Drained::MoreLeft => {
                 if let Err(e) = self.kick.write(1) {
-                    log::error!("{}: re-kicking queue {}: {e}", self.device, self.index);
+                    crate::error_limited!("{}: re-kicking queue {}: {e}", self.device, self.index);
                 }
             }
             Drained::Broken => {
                 if !self.broken.swap(true, Ordering::AcqRel) {
-                    log::warn!(
+                    crate::warn_limited!(
                         "{}: the driver broke queue {}'s available ring (index past the ring, \
                          or a head outside the table); the queue is stopped until the device is \
                          reset",
@@ -153,7 +153,7 @@ impl DeviceQueue {
                         self.index
                     );
                     if let Err(e) = self.interrupt.needs_reset() {
-                        log::error!("{}: reporting DEVICE_NEEDS_RESET: {e}", self.device);
+                        crate::error_limited!("{}: reporting DEVICE_NEEDS_RESET: {e}", self.device);
                     }
                 }
             }
@@ -191,7 +191,7 @@ impl DeviceQueue {
                 .interrupt
                 .trigger(VirtioInterruptType::Queue(self.index))
             {
-                log::warn!(
+                crate::warn_limited!(
                     "{}: queue {} interrupt failed: {e}",
                     self.device,
                     self.index

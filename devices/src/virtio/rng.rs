@@ -170,7 +170,7 @@ impl MutEventSubscriber for RngWorker {
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(self.queue.kick(), EventSet::IN)) {
-            log::error!("virtio-rng: watching the queue's kick eventfd: {e}");
+            crate::error_limited!("virtio-rng: watching the queue's kick eventfd: {e}");
         }
     }
 }

@@ -72,7 +72,7 @@ struct ErrorLog {
 impl ErrorLog {
     fn failed(&mut self, stream: u32, error: &BackendError) {
         if self.streak == 0 {
-            log::warn!("virtio-snd: stream {stream}: {error}");
+            crate::warn_limited!("virtio-snd: stream {stream}: {error}");
         } else {
             log::debug!(
                 "virtio-snd: stream {stream}: {error} (x{})",
@@ -274,7 +274,7 @@ struct PacingReport {
 impl PacingReport {
     fn log(&self) {
         if let Some(first) = self.started.filter(|_| self.audio_seconds > 0.0) {
-            log::info!(
+            crate::info_limited!(
                 "virtio-snd: stream {}: played {:.3} s of guest audio in {:.3} s",
                 self.stream,
                 self.audio_seconds,
@@ -451,13 +451,13 @@ impl OutputThread {
             period_loop.finished.push(message);
         }
         if let Some(e) = error {
-            log::warn!(
+            crate::warn_limited!(
                 "virtio-snd: stream {}: release flush: {e}",
                 period_loop.id()
             );
         }
         if let Err(e) = self.stream.finish() {
-            log::error!("virtio-snd: stream {}: {e}", period_loop.id());
+            crate::error_limited!("virtio-snd: stream {}: {e}", period_loop.id());
         }
         let latency = self.stream.latency_bytes();
         period_loop.complete_finished(latency);

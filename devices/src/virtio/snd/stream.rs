@@ -233,11 +233,13 @@ impl StreamControl {
                 S_OK
             }
             Ok(Err(e)) => {
-                log::error!("virtio-snd: stream {id}: cannot start its period thread: {e}");
+                crate::error_limited!(
+                    "virtio-snd: stream {id}: cannot start its period thread: {e}"
+                );
                 S_IO_ERR
             }
             Err(e) => {
-                log::warn!("virtio-snd: stream {id}: {e}");
+                crate::warn_limited!("virtio-snd: stream {id}: {e}");
                 S_IO_ERR
             }
         }
@@ -253,7 +255,7 @@ impl StreamControl {
                 S_OK
             }
             Err(e) => {
-                log::warn!("virtio-snd: stream {}: START failed: {e}", self.info.id);
+                crate::warn_limited!("virtio-snd: stream {}: START failed: {e}", self.info.id);
                 S_IO_ERR
             }
         }
@@ -270,12 +272,12 @@ impl StreamControl {
             }
             // The thread stopped consuming even if the backend failed to pause.
             Err(CommandError::Backend(e)) => {
-                log::warn!("virtio-snd: stream {}: STOP: {e}", self.info.id);
+                crate::warn_limited!("virtio-snd: stream {}: STOP: {e}", self.info.id);
                 self.state = PcmState::Stopped;
                 S_IO_ERR
             }
             Err(e) => {
-                log::warn!("virtio-snd: stream {}: STOP failed: {e}", self.info.id);
+                crate::warn_limited!("virtio-snd: stream {}: STOP failed: {e}", self.info.id);
                 S_IO_ERR
             }
         }
@@ -294,7 +296,7 @@ impl StreamControl {
         match result {
             Ok(()) => S_OK,
             Err(e) => {
-                log::warn!("virtio-snd: stream {}: RELEASE: {e}", self.info.id);
+                crate::warn_limited!("virtio-snd: stream {}: RELEASE: {e}", self.info.id);
                 S_IO_ERR
             }
         }
@@ -326,7 +328,7 @@ impl StreamControl {
             return;
         }
         if let Err(e) = self.command(Command::Exit) {
-            log::warn!(
+            crate::warn_limited!(
                 "virtio-snd: stream {}: ending its thread: {e}",
                 self.info.id
             );
@@ -345,7 +347,7 @@ impl StreamControl {
 
 fn join(id: u32, thread: JoinHandle<()>) {
     if thread.join().is_err() {
-        log::error!("virtio-snd: stream {id}: its period thread panicked");
+        crate::error_limited!("virtio-snd: stream {id}: its period thread panicked");
     }
 }
 

@@ -539,7 +539,7 @@ impl VirtioPciDevice {
             return;
         }
         if let Err(e) = self.kicks[queue].write(1) {
-            log::error!("virtio-pci: kicking queue {queue}: {e}");
+            crate::error_limited!("virtio-pci: kicking queue {queue}: {e}");
         }
     }
 
@@ -550,13 +550,13 @@ impl VirtioPciDevice {
             return;
         }
         if let Err(e) = self.try_activate() {
-            log::error!(
+            crate::error_limited!(
                 "virtio-pci: activating device type {}: {e}",
                 self.device_type()
             );
             self.common.set_needs_reset();
             if let Err(e) = self.interrupts.raise_config() {
-                log::error!("virtio-pci: raising the needs-reset interrupt: {e}");
+                crate::error_limited!("virtio-pci: raising the needs-reset interrupt: {e}");
             }
         }
     }
@@ -650,7 +650,7 @@ impl VirtioPciDevice {
     fn remove_subscribers(&self, ids: Vec<SubscriberId>) {
         for id in ids {
             if let Err(e) = self.subscribers.remove(id) {
-                log::error!("virtio-pci: removing an event-loop subscriber: {e}");
+                crate::error_limited!("virtio-pci: removing an event-loop subscriber: {e}");
             }
         }
     }
@@ -680,7 +680,9 @@ impl VirtioPciDevice {
                     let addr =
                         old + NOTIFY_OFFSET + queue as u64 * u64::from(NOTIFY_OFF_MULTIPLIER);
                     if let Err(e) = self.ioevents.unregister(addr, &self.kicks[queue]) {
-                        log::error!("virtio-pci: unregistering ioeventfd at {addr:#x}: {e}");
+                        crate::error_limited!(
+                            "virtio-pci: unregistering ioeventfd at {addr:#x}: {e}"
+                        );
                     }
                     *registered = false;
                 }
@@ -692,7 +694,9 @@ impl VirtioPciDevice {
                 match self.ioevents.register(addr, &self.kicks[queue]) {
                     Ok(()) => *registered = true,
                     // Kicks still work, through the MMIO exit path.
-                    Err(e) => log::error!("virtio-pci: registering ioeventfd at {addr:#x}: {e}"),
+                    Err(e) => {
+                        crate::error_limited!("virtio-pci: registering ioeventfd at {addr:#x}: {e}")
+                    }
                 }
             }
             self.bar_address = Some(new);

@@ -838,3 +838,58 @@ fn garbage_everywhere_never_panics() {
     h.bring_up();
     assert!(h.dev.is_active());
 }
+
+/// Issue 12 finding 4: each of these logged a warning per write, so 3000 register writes gave
+/// 3000 host log lines. Now each call site logs a bounded number a minute.
+#[test]
+fn guest_register_abuse_adds_a_bounded_number_of_log_lines() {
+    use crate::log_limit::{capture, LINES_PER_WINDOW};
+
+    let bus = Arc::new(Bus::new());
+    let mut root = PciRoot::new(bus.clone(), 0xc000_0000..0xe000_0000, 0x8000_0000).unwrap();
+    let mut h = Harness::new(25);
+    h.bring_up();
+    assert!(h.dev.is_active());
+    let dev = Arc::new(Mutex::new(h.dev));
+    root.add_device(dev.clone()).unwrap();
+    let bar_write = |offset: u64, value: u64, len: usize| {
+        lock(&dev).write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
+    };
+    let cfg_write = |root: &mut PciRoot, reg: u32, value: u32| {
+        root.write(0xcf8, 0, &(0x8000_0800 | reg << 2).to_le_bytes());
+        root.write(0xcf8, 4, &value.to_le_bytes());
+    };
+    const WRITES: usize = 3000;
+    let lines = capture::lines_logged_by(|| {
+        for i in 0..WRITES {
+            match i % 5 {
+                // An enabled queue's size.
+                0 => bar_write(0x18, 8, 2),
+                // device_status clearing DRIVER_OK.
+                1 => bar_write(0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1),
+                // A driver_feature write after FEATURES_OK.
+                2 => bar_write(0x0c, 1, 4),
+                // BAR 0 moved over RAM.
+                3 => cfg_write(&mut root, 4, 0x1000),
+                // A reset, then DRIVER_OK skipping FEATURES_OK.
+                _ => {
+                    bar_write(0x14, 0, 1);
+                    bar_write(0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
+                    bar_write(
+                        0x14,
+                        u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK),
+                        1,
+                    );
+                }
+            }
+        }
+    });
+    // Five kinds of write, each a call site or two: a few dozen lines at most, not thousands.
+    let bound = 8 * (LINES_PER_WINDOW as usize + 1);
+    assert!(
+        lines.len() <= bound,
+        "{WRITES} guest register writes logged {} lines (bound {bound}); the first: {:?}",
+        lines.len(),
+        lines.first()
+    );
+}
