@@ -160,6 +160,9 @@ struct MsixState {
     function_masked: bool,
     entries: Vec<MsixEntry>,
     pending: Vec<u64>,
+    /// The function may master the bus. An MSI-X message is a memory write, so without it every
+    /// vector stays pending (PCI Local Bus 3.0, 6.8.3.5).
+    bus_master: bool,
 }
 
 impl MsixState {
@@ -219,6 +222,8 @@ impl Msix {
             function_masked: false,
             entries: vec![MsixEntry::default(); usize::from(vectors)],
             pending: vec![0; usize::from(vectors).div_ceil(64)],
+            // The owning function says otherwise through `set_bus_master`.
+            bus_master: true,
         };
         Ok(Self {
             shared: Arc::new(MsixShared {
@@ -327,6 +332,17 @@ impl Msix {
         }
     }
 
+    /// The owning function's Bus Master Enable changed: while it is clear every message is left
+    /// pending; once set, the pending ones that are not masked go out.
+    pub fn set_bus_master(&self, enabled: bool) {
+        let _config = lock(&self.shared.config);
+        let mut state = lock(&self.shared.state);
+        state.bus_master = enabled;
+        if enabled {
+            self.raise_deliverable_pending(&mut state);
+        }
+    }
+
     /// Back to the power-on state: disabled, every vector masked and zeroed, nothing pending.
     pub fn reset(&self) {
         let _config = lock(&self.shared.config);
@@ -368,7 +384,14 @@ impl Msix {
             state.entries[index].reported = Some(now);
             state.entries[index].updating = false;
         }
-        // Any vector now deliverable with its pending bit set fires once, and its bit clears.
+        self.raise_deliverable_pending(&mut state);
+    }
+
+    /// Any vector now deliverable with its pending bit set fires once, and its bit clears.
+    fn raise_deliverable_pending(&self, state: &mut MsixState) {
+        if !state.bus_master {
+            return;
+        }
         for index in 0..state.entries.len() {
             if state.pending(index) && !state.blocked(index) && !state.entries[index].updating {
                 state.set_pending(index, false);
@@ -382,7 +405,7 @@ impl Msix {
     }
 
     /// Raises vector `index`, or sets its pending bit when it is masked (by itself or the
-    /// function) or MSI-X is disabled.
+    /// function), MSI-X is disabled or the function may not master the bus.
     pub fn trigger(&self, index: u16) -> io::Result<()> {
         let slot = usize::from(index);
         let mut state = lock(&self.shared.state);
@@ -392,7 +415,7 @@ impl Msix {
                 format!("MSI-X vector {index} out of range"),
             ));
         }
-        if state.blocked(slot) || state.entries[slot].updating {
+        if state.blocked(slot) || state.entries[slot].updating || !state.bus_master {
             state.set_pending(slot, true);
             return Ok(());
         }

@@ -561,6 +561,7 @@ mod tests {
 
     #[test]
     fn through_the_pci_transport_with_reset_mid_use() {
+        use crate::pci::config::COMMAND_BUS_MASTER;
         use crate::pci::msix::test_utils::RecordingMsiGroup;
         use crate::pci::msix::MSIX_CONTROL_ENABLE;
         use crate::pci::PciDevice;
@@ -581,6 +582,8 @@ mod tests {
         let write = |dev: &mut VirtioPciDevice, offset: u64, value: u64, len: usize| {
             dev.write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
         };
+        // Bus mastering on, as every driver does first.
+        dev.write_config_register(1, 0, &COMMAND_BUS_MASTER.to_le_bytes());
         // MSI-X on (capability found by walking the list), vector 1 unmasked.
         let mut at = (dev.read_config_register(13) & 0xff) as usize;
         while dev.read_config_register(at / 4) & 0xff != 0x11 {

@@ -346,7 +346,9 @@ impl OutputThread {
         let stream_id = period_loop.ctx.mailbox.id;
         let mut filled = 0;
         let mut copied = 0u64;
-        while filled < period {
+        // Bus Master Enable clear: no message is read or returned; the backend gets silence.
+        let dma_allowed = queue.dma_allowed();
+        while filled < period && dma_allowed {
             let Some(current) = period_loop.next_message() else {
                 break;
             };
@@ -527,7 +529,9 @@ impl InputThread {
             }
         };
         let mut offset = 0;
-        while offset < data.len() {
+        // Bus Master Enable clear: the captured period is dropped, no message is written.
+        let dma_allowed = queue.dma_allowed();
+        while offset < data.len() && dma_allowed {
             let Some(current) = period_loop.next_message() else {
                 period_loop.ctx.stats.rx_overrun();
                 log::debug!(
@@ -559,6 +563,10 @@ impl InputThread {
     fn fail_period(&mut self) {
         let period_loop = &mut self.period;
         let mut budget = period_loop.ctx.params.period_bytes as usize;
+        // Bus Master Enable clear: no message is returned.
+        if !period_loop.ctx.queue.dma_allowed() {
+            budget = 0;
+        }
         while budget > 0 {
             let Some(current) = period_loop.next_message() else {
                 break;

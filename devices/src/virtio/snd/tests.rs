@@ -459,18 +459,19 @@ fn set_params_fields_are_validated_on_the_wire() {
         assert_eq!(h.set_params(params), want, "{params:?}");
         assert_eq!(h.state(0), PcmState::Initial);
     }
-    // S32 frames are 8 bytes in stereo: 196 is a multiple of 4, not of 8.
+    // S32 frames are 8 bytes in stereo: 396 is a multiple of 4, not of 8 (400 is: 50 frames,
+    // just over the 1 ms floor at 48 kHz).
     let s32 = SetParams {
         format: PcmFormat::S32.code(),
-        period_bytes: 196,
-        buffer_bytes: 196 * 2,
+        period_bytes: 396,
+        buffer_bytes: 396 * 2,
         ..good
     };
     assert_eq!(h.set_params(s32), S_BAD_MSG);
     assert_eq!(
         h.set_params(SetParams {
-            period_bytes: 200,
-            buffer_bytes: 400,
+            period_bytes: 400,
+            buffer_bytes: 800,
             ..s32
         }),
         S_OK
@@ -483,7 +484,7 @@ fn set_params_fields_are_validated_on_the_wire() {
         }),
         S_BAD_MSG
     );
-    assert_eq!(h.worker().streams()[0].params().unwrap().period_bytes, 200);
+    assert_eq!(h.worker().streams()[0].params().unwrap().period_bytes, 400);
 }
 
 #[test]

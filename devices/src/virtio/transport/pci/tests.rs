@@ -6,6 +6,7 @@ use vm_memory::GuestMemoryMmap;
 use super::test_utils::{FakeIoEvents, LocalRegistrar};
 use super::*;
 use crate::bus::{Bus, BusDevice};
+use crate::pci::config::COMMAND_BUS_MASTER;
 use crate::pci::msix::test_utils::{MsiEvent, RecordingMsiGroup};
 use crate::pci::msix::MSIX_CONTROL_ENABLE;
 use crate::pci::PciRoot;
@@ -120,6 +121,17 @@ struct Harness {
     registrar: Arc<LocalRegistrar>,
 }
 
+/// Sets or clears Bus Master Enable in the command register, leaving the other bits.
+fn set_bus_master(dev: &mut VirtioPciDevice, enabled: bool) {
+    let command = dev.read_config_register(COMMAND_REGISTER) as u16;
+    let command = if enabled {
+        command | COMMAND_BUS_MASTER
+    } else {
+        command & !COMMAND_BUS_MASTER
+    };
+    dev.write_config_register(COMMAND_REGISTER, 0, &command.to_le_bytes());
+}
+
 fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).unwrap()
 }
@@ -130,7 +142,7 @@ impl Harness {
         let msi = Arc::new(RecordingMsiGroup::default());
         let ioevents = Arc::new(FakeIoEvents::default());
         let registrar = LocalRegistrar::new();
-        let dev = VirtioPciDevice::new(
+        let mut dev = VirtioPciDevice::new(
             fake.clone(),
             memory(),
             msi.clone(),
@@ -138,6 +150,8 @@ impl Harness {
             registrar.clone(),
         )
         .unwrap();
+        // Bus mastering on, as every driver does first (Linux's pci_set_master).
+        set_bus_master(&mut dev, true);
         Self {
             dev,
             fake,
