@@ -160,8 +160,8 @@ struct MsixState {
     function_masked: bool,
     entries: Vec<MsixEntry>,
     pending: Vec<u64>,
-    /// The function may master the bus. An MSI-X message is a memory write, so without it every
-    /// vector stays pending (PCI Local Bus 3.0, 6.8.3.5).
+    /// The function may master the bus. An MSI-X message is a memory write, which only a bus
+    /// master may issue: without it every vector stays pending.
     bus_master: bool,
 }
 
@@ -492,6 +492,23 @@ mod tests {
         msix.write_table(base + 4, &((address >> 32) as u32).to_le_bytes());
         msix.write_table(base + 8, &data.to_le_bytes());
         msix.write_table(base + 12, &u32::from(masked).to_le_bytes());
+    }
+
+    #[test]
+    fn without_bus_mastering_vectors_stay_pending_until_it_is_back() {
+        let (msix, group) = msix(2);
+        program(&msix, 0, 0xfee0_0000, 0x41, false);
+        msix.set_control(MSIX_CONTROL_ENABLE);
+        group.take();
+        msix.set_bus_master(false);
+        msix.trigger(0).unwrap();
+        assert!(group.triggers().is_empty());
+        assert!(msix.is_pending(0));
+        msix.set_bus_master(true);
+        assert_eq!(group.triggers(), [0]);
+        assert!(!msix.is_pending(0));
+        msix.trigger(0).unwrap();
+        assert_eq!(group.triggers(), [0, 0]);
     }
 
     #[test]

@@ -635,4 +635,89 @@ mod tests {
             );
         }
     }
+
+    /// Issue 12 finding 5: with Bus Master Enable clear the function wrote used rings and
+    /// buffers and sent MSI-X. Now a kick does nothing until BME is set again, and then the
+    /// queued request completes with its interrupt.
+    #[test]
+    fn bus_master_clear_means_no_dma_and_no_msi_until_set() {
+        use crate::pci::config::COMMAND_BUS_MASTER;
+        use crate::pci::msix::test_utils::RecordingMsiGroup;
+        use crate::pci::msix::MSIX_CONTROL_ENABLE;
+        use crate::pci::PciDevice;
+        use crate::virtio::transport::pci::test_utils::{FakeIoEvents, LocalRegistrar};
+        use crate::virtio::transport::pci::*;
+
+        let mem = memory();
+        let msi = Arc::new(RecordingMsiGroup::default());
+        let registrar = LocalRegistrar::new();
+        let mut dev = VirtioPciDevice::new(
+            Arc::new(Mutex::new(Rng::new())),
+            mem.clone(),
+            msi.clone(),
+            Arc::new(FakeIoEvents::default()),
+            registrar.clone(),
+        )
+        .unwrap();
+        let write = |dev: &mut VirtioPciDevice, offset: u64, value: u64, len: usize| {
+            dev.write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
+        };
+        let set_command = |dev: &mut VirtioPciDevice, command: u16| {
+            dev.write_config_register(1, 0, &command.to_le_bytes());
+        };
+        set_command(&mut dev, COMMAND_BUS_MASTER);
+        let mut at = (dev.read_config_register(13) & 0xff) as usize;
+        while dev.read_config_register(at / 4) & 0xff != 0x11 {
+            at = (dev.read_config_register(at / 4) >> 8 & 0xff) as usize;
+        }
+        dev.write_config_register(at / 4, 2, &MSIX_CONTROL_ENABLE.to_le_bytes());
+        write(&mut dev, MSIX_TABLE_OFFSET + 16, 0xfee0_0000, 4);
+        write(&mut dev, MSIX_TABLE_OFFSET + 16 + 12, 0, 4);
+        let mock = MockSplitQueue::create(&mem, GuestAddress(0x4_0000), 16);
+        for (offset, value, len) in [
+            (0x14, 1, 1),
+            (0x14, 3, 1),
+            (0x08, 1, 4),
+            (0x0c, 1, 4), // VERSION_1
+            (0x14, 11, 1),
+            (0x16, 0, 2),
+            (0x18, 16, 2),
+            (0x1a, 1, 2),
+            (0x20, mock.desc_table_addr().0, 8),
+            (0x28, mock.avail_addr().0, 8),
+            (0x30, USED_RING, 8),
+            (0x1c, 1, 2),
+            (0x14, 15, 1),
+        ] {
+            write(&mut dev, offset, value, len);
+        }
+        assert!(dev.is_active());
+
+        // BME off; a request and a kick (through the ioeventfd and the MMIO path).
+        set_command(&mut dev, 0);
+        mock.add_desc_chains(&[desc(0x10_0000, 32, VRING_DESC_F_WRITE, 0)], 0)
+            .unwrap();
+        msi.take();
+        write(&mut dev, NOTIFY_OFFSET, 0, 2);
+        for _ in 0..3 {
+            registrar.run_once(50);
+        }
+        assert_eq!(
+            used(&mem, USED_RING).0,
+            0,
+            "no used entry while BME is clear"
+        );
+        assert!(
+            all_zero(&mem, 0x10_0000, 32),
+            "no buffer written while BME is clear"
+        );
+        assert!(msi.triggers().is_empty(), "no MSI-X while BME is clear");
+
+        // BME on: the queued request completes, with its interrupt.
+        set_command(&mut dev, COMMAND_BUS_MASTER);
+        assert_eq!(registrar.run_once(1000), 1);
+        assert_eq!(used(&mem, USED_RING).1, [(0, 32)]);
+        assert!(!all_zero(&mem, 0x10_0000, 32));
+        assert_eq!(msi.triggers(), [1]);
+    }
 }

@@ -31,6 +31,8 @@ pub(super) const OUTSIDE: u64 = 0x1_0000_0000;
 pub(super) struct CountingInterrupt {
     counts: Mutex<[u32; NUM_QUEUES]>,
     needs_reset: Mutex<u32>,
+    /// What the transport's Bus Master Enable would say, cleared.
+    pub(super) dma_blocked: std::sync::atomic::AtomicBool,
 }
 
 impl CountingInterrupt {
@@ -55,6 +57,10 @@ impl VirtioInterrupt for CountingInterrupt {
     fn needs_reset(&self) -> std::io::Result<()> {
         *self.needs_reset.lock().unwrap() += 1;
         Ok(())
+    }
+
+    fn dma_allowed(&self) -> bool {
+        !self.dma_blocked.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -1239,3 +1239,48 @@ fn idle_started_streams_cost_little_cpu() {
         assert_eq!(h.pcm(R_PCM_RELEASE, stream), S_OK);
     }
 }
+
+/// Issue 12 finding 5: while DMA is not allowed (Bus Master Enable clear) a started stream's
+/// period thread neither reads nor returns the messages it holds; once it is allowed again they
+/// all complete.
+#[test]
+fn period_threads_leave_messages_alone_while_dma_is_not_allowed() {
+    use std::sync::atomic::Ordering;
+
+    let mut h = Harness::new(null_config());
+    let params = slow_params(0);
+    h.prepare(params);
+    // Six 10 ms periods queued (the stream holds at most 2 x buffer_bytes = 8), then START.
+    let sent: Vec<Sent> = (0..6)
+        .map(|i| h.tx(0, &pattern(params.period_bytes as usize, i)))
+        .collect();
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    h.interrupt.dma_blocked.store(true, Ordering::SeqCst);
+    let answered = |h: &Harness| {
+        sent.iter()
+            .filter(|m| h.status_of(m).0 != 0xeeee_eeee)
+            .count()
+    };
+    // What was already under way settles; then 15 periods pass with nothing returned.
+    std::thread::sleep(Duration::from_millis(30));
+    let before = answered(&h);
+    let used_before = h.take_used(TXQ).len();
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(
+        answered(&h),
+        before,
+        "statuses written while DMA is not allowed"
+    );
+    assert!(
+        h.take_used(TXQ).is_empty(),
+        "used entries while DMA is not allowed"
+    );
+    assert!(
+        before < sent.len(),
+        "all {before} messages done before DMA stopped"
+    );
+    h.interrupt.dma_blocked.store(false, Ordering::SeqCst);
+    let rest = h.wait_used(TXQ, sent.len() - used_before, Duration::from_secs(5));
+    assert_eq!(rest.len() + used_before, sent.len());
+    assert!(sent.iter().all(|m| h.status_of(m).0 == S_OK));
+}

@@ -6,7 +6,7 @@ use vm_memory::GuestMemoryMmap;
 use super::test_utils::{FakeIoEvents, LocalRegistrar};
 use super::*;
 use crate::bus::{Bus, BusDevice};
-use crate::pci::config::COMMAND_BUS_MASTER;
+use crate::pci::config::{COMMAND_BUS_MASTER, COMMAND_REGISTER};
 use crate::pci::msix::test_utils::{MsiEvent, RecordingMsiGroup};
 use crate::pci::msix::MSIX_CONTROL_ENABLE;
 use crate::pci::PciRoot;
