@@ -25,6 +25,7 @@ static const struct dg_test tests[] = {
     {"snd-reset", test_snd_reset, "virtio-snd: reset with TX in flight, re-init, control + TX"},
     {"snd-flood", test_snd_flood, "virtio-snd: every queue kept full of junk for secs=N (5) s; stream 1 plays on"},
     {"snd-host-fault", test_snd_host_fault, "virtio-snd on ALSA: the Rust test kills the sound server mid-stream and restarts it"},
+    {"snd-play", test_snd_play, "virtio-snd: plays stream 0 until Canto is stopped from outside (signal tests)"},
     {"virtq-attacks", test_virtq_attacks, "virtio-snd: looping/over-long/wrapping chains, avail idx jumps; then work"},
     {"internal-error", test_internal_error, "run insn=int3|xsave|fwait, which kvm_pvm cannot: Canto must report it"},
     {"rtt", test_rtt, "benchmark: n= virtio-rng 8-byte round trips (TSC cycles)"},

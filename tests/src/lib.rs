@@ -1,6 +1,6 @@
 //! The one helper every guest-booting test shares: it finds the `canto` binary and the guest
 //! image, builds the command line, runs the VMM with a timeout and collects the serial output.
-//! It also runs the private PulseAudio servers that tests needing a real ALSA device use (the
+//! It also builds the driver-guest, and runs the private PulseAudio servers that tests needing a real ALSA device use (the
 //! device crate's host-fault tests included).
 //!
 //! Tests that need /dev/kvm or the guest image skip with a printed reason when they are missing,
@@ -10,7 +10,7 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The workspace root.
@@ -64,6 +64,48 @@ pub fn canto_bin() -> PathBuf {
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
         .cloned()
         .unwrap_or_else(|| panic!("no canto binary: run `cargo build -p canto` (make test does)"))
+}
+
+/// Builds the driver-guest (tests/driver-guest) once per test binary with
+/// `make -C tests/driver-guest`; None when gcc/make are missing (printed, or a panic in CI).
+pub fn driver_guest() -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let dir = workspace_root().join("tests/driver-guest");
+        let out = Command::new("make")
+            .arg("-C")
+            .arg(&dir)
+            .output()
+            .map_err(|e| format!("cannot run make: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "make -C tests/driver-guest failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(dir.join("build/driver-guest.elf"))
+    });
+    match built {
+        Ok(elf) => Some(elf.clone()),
+        Err(why) => {
+            // A guest that does not compile is a bug, not a missing prerequisite, unless the
+            // toolchain itself is absent.
+            let no_toolchain = why.contains("cannot run make") || why.contains("not found");
+            assert!(no_toolchain, "{why}");
+            prerequisite(false, why);
+            None
+        }
+    }
+}
+
+/// The driver-guest to run: None when KVM or the toolchain is missing (printed, or a panic in
+/// CI), and the test then skips.
+pub fn driver_guest_to_run() -> Option<PathBuf> {
+    if !kvm_available() {
+        return None;
+    }
+    driver_guest()
 }
 
 /// The Linux guest `make guest` builds.

@@ -3,54 +3,14 @@
 //! so each test here is one short `canto` run that must end with `DG PASS <name>`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use canto_tests::{
-    kvm_available, prerequisite, vm_rss_kib, workspace_root, Canto, PulseServer, RunOutput,
-};
-
-/// Builds the guest once per test binary (`make -C tests/driver-guest`); None when gcc/make are
-/// missing (printed, or a panic in CI).
-fn driver_guest() -> Option<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let dir = workspace_root().join("tests/driver-guest");
-        let out = Command::new("make")
-            .arg("-C")
-            .arg(&dir)
-            .output()
-            .map_err(|e| format!("cannot run make: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "make -C tests/driver-guest failed:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(dir.join("build/driver-guest.elf"))
-    });
-    match built {
-        Ok(elf) => Some(elf.clone()),
-        Err(why) => {
-            // A guest that does not compile is a bug, not a missing prerequisite, unless the
-            // toolchain itself is absent.
-            let no_toolchain = why.contains("cannot run make") || why.contains("not found");
-            assert!(no_toolchain, "{why}");
-            prerequisite(false, why);
-            None
-        }
-    }
-}
+use canto_tests::{vm_rss_kib, Canto, PulseServer, RunOutput};
 
 /// The guest to run: None when KVM or the toolchain is missing (printed, or a panic in CI), and
 /// the test then skips.
 fn guest_to_run() -> Option<PathBuf> {
-    if !kvm_available() {
-        return None;
-    }
-    driver_guest()
+    canto_tests::driver_guest_to_run()
 }
 
 /// The sound device most tests run with: the null backend (paced, nothing played, no host audio
