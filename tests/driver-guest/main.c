@@ -13,6 +13,7 @@ static const struct dg_test tests[] = {
     {"rng", test_rng, "virtio-rng with MSI-X: two 64-byte round trips"},
     {"rng-batch", test_rng_batch, "virtio-rng: 8 requests in flight, 2 of them chains"},
     {"rng-event-idx", test_rng_event_idx, "virtio-rng with VIRTIO_F_RING_EVENT_IDX (if offered)"},
+    {"bus-master", test_bus_master, "virtio-rng: with Bus Master Enable clear no used entry, no MSI-X; set, it completes"},
     {"reset", test_reset, "reset virtio-rng mid-request, re-init, round trip"},
     {"garbage", test_garbage, "garbage into every virtio register and config space, then work"},
     {"snd-control", test_snd_control, "virtio-snd: every control request, legal and illegal"},

@@ -145,6 +145,13 @@ fn rng_event_idx() {
     expect_pass("rng-event-idx", "");
 }
 
+/// Issue 12 finding 5: no DMA and no MSI-X while Bus Master Enable is clear; the queued request
+/// completes once it is set again.
+#[test]
+fn bus_master() {
+    expect_pass("bus-master", "");
+}
+
 #[test]
 fn reset() {
     expect_pass("reset", "");

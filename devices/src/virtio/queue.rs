@@ -50,6 +50,10 @@ pub struct DeviceQueue {
     limits: ChainLimits,
     /// The driver broke the ring: nothing more is popped until the device is reset.
     broken: AtomicBool,
+    /// Completions held while DMA was not allowed (Bus Master Enable clear), written once it is.
+    /// Only chains popped before DMA stopped can complete, so this holds at most a queue's worth
+    /// of in-flight chains.
+    deferred: Mutex<Vec<Completion>>,
     on_completed: Option<CompletionHook>,
 }
 
@@ -78,6 +82,7 @@ impl DeviceQueue {
                 ..limits
             },
             broken: AtomicBool::new(false),
+            deferred: Mutex::new(Vec::new()),
             on_completed: None,
         }
     }
@@ -111,6 +116,12 @@ impl DeviceQueue {
         &self.limits
     }
 
+    /// Whether the device may touch guest memory now ([`VirtioInterrupt::dma_allowed`]). A
+    /// device thread that reads or writes buffers it holds checks this first.
+    pub fn dma_allowed(&self) -> bool {
+        self.interrupt.dma_allowed()
+    }
+
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
     }
@@ -126,7 +137,9 @@ impl DeviceQueue {
     /// over re-kick the queue, a broken ring stops it and reports DEVICE_NEEDS_RESET.
     pub fn pop_available(&self, budget: &mut KickBudget) -> Vec<Walk> {
         let mut walks = Vec::new();
-        if self.is_broken() {
+        // While DMA is not allowed the ring is not read; the transport kicks the queue again
+        // once it is.
+        if self.is_broken() || !self.complete_deferred() {
             return walks;
         }
         let drained = {
@@ -140,12 +153,12 @@ impl DeviceQueue {
             // Come back after the event loop has served the others.
             Drained::MoreLeft => {
                 if let Err(e) = self.kick.write(1) {
-                    log::error!("{}: re-kicking queue {}: {e}", self.device, self.index);
+                    crate::error_limited!("{}: re-kicking queue {}: {e}", self.device, self.index);
                 }
             }
             Drained::Broken => {
                 if !self.broken.swap(true, Ordering::AcqRel) {
-                    log::warn!(
+                    crate::warn_limited!(
                         "{}: the driver broke queue {}'s available ring (index past the ring, \
                          or a head outside the table); the queue is stopped until the device is \
                          reset",
@@ -153,7 +166,7 @@ impl DeviceQueue {
                         self.index
                     );
                     if let Err(e) = self.interrupt.needs_reset() {
-                        log::error!("{}: reporting DEVICE_NEEDS_RESET: {e}", self.device);
+                        crate::error_limited!("{}: reporting DEVICE_NEEDS_RESET: {e}", self.device);
                     }
                 }
             }
@@ -161,9 +174,37 @@ impl DeviceQueue {
         walks
     }
 
+    /// Writes the completions held while DMA was not allowed; returns whether DMA is allowed.
+    fn complete_deferred(&self) -> bool {
+        if !self.dma_allowed() {
+            return false;
+        }
+        let deferred = std::mem::take(&mut *self.lock_deferred());
+        self.complete_now(&deferred);
+        true
+    }
+
+    fn lock_deferred(&self) -> MutexGuard<'_, Vec<Completion>> {
+        self.deferred.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Puts the entries on the used ring and raises the queue's interrupt if the driver wants
-    /// one.
+    /// one. While DMA is not allowed they are held, and written (in order) once it is.
     pub fn complete(&self, done: &[Completion]) {
+        if done.is_empty() {
+            return;
+        }
+        if !self.complete_deferred() {
+            self.lock_deferred().extend_from_slice(done);
+            // DMA may have come back meanwhile, after the transport's kick was served: look
+            // again, so nothing stays held until the next kick.
+            self.complete_deferred();
+            return;
+        }
+        self.complete_now(done);
+    }
+
+    fn complete_now(&self, done: &[Completion]) {
         if done.is_empty() {
             return;
         }
@@ -191,7 +232,7 @@ impl DeviceQueue {
                 .interrupt
                 .trigger(VirtioInterruptType::Queue(self.index))
             {
-                log::warn!(
+                crate::warn_limited!(
                     "{}: queue {} interrupt failed: {e}",
                     self.device,
                     self.index

@@ -170,7 +170,7 @@ impl MutEventSubscriber for RngWorker {
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(self.queue.kick(), EventSet::IN)) {
-            log::error!("virtio-rng: watching the queue's kick eventfd: {e}");
+            crate::error_limited!("virtio-rng: watching the queue's kick eventfd: {e}");
         }
     }
 }
@@ -519,6 +519,7 @@ mod tests {
 
     #[test]
     fn through_the_pci_transport_with_reset_mid_use() {
+        use crate::pci::config::COMMAND_BUS_MASTER;
         use crate::pci::msix::test_utils::RecordingMsiGroup;
         use crate::pci::msix::MSIX_CONTROL_ENABLE;
         use crate::pci::PciDevice;
@@ -540,6 +541,8 @@ mod tests {
         let write = |dev: &mut VirtioPciDevice, offset: u64, value: u64, len: usize| {
             dev.write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
         };
+        // Bus mastering on, as every driver does first.
+        dev.write_config_register(1, 0, &COMMAND_BUS_MASTER.to_le_bytes());
         // MSI-X on (capability found by walking the list), vector 1 unmasked.
         let mut at = (dev.read_config_register(13) & 0xff) as usize;
         while dev.read_config_register(at / 4) & 0xff != 0x11 {
@@ -589,5 +592,86 @@ mod tests {
                 "a reset device leaves memory alone"
             );
         }
+    }
+
+    /// Issue 12 finding 5: with Bus Master Enable clear the function wrote used rings and
+    /// buffers and sent MSI-X. Now a kick does nothing until BME is set again, and then the
+    /// queued request completes with its interrupt.
+    #[test]
+    fn bus_master_clear_means_no_dma_and_no_msi_until_set() {
+        use crate::pci::config::COMMAND_BUS_MASTER;
+        use crate::pci::msix::test_utils::RecordingMsiGroup;
+        use crate::pci::msix::MSIX_CONTROL_ENABLE;
+        use crate::pci::PciDevice;
+        use crate::virtio::transport::pci::test_utils::{FakeIoEvents, LocalRegistrar};
+        use crate::virtio::transport::pci::*;
+
+        let ram = memory();
+        let mem = &ram.mem;
+        let msi = Arc::new(RecordingMsiGroup::default());
+        let registrar = LocalRegistrar::new();
+        let mut dev = VirtioPciDevice::new(
+            Arc::new(Mutex::new(Rng::new())),
+            mem.clone(),
+            msi.clone(),
+            Arc::new(FakeIoEvents::default()),
+            registrar.clone(),
+        )
+        .unwrap();
+        let write = |dev: &mut VirtioPciDevice, offset: u64, value: u64, len: usize| {
+            dev.write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
+        };
+        let set_command = |dev: &mut VirtioPciDevice, command: u16| {
+            dev.write_config_register(1, 0, &command.to_le_bytes());
+        };
+        set_command(&mut dev, COMMAND_BUS_MASTER);
+        let mut at = (dev.read_config_register(13) & 0xff) as usize;
+        while dev.read_config_register(at / 4) & 0xff != 0x11 {
+            at = (dev.read_config_register(at / 4) >> 8 & 0xff) as usize;
+        }
+        dev.write_config_register(at / 4, 2, &MSIX_CONTROL_ENABLE.to_le_bytes());
+        write(&mut dev, MSIX_TABLE_OFFSET + 16, 0xfee0_0000, 4);
+        write(&mut dev, MSIX_TABLE_OFFSET + 16 + 12, 0, 4);
+        let mut driver = DriverQueue::at(0x4_0000, 16);
+        for (offset, value, len) in [
+            (0x14, 1, 1),
+            (0x14, 3, 1),
+            (0x08, 1, 4),
+            (0x0c, 1, 4), // VERSION_1
+            (0x14, 11, 1),
+            (0x16, 0, 2),
+            (0x18, 16, 2),
+            (0x1a, 1, 2),
+            (0x20, driver.desc, 8),
+            (0x28, driver.avail, 8),
+            (0x30, driver.used, 8),
+            (0x1c, 1, 2),
+            (0x14, 15, 1),
+        ] {
+            write(&mut dev, offset, value, len);
+        }
+        assert!(dev.is_active());
+
+        // BME off; a request and a kick (through the ioeventfd and the MMIO path).
+        set_command(&mut dev, 0);
+        driver.add_table(mem, 0, &[desc(0x10_0000, 32, VRING_DESC_F_WRITE, 0)]);
+        msi.take();
+        write(&mut dev, NOTIFY_OFFSET, 0, 2);
+        for _ in 0..3 {
+            registrar.run_once(50);
+        }
+        assert_eq!(used(mem, &driver).0, 0, "no used entry while BME is clear");
+        assert!(
+            ram.all_zero(0x10_0000, 32),
+            "no buffer written while BME is clear"
+        );
+        assert!(msi.triggers().is_empty(), "no MSI-X while BME is clear");
+
+        // BME on: the queued request completes, with its interrupt.
+        set_command(&mut dev, COMMAND_BUS_MASTER);
+        assert_eq!(registrar.run_once(1000), 1);
+        assert_eq!(used(mem, &driver).1, [(0, 32)]);
+        assert!(!ram.all_zero(0x10_0000, 32));
+        assert_eq!(msi.triggers(), [1]);
     }
 }

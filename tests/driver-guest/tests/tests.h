@@ -11,6 +11,7 @@ void test_garbage(void);
 void test_rtt(void);
 void test_rng_batch(void);
 void test_rng_event_idx(void);
+void test_bus_master(void);
 void test_snd_control(void);
 void test_snd_tx(void);
 void test_snd_tx_late_write(void);

@@ -291,7 +291,7 @@ pub fn write_reply(
     match write_items() {
         Ok(()) => needed as u32,
         Err(e) => {
-            log::warn!("virtio-snd: cannot write a control reply: {e}");
+            crate::warn_limited!("virtio-snd: cannot write a control reply: {e}");
             0
         }
     }

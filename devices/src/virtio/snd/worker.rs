@@ -312,7 +312,7 @@ impl MutEventSubscriber for SoundWorker {
             };
             let events = Events::with_data(queue.kick(), u32::from(index), EventSet::IN);
             if let Err(e) = ops.add(events) {
-                log::error!("virtio-snd: cannot watch queue {index}: {e}");
+                crate::error_limited!("virtio-snd: cannot watch queue {index}: {e}");
             }
         }
     }

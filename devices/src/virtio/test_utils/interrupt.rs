@@ -1,5 +1,6 @@
 //! An interrupt line that records what the device raised.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,8 @@ use crate::virtio::{VirtioInterrupt, VirtioInterruptType};
 pub struct InterruptRecorder {
     state: Mutex<Recorded>,
     changed: Condvar,
+    /// What the transport's Bus Master Enable would say, inverted (so the default allows DMA).
+    dma_blocked: AtomicBool,
 }
 
 #[derive(Default)]
@@ -70,6 +73,12 @@ impl InterruptRecorder {
         }
     }
 
+    /// Allows or forbids the device's DMA, as the transport does when the driver sets or clears
+    /// Bus Master Enable.
+    pub fn set_dma_allowed(&self, allowed: bool) {
+        self.dma_blocked.store(!allowed, Ordering::SeqCst);
+    }
+
     /// Starts timestamping `queue`'s interrupts (`Some`), or stops; returns the timestamps
     /// taken so far.
     pub fn record_times(&self, queue: Option<u16>) -> Vec<Instant> {
@@ -108,5 +117,9 @@ impl VirtioInterrupt for InterruptRecorder {
         self.lock().needs_reset += 1;
         self.changed.notify_all();
         Ok(())
+    }
+
+    fn dma_allowed(&self) -> bool {
+        !self.dma_blocked.load(Ordering::SeqCst)
     }
 }

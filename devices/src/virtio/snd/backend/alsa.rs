@@ -295,7 +295,7 @@ impl Pcm {
                 Ok(())
             }
             Err(e) => {
-                log::warn!(
+                crate::warn_limited!(
                     "virtio-snd: ALSA `{}` failed ({error}) and cannot recover ({e})",
                     self.device
                 );
