@@ -49,7 +49,9 @@ mkdir -p "$OUT"
 CSV=$OUT/soak.csv
 SERIAL=$OUT/serial.log
 STDERR=$OUT/canto.log
-rm -f "$CSV" "$SERIAL" "$STDERR"
+rm -f "$CSV"
+: >"$SERIAL"
+: >"$STDERR"
 
 CMDLINE="test=soak $SOAK_GUEST_ARGS"
 "$CANTO" --kernel "$ELF" --memory 64M --serial stdio --sound "$SOAK_SOUND" \

@@ -8,7 +8,8 @@
  *   for stream 0 (tiny PCM, garbage stream ids, header only, no/read-only/far status, far or
  *   writable PCM, no PCM, a short header), each re-queued the moment it comes back;
  * - stream 0 itself cycles through its whole lifecycle (SET_PARAMS with changing periods,
- *   PREPARE, START, ~1 s of junk, STOP, RELEASE, a pause) on the controlq, every step OK;
+ *   PREPARE, START, ~1 s of junk, STOP, RELEASE, a pause) on the controlq, every step OK
+ *   (`cycle=0`: only up to START, once);
  * - controlq: 14 more requests in flight, legal and not (PCM_INFO, CHMAP_INFO, a split request,
  *   JACK_INFO past the end, huge counts and sizes, an unknown code, short and empty requests,
  *   no reply buffer, START/PREPARE/SET_PARAMS on the running stream 1, bad stream ids), each
@@ -420,6 +421,7 @@ static int life_step;       /* the request to send next */
 static bool life_pending;
 static u64 life_at_tsc;     /* when to send it */
 static u32 life_cycles;
+static bool life_cycling = true; /* cycle=0: SET_PARAMS, PREPARE, START once, then it just plays */
 
 static void life_send(struct virtq *cq)
 {
@@ -458,6 +460,8 @@ static void life_done(u32 len)
         life_step = 0;
         life_cycles++;
     }
+    if (!life_cycling && life_step == L_STOP)
+        life_at_tsc = ~0ull;
 }
 
 /* ---- virtio-rng ------------------------------------------------------------------------- */
@@ -696,6 +700,7 @@ void test_soak(void)
     u64 rng_reset_s = cmdline_u64("rng_reset", 10, 3600); /* 0: never */
     if (!report_s)
         report_s = 10;
+    life_cycling = cmdline_u64("cycle", 1, 1) != 0;
     snd_up();
     DG_CHECK(virtio_probe(&rng, RNG_DEVICE_ID));
     per_ms = snd_tsc_per_ms();
@@ -752,10 +757,10 @@ void test_soak(void)
     rng_start();
 
     dg_log("soak: running %s: txq %u/64, rxq %u/64, controlq %u/64, eventq %u/64 descriptors in "
-           "use, virtio-rng %u requests, rng reset every %lu s, a line every %lu s",
+           "use, virtio-rng %u requests, rng reset every %lu s, stream 0 %s, a line every %lu s",
            secs ? "for secs= seconds" : "until killed", tx->size - tx->num_free,
            rx->size - rx->num_free, cq->size - cq->num_free, eq->size - eq->num_free, RNG_REQS,
-           rng_reset_s, report_s);
+           rng_reset_s, life_cycling ? "cycling" : "started once", report_s);
     kprintf("DG soak: started\n");
 
     /* Timed by the TSC: under load the LAPIC timer's ticks arrive late and fewer. */
