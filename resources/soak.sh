@@ -147,6 +147,6 @@ END {
            "CPU per interval mean %.3f max %.3f cores (limit %s); canto stderr %d bytes\n",
            ok ? "PASS" : "FAIL", minutes, base, base_t, last, last_t, growth, peak_growth, rss_max,
            cpu_sum / n, cpu_peak, cpu_max, log_bytes
-    if (guest != "") print "soak: guest " substr(guest, 4)
+    if (guest != "") print "soak: the last guest line: " guest
     exit ok ? 0 : 1
 }' "$CSV"
