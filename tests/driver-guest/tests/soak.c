@@ -18,7 +18,7 @@
  * - eventq: every descriptor posted, kicked every round;
  * - kicks on queues that do not exist, on both devices;
  * - virtio-rng: 24 requests in flight (single buffers of many sizes, 2-buffer chains, read-only
- *   and far buffers), and a full reset and re-initialization every `rng_reset=N` s (default 10).
+ *   and far buffers), and a full reset and re-initialization every `rng_reset=N` s (default 1).
  *
  * Every message must come back: a control request within 5 s, any other within 10 s. A progress
  * line every `report=N` s (default 10): `DG soak: <s> s: ...`. With `secs=N` it ends after N s
@@ -697,7 +697,7 @@ void test_soak(void)
 {
     u64 secs = cmdline_u64("secs", 0, 1ull << 32);  /* 0: forever */
     u64 report_s = cmdline_u64("report", 10, 3600);
-    u64 rng_reset_s = cmdline_u64("rng_reset", 10, 3600); /* 0: never */
+    u64 rng_reset_s = cmdline_u64("rng_reset", 1, 3600); /* 0: never */
     if (!report_s)
         report_s = 10;
     life_cycling = cmdline_u64("cycle", 1, 1) != 0;
