@@ -46,6 +46,9 @@ ELF=tests/driver-guest/build/driver-guest.elf
 
 OUT=target/soak
 mkdir -p "$OUT"
+# One soak at a time per tree: a second one would truncate this one's files.
+exec 9>"$OUT/.lock"
+flock -n 9 || die "another soak is running in $OUT (lock $OUT/.lock)"
 CSV=$OUT/soak.csv
 SERIAL=$OUT/serial.log
 STDERR=$OUT/canto.log
