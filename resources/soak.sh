@@ -11,6 +11,7 @@
 #   SOAK_WARMUP=120         seconds before the RSS baseline (the first sample at or after it)
 #   SOAK_RSS_MAX_KIB=1024   allowed VmRSS growth from the baseline to the end (and its peak)
 #   SOAK_CPU_MAX=1.5        allowed CPU per interval, in cores (vCPU + device threads)
+#   SOAK_LOG_MAX_BYTES=65536  allowed growth of canto's stderr (its log) after the warm-up
 #   SOAK_SOUND=backend=null,streams=2:1   canto's --sound (needs outputs 0, 1 and input 2)
 #   SOAK_GUEST_ARGS=        more driver-guest arguments (e.g. rng_reset=0 report=30)
 #   CARGO=cargo
@@ -22,6 +23,7 @@ SOAK_INTERVAL=${SOAK_INTERVAL:-60}
 SOAK_WARMUP=${SOAK_WARMUP:-120}
 SOAK_RSS_MAX_KIB=${SOAK_RSS_MAX_KIB:-1024}
 SOAK_CPU_MAX=${SOAK_CPU_MAX:-1.5}
+SOAK_LOG_MAX_BYTES=${SOAK_LOG_MAX_BYTES:-65536}
 SOAK_SOUND=${SOAK_SOUND:-backend=null,streams=2:1}
 SOAK_GUEST_ARGS=${SOAK_GUEST_ARGS:-}
 CARGO=${CARGO:-cargo}
@@ -32,6 +34,7 @@ is_uint "$SOAK_MINUTES" && [ "$SOAK_MINUTES" -ge 1 ] || die "SOAK_MINUTES=$SOAK_
 is_uint "$SOAK_INTERVAL" && [ "$SOAK_INTERVAL" -ge 1 ] || die "SOAK_INTERVAL=$SOAK_INTERVAL: expected a whole number >= 1"
 is_uint "$SOAK_WARMUP" || die "SOAK_WARMUP=$SOAK_WARMUP: expected a whole number of seconds"
 is_uint "$SOAK_RSS_MAX_KIB" || die "SOAK_RSS_MAX_KIB=$SOAK_RSS_MAX_KIB: expected KiB"
+is_uint "$SOAK_LOG_MAX_BYTES" || die "SOAK_LOG_MAX_BYTES=$SOAK_LOG_MAX_BYTES: expected bytes"
 [[ $SOAK_CPU_MAX =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "SOAK_CPU_MAX=$SOAK_CPU_MAX: expected cores, e.g. 1.5"
 DURATION=$((SOAK_MINUTES * 60))
 [ "$DURATION" -ge $((SOAK_WARMUP + SOAK_INTERVAL)) ] ||
@@ -132,24 +135,27 @@ stop_canto
 trap - EXIT
 
 # The verdict, from the CSV: RSS growth from the first sample at or after the warm-up to the
-# last one (and to the peak in between), and the largest per-interval CPU.
+# last one (and to the peak in between), the largest per-interval CPU, and the log's growth over
+# the same span.
 awk -F, -v warm="$SOAK_WARMUP" -v rss_max="$SOAK_RSS_MAX_KIB" -v cpu_max="$SOAK_CPU_MAX" \
+    -v log_max="$SOAK_LOG_MAX_BYTES" \
     -v minutes="$SOAK_MINUTES" -v guest="$LAST_GUEST" '
 NR == 1 { next }
 {
     n++; cpu_sum += $4; if ($4 > cpu_peak) cpu_peak = $4
-    if (base == "" && $1 >= warm) { base = $2; base_t = $1; peak = $2 }
+    if (base == "" && $1 >= warm) { base = $2; base_t = $1; peak = $2; log_base = $5 }
     if (base != "" && $2 > peak) peak = $2
     last = $2; last_t = $1; log_bytes = $5
 }
 END {
     if (base == "") { print "soak: FAIL: no sample after the warm-up"; exit 1 }
     growth = last - base; peak_growth = peak - base
-    ok = growth <= rss_max && peak_growth <= rss_max && cpu_peak <= cpu_max
+    log_growth = log_bytes - log_base
+    ok = growth <= rss_max && peak_growth <= rss_max && cpu_peak <= cpu_max && log_growth <= log_max
     printf "soak: %s %d min: VmRSS %d KiB at %d s -> %d KiB at %d s (%+d KiB, peak %+d KiB; limit %d); " \
-           "CPU per interval mean %.3f max %.3f cores (limit %s); canto stderr %d bytes\n",
+           "CPU per interval mean %.3f max %.3f cores (limit %s); canto stderr %d bytes (%+d; limit %d)\n",
            ok ? "PASS" : "FAIL", minutes, base, base_t, last, last_t, growth, peak_growth, rss_max,
-           cpu_sum / n, cpu_peak, cpu_max, log_bytes
+           cpu_sum / n, cpu_peak, cpu_max, log_bytes, log_growth, log_max
     if (guest != "") print "soak: the last guest line: " guest
     exit ok ? 0 : 1
 }' "$CSV"
