@@ -128,6 +128,7 @@ for target in "${TARGETS[@]}"; do
     if [ "$crashes" -ne 0 ] || [ "$timeouts" -ne 0 ]; then
         failed=1
         artifact=$(cat logs/"$target".*.log | grep -o 'Test unit written to [^ ]*' | tail -1 | sed 's/Test unit written to //')
+        artifact=${artifact#"$PWD/"} # cargo fuzz gives an absolute path
         line="$line; reproducer: fuzz/${artifact:-artifacts/$target/}; logs: fuzz/logs/$target.*.log"
         cat logs/"$target".*.log | grep -E 'panicked at|ERROR: libFuzzer|==ERROR|SUMMARY|ALARM' | head -5 | sed 's/^/    /'
     fi
