@@ -234,9 +234,9 @@ pub struct ChainOpts {
 /// (16 bytes per descriptor written), longer, shorter, not a multiple of 16, zero or huge, and the
 /// descriptor may also carry NEXT (both forbidden by VIRTIO 1.2 §2.7.5.3.1).
 ///
-/// Format (one input byte `t`): `t & 3` = 0: exact; 1: exact + `(t >> 2) & 0x1f` bytes; 2: exact
-/// - `(t >> 2) & 0x1f` bytes (down to 0); 3: `[0, 16 * 65535, 16 * 65536, u32::MAX][(t >> 2) & 3]`.
-/// `t & 0x80`: the ring descriptor also has NEXT, to the slot after it.
+/// Format (one input byte `t`), with `k = (t >> 2) & 0x1f`: `t & 3` = 0: exact; 1: exact plus
+/// `k` bytes; 2: exact minus `k` bytes (down to 0); 3: `[0, 16 * 65535, 16 * 65536,
+/// u32::MAX][k & 3]`. `t & 0x80`: the ring descriptor also has NEXT, to the slot after it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IndirectShape(pub u8);
 
