@@ -39,11 +39,13 @@ test: deps guest check
 	$(MAKE) fuzz-smoke
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 
-# Fuzzing (docs/fuzzing.md): each cargo-fuzz target in fuzz/ for FUZZ_SECONDS, one after another,
-# on stable Rust (RUSTC_BOOTSTRAP=1, set by fuzz/run.sh); prints executions and crashes per target.
+# Fuzzing (docs/fuzzing.md): each cargo-fuzz target in fuzz/ for FUZZ_SECONDS, or until FUZZ_RUNS
+# executions if set, one after another, on stable Rust (RUSTC_BOOTSTRAP=1, set by fuzz/run.sh),
+# each input limited to FUZZ_TIMEOUT seconds (default 2); prints executions, crashes and timeouts
+# per target.
 FUZZ_SECONDS ?= 300
 fuzz:
-	bash fuzz/run.sh $(FUZZ_SECONDS)
+	bash fuzz/run.sh $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS),$(FUZZ_SECONDS))
 
 # A short run of every target (20 s each), for make test.
 .PHONY: fuzz-smoke
