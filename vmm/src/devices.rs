@@ -84,7 +84,7 @@ fn build_sound(config: &DevicesConfig) -> Result<Option<BuiltDevice>, DeviceErro
     let stats = sound.stats_handle();
     let device = BuiltDevice::new(sound);
     Ok(Some(device.with_report(move || {
-        format!("sound stats: {:?}", stats.snapshot())
+        format!("sound stats: {}", stats.snapshot())
     })))
 }
 
