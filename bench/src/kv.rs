@@ -6,7 +6,8 @@ use std::str::FromStr;
 /// The `key=value` words of `text`, in order; words without `=` (the log prefix, the message's
 /// first words) are skipped.
 pub fn pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
-    text.split_whitespace().filter_map(|word| word.split_once('='))
+    text.split_whitespace()
+        .filter_map(|word| word.split_once('='))
 }
 
 /// The value of the first `key=` word in `text`, parsed; `None` when it is missing or does not
@@ -33,7 +34,10 @@ mod tests {
         assert_eq!(get::<u64>(line, "rx_overruns"), None);
         // A key is a whole word's prefix up to `=`, not any substring.
         assert_eq!(get::<u64>(line, "bytes_copied"), None);
-        assert_eq!(get::<u64>("sound stats: tx_messages=lots", "tx_messages"), None);
+        assert_eq!(
+            get::<u64>("sound stats: tx_messages=lots", "tx_messages"),
+            None
+        );
     }
 
     #[test]
