@@ -50,6 +50,36 @@ pub struct SoundStatsSnapshot {
     pub control_requests: u64,
 }
 
+/// `key=value` pairs separated by spaces, in field order (the VMM's `sound stats:` line; the
+/// bench reads it back). The destructuring names every field, so a new counter cannot be left out.
+impl std::fmt::Display for SoundStatsSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let SoundStatsSnapshot {
+            tx_bytes_copied,
+            tx_bytes_played,
+            tx_silence_bytes,
+            tx_underruns,
+            tx_messages,
+            rx_bytes_copied,
+            rx_overruns,
+            rx_messages,
+            bad_messages,
+            io_errors,
+            backend_xruns,
+            control_requests,
+        } = self;
+        write!(
+            f,
+            "tx_bytes_copied={tx_bytes_copied} tx_bytes_played={tx_bytes_played} \
+             tx_silence_bytes={tx_silence_bytes} tx_underruns={tx_underruns} \
+             tx_messages={tx_messages} rx_bytes_copied={rx_bytes_copied} \
+             rx_overruns={rx_overruns} rx_messages={rx_messages} bad_messages={bad_messages} \
+             io_errors={io_errors} backend_xruns={backend_xruns} \
+             control_requests={control_requests}"
+        )
+    }
+}
+
 fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
