@@ -138,8 +138,8 @@ impl OutputStream for RecordingOutput {
         self.inner.play_period(filled)
     }
 
-    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
-        self.inner.flush_bytes(len)
+    fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError> {
+        self.inner.flush_bytes(len, deadline)
     }
 
     fn latency_bytes(&mut self) -> u32 {
@@ -222,8 +222,8 @@ impl OutputStream for UnpacedOutput {
         Ok(self.period.len() - filled)
     }
 
-    fn flush_bytes(&mut self, _len: usize) -> Result<(), BackendError> {
-        Ok(())
+    fn flush_bytes(&mut self, len: usize, _deadline: Instant) -> Result<usize, BackendError> {
+        Ok(len)
     }
 
     fn latency_bytes(&mut self) -> u32 {

@@ -420,8 +420,8 @@ impl OutputStream for StallingOutput {
         self.periods += 1;
         self.inner.play_period(filled)
     }
-    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
-        self.inner.flush_bytes(len)
+    fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError> {
+        self.inner.flush_bytes(len, deadline)
     }
     fn latency_bytes(&mut self) -> u32 {
         self.inner.latency_bytes()

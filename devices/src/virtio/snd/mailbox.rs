@@ -21,7 +21,8 @@ pub enum Command {
     Start,
     /// Stop consuming; queued and partly consumed messages stay.
     Stop,
-    /// Flush: hand every queued message to the backend, return them all, then end the thread.
+    /// Flush: hand the queued messages to the backend (for a bounded time, dropping what it does
+    /// not take by then), return them all, then end the thread.
     Release,
     /// End the thread, leaving queued messages queued (a partly consumed one goes back first).
     Exit,

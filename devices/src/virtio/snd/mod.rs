@@ -28,9 +28,12 @@
 //!   `latency_bytes` in a message's status is what the backend holds and has not played yet
 //!   (ALSA's delay; 0 for null and WAV). With nothing queued, ALSA and null get silence and WAV
 //!   records nothing.
-//! - STOP keeps queued messages. RELEASE hands every queued byte to the backend and returns every
-//!   message before it is answered; ALSA then plays out what it holds (at most 0.5 s) while the
-//!   stream is released. Device reset joins every thread and drops queued messages.
+//! - STOP keeps queued messages. RELEASE hands the queued bytes to the backend for at most
+//!   0.3 s and returns every message (status OK) before it is answered; what a paced device did
+//!   not take by then is dropped and counted (`tx_bytes_dropped_on_release`). ALSA then plays out
+//!   what it holds (at most 0.5 s; the next PREPARE of the stream waits for that) while the
+//!   stream is released. Device reset cuts every flush and drain short (what ALSA still held is
+//!   counted in `tx_bytes_dropped_at_close`), joins every thread and drops queued messages.
 //! - Locks: each stream's message queue, and the txq/rxq rings (shared by the event loop, which
 //!   pops, and the period threads, which return chains). None is held across audio I/O or a
 //!   wait, so a vCPU's notification never waits for audio.

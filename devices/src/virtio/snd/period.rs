@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::backend::{BackendError, InputStream, OutputStream, PcmParams, Readiness};
 use super::io::{Completion, IoMessage};
@@ -30,6 +30,11 @@ use crate::virtio::queue::DeviceQueue;
 
 /// How long a stopped thread sleeps between looks at its mailbox (commands wake it anyway).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest a RELEASE spends handing queued PCM to the backend before it drops the rest:
+/// well under the mailbox's command timeout and the Linux driver's 1 s control timeout, even on
+/// a busy host.
+pub const RELEASE_FLUSH_TIME: Duration = Duration::from_millis(300);
 
 /// What a period thread works with.
 pub struct PeriodContext {
@@ -94,7 +99,7 @@ struct PeriodLoop {
     running: bool,
     /// When the stream first started (the backend's clock begins there): the origin of the
     /// pacing report.
-    first_start: Option<std::time::Instant>,
+    first_start: Option<Instant>,
     current: Option<InFlight>,
     finished: Vec<InFlight>,
     completions: Vec<Completion>,
@@ -176,7 +181,7 @@ impl PeriodLoop {
                     let result = stream.start();
                     self.running = result.is_ok();
                     if self.running {
-                        self.first_start.get_or_insert_with(std::time::Instant::now);
+                        self.first_start.get_or_insert_with(Instant::now);
                     }
                     self.ctx.mailbox.reply(result);
                 }
@@ -267,7 +272,7 @@ impl PacedStream for dyn InputStream {
 /// paced it in real time. Logged at RELEASE, after the backend has played out what it held.
 struct PacingReport {
     stream: u32,
-    started: Option<std::time::Instant>,
+    started: Option<Instant>,
     audio_seconds: f64,
 }
 
@@ -410,15 +415,26 @@ impl OutputThread {
         }
     }
 
-    /// RELEASE: hands every queued byte to the backend without pacing, then returns every
-    /// message, all before the driver gets its answer.
+    /// RELEASE: hands the queued bytes to the backend without pacing, for at most
+    /// [`RELEASE_FLUSH_TIME`], then returns every message, all before the driver gets its
+    /// answer. What the backend has not taken by then (a paced device whose buffer is full
+    /// takes room only as it plays) is dropped and counted; its messages still complete OK,
+    /// since the driver is done with the stream and only the host was too slow. A cancelled
+    /// waker (device reset) ends the flush at once the same way.
     fn flush(&mut self) {
+        let deadline = Instant::now() + RELEASE_FLUSH_TIME;
         let period_loop = &mut self.period;
         let queue = period_loop.ctx.queue.clone();
         let mem = queue.mem();
         let mut error = None;
+        let mut out_of_time = false;
+        let mut dropped = 0u64;
         for mut message in period_loop.take_all() {
-            while message.remaining() > 0 && error.is_none() && !message.failed {
+            while message.remaining() > 0 && error.is_none() && !message.failed && !out_of_time {
+                if Instant::now() >= deadline || period_loop.ctx.mailbox.waker.is_cancelled() {
+                    out_of_time = true;
+                    break;
+                }
                 let buffer = self.stream.period_buffer();
                 let n = message.remaining().min(buffer.len());
                 if n == 0 {
@@ -433,10 +449,15 @@ impl OutputThread {
                     break;
                 }
                 period_loop.ctx.stats.tx_copied(n as u64);
-                match self.stream.flush_bytes(n) {
-                    Ok(()) => {
-                        period_loop.ctx.stats.tx_played(n as u64);
-                        self.pcm_bytes_written += n as u64;
+                match self.stream.flush_bytes(n, deadline) {
+                    Ok(taken) => {
+                        let taken = taken.min(n);
+                        period_loop.ctx.stats.tx_played(taken as u64);
+                        self.pcm_bytes_written += taken as u64;
+                        if taken < n {
+                            dropped += (n - taken) as u64;
+                            out_of_time = true;
+                        }
                     }
                     Err(e) => {
                         message.failed = true;
@@ -446,7 +467,12 @@ impl OutputThread {
                 message.offset += n;
             }
             if message.remaining() > 0 {
-                message.failed = true;
+                if out_of_time && !message.failed {
+                    dropped += message.remaining() as u64;
+                    message.offset = message.message.data_len();
+                } else {
+                    message.failed = true;
+                }
             }
             period_loop.finished.push(message);
         }
@@ -454,6 +480,19 @@ impl OutputThread {
             log::warn!(
                 "virtio-snd: stream {}: release flush: {e}",
                 period_loop.id()
+            );
+        }
+        if dropped > 0 {
+            period_loop.ctx.stats.tx_dropped_on_release(dropped);
+            // Once per RELEASE, and a RELEASE is one control request: bounded by the guest's
+            // request rate, like every control request's own work.
+            log::debug!(
+                "virtio-snd: stream {}: release flush: the backend took no more within {:?}, {} \
+                 queued bytes ({:?} of audio) dropped",
+                period_loop.id(),
+                RELEASE_FLUSH_TIME,
+                dropped,
+                period_loop.ctx.params.duration_of(dropped)
             );
         }
         if let Err(e) = self.stream.finish() {

@@ -12,7 +12,9 @@
 //! Anything else is answered BAD_MSG and changes nothing. PREPARE opens the backend stream and
 //! spawns the period thread; SET_PARAMS on a prepared stream, RELEASE and device reset end it
 //! (joined, so no thread or backend stream outlives its use). Messages the guest queued stay
-//! queued across SET_PARAMS/PREPARE; RELEASE returns them all before it is answered.
+//! queued across SET_PARAMS/PREPARE; RELEASE returns them all before it is answered, within
+//! [`period::RELEASE_FLUSH_TIME`] whatever was queued. Device reset cancels the stream's
+//! waker first, so neither a flush nor a drain holds it up.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -273,8 +275,9 @@ impl StreamControl {
         }
     }
 
-    /// Flushes and returns every queued message, then answers. The backend may go on draining
-    /// in the retired thread.
+    /// Flushes (for a bounded time, dropping what the backend does not take by then) and
+    /// returns every queued message, then answers. The backend may go on draining in the retired
+    /// thread, for a bounded time too.
     pub fn release(&mut self) -> u32 {
         if !matches!(self.state, PcmState::Prepared | PcmState::Stopped) {
             return S_BAD_MSG;
@@ -295,9 +298,11 @@ impl StreamControl {
     /// Device reset: the thread ends, queued messages are dropped (the driver reinitializes the
     /// queues, so nothing may be written to their rings), and the stream is back to `Initial`.
     pub fn reset(&mut self) {
-        self.end_thread();
-        // A released stream may still be draining: cut it short, the stream is going away.
+        // Cut short whatever a thread of the stream waits for: a RELEASE flush, the drain after
+        // it, a pacing wait. The stream is going away, and the vCPU that resets the device must
+        // not wait for the host to play anything.
         self.mailbox.waker.cancel();
+        self.end_thread();
         self.join_retired();
         self.mailbox.waker.uncancel();
         drop(self.mailbox.take_all());
