@@ -55,7 +55,12 @@ struct Shared {
 /// be consumed, and a one-slot command mailbox.
 pub struct StreamMailbox {
     pub id: u32,
+    /// Wakes the stream's period thread for a command (and cancels its waits at reset).
     pub waker: Waker,
+    /// Cancels the drains of the stream's released threads (device reset, or too many of them
+    /// at once); nothing else wakes it. Apart from [`StreamMailbox::waker`], so that a drain
+    /// never takes a wake-up meant for the stream's next period thread.
+    pub drain_waker: Waker,
     shared: Mutex<Shared>,
     replied: Condvar,
     pending_limit: usize,
@@ -66,6 +71,7 @@ impl StreamMailbox {
         Ok(StreamMailbox {
             id,
             waker: Waker::new()?,
+            drain_waker: Waker::new()?,
             shared: Mutex::new(Shared::default()),
             replied: Condvar::new(),
             pending_limit,

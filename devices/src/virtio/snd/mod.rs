@@ -31,8 +31,8 @@
 //! - STOP keeps queued messages. RELEASE hands the queued bytes to the backend for at most
 //!   0.3 s and returns every message (status OK) before it is answered; what a paced device did
 //!   not take by then is dropped and counted (`tx_bytes_dropped_on_release`). ALSA then plays out
-//!   what it holds (at most 0.5 s; the next PREPARE of the stream waits for that) while the
-//!   stream is released. Device reset cuts every flush and drain short (what ALSA still held is
+//!   what it holds (at most 0.5 s, in the released thread; the next PREPARE does not wait for
+//!   it) while the stream is released. Device reset cuts every flush and drain short (what ALSA still held is
 //!   counted in `tx_bytes_dropped_at_close`), joins every thread and drops queued messages.
 //! - Locks: each stream's message queue, and the txq/rxq rings (shared by the event loop, which
 //!   pops, and the period threads, which return chains). None is held across audio I/O or a

@@ -322,10 +322,19 @@ impl OutputThread {
                 Some(Step::FailedPeriod) => self.play_period(false),
                 Some(Step::Release) => {
                     self.flush();
-                    self.period.ctx.mailbox.reply(Ok(()));
-                    // Let the backend play what it holds; the driver has its answer.
                     let pacing = self.pacing_report();
-                    self.stream.close(Some(&self.period.ctx.mailbox.waker));
+                    let mailbox = self.period.ctx.mailbox.clone();
+                    if self.stream.latency_bytes() == 0 {
+                        // Nothing to play out: close before answering, so that the next PREPARE
+                        // finds what the stream held free (a WAV file) without waiting.
+                        self.stream.close(None);
+                        mailbox.reply(Ok(()));
+                    } else {
+                        // Let the backend play what it holds (bounded), the driver having its
+                        // answer; the next PREPARE does not wait for it.
+                        mailbox.reply(Ok(()));
+                        self.stream.close(Some(&mailbox.drain_waker));
+                    }
                     pacing.log();
                     return;
                 }

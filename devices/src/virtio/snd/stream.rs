@@ -11,7 +11,8 @@
 //!
 //! Anything else is answered BAD_MSG and changes nothing. PREPARE opens the backend stream and
 //! spawns the period thread; SET_PARAMS on a prepared stream, RELEASE and device reset end it
-//! (joined, so no thread or backend stream outlives its use). Messages the guest queued stay
+//! (joined, so no thread or backend stream outlives its use; a released thread still draining
+//! is joined once it has finished, or at reset). Messages the guest queued stay
 //! queued across SET_PARAMS/PREPARE; RELEASE returns them all before it is answered, within
 //! [`period::RELEASE_FLUSH_TIME`] whatever was queued. Device reset cancels the stream's
 //! waker first, so neither a flush nor a drain holds it up.
@@ -33,6 +34,9 @@ use crate::virtio::queue::DeviceQueue;
 pub const MAX_PERIOD_BYTES: u32 = 1 << 20;
 /// The largest buffer the device accepts (8 MiB).
 pub const MAX_BUFFER_BYTES: u32 = 8 << 20;
+
+/// How many released threads of one stream may still be draining when it is prepared again.
+const MAX_DRAINING: usize = 2;
 
 /// What the device offers for one stream (its `virtio_snd_pcm_info`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,9 +127,9 @@ pub struct StreamControl {
     params: Option<PcmParams>,
     mailbox: Arc<StreamMailbox>,
     thread: Option<JoinHandle<()>>,
-    /// A released stream's thread, still letting the backend drain; joined at the next PREPARE
-    /// or at reset.
-    retired: Option<JoinHandle<()>>,
+    /// Released streams' threads, perhaps still letting the backend drain (bounded): joined
+    /// once finished, at a PREPARE, or at reset (their drains cut short).
+    retired: Vec<JoinHandle<()>>,
 }
 
 impl StreamControl {
@@ -137,7 +141,7 @@ impl StreamControl {
             params: None,
             mailbox: Arc::new(StreamMailbox::new(info.id, pending_limit)?),
             thread: None,
-            retired: None,
+            retired: Vec::new(),
         })
     }
 
@@ -198,7 +202,7 @@ impl StreamControl {
         let Some(params) = self.params else {
             return S_BAD_MSG;
         };
-        self.join_retired();
+        self.reap_retired();
         self.mailbox.set_byte_limit(&params);
         let context = period::PeriodContext {
             mailbox: self.mailbox.clone(),
@@ -284,7 +288,7 @@ impl StreamControl {
         }
         let result = self.command(Command::Release);
         // The thread ends after a release, whatever it answered.
-        self.retired = self.thread.take();
+        self.retired.extend(self.thread.take());
         self.state = PcmState::Released;
         match result {
             Ok(()) => S_OK,
@@ -302,8 +306,10 @@ impl StreamControl {
         // it, a pacing wait. The stream is going away, and the vCPU that resets the device must
         // not wait for the host to play anything.
         self.mailbox.waker.cancel();
+        self.mailbox.drain_waker.cancel();
         self.end_thread();
         self.join_retired();
+        self.mailbox.drain_waker.uncancel();
         self.mailbox.waker.uncancel();
         drop(self.mailbox.take_all());
         self.params = None;
@@ -333,9 +339,28 @@ impl StreamControl {
         }
     }
 
+    /// Joins every released thread; the caller cancels their drains first.
     fn join_retired(&mut self) {
-        if let Some(thread) = self.retired.take() {
+        for thread in self.retired.drain(..) {
             join(self.info.id, thread);
+        }
+    }
+
+    /// Joins the released threads that have finished. A released thread still draining is left
+    /// to it (it holds its own backend stream), unless [`MAX_DRAINING`] are: then every drain is
+    /// cut short, so a guest cycling PREPARE and RELEASE cannot pile up threads and PCMs.
+    fn reap_retired(&mut self) {
+        let (finished, draining): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|thread| thread.is_finished());
+        for thread in finished {
+            join(self.info.id, thread);
+        }
+        self.retired = draining;
+        if self.retired.len() >= MAX_DRAINING {
+            self.mailbox.drain_waker.cancel();
+            self.join_retired();
+            self.mailbox.drain_waker.uncancel();
         }
     }
 }

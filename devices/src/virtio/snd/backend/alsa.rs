@@ -33,7 +33,7 @@ const REAL_TIME_SLACK_PERCENT: u64 = 5;
 const MAX_TRANSFER_WAIT: Duration = Duration::from_millis(500);
 /// How much longer than the audio it waits for a transfer may take.
 const TRANSFER_SLACK: Duration = Duration::from_millis(100);
-/// The longest `close` lets the PCM drain (the next PREPARE of the stream waits for it).
+/// The longest `close` lets the PCM drain (in the released stream's thread).
 const MAX_DRAIN: Duration = Duration::from_millis(500);
 /// How often a drain checks for completion.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
