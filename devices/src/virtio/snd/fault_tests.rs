@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use canto_tests::{prerequisite, PulseServer};
 
 use super::backend::{
-    alsa::AlsaBackend, BackendError, InputStream, OutputStream, PcmParams, Readiness,
+    alsa::AlsaBackend, null, BackendError, InputStream, OutputStream, PcmParams, Readiness,
 };
 use super::stats::SoundStats;
 use super::stream::PcmState;
@@ -474,6 +474,116 @@ fn a_host_xrun_is_recovered_and_the_stream_continues() {
     eprintln!("{stats:?}");
     // Every message completed OK (checked one by one above).
     assert_eq!(stats.io_errors, 0, "{stats:?}");
+}
+
+// ----- 2b. a host device with no room at RELEASE -----
+
+/// The null backend, except that its output streams take nothing during a RELEASE flush: each
+/// `flush_bytes` waits for room until its deadline and gets none, like a paced device whose
+/// buffer is full of seconds of audio.
+struct NoRoomOnFlushBackend;
+
+impl Backend for NoRoomOnFlushBackend {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+
+    fn formats(&self) -> u64 {
+        null::NullBackend.formats()
+    }
+
+    fn open_output(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        Ok(Box::new(NoRoomOnFlush {
+            inner: null::NullBackend.open_output(stream_id, params, stats)?,
+        }))
+    }
+
+    fn open_input(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        null::NullBackend.open_input(stream_id, params, stats)
+    }
+}
+
+struct NoRoomOnFlush {
+    inner: Box<dyn OutputStream>,
+}
+
+impl OutputStream for NoRoomOnFlush {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.inner.start()
+    }
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.inner.stop()
+    }
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        self.inner.wait_ready(waker)
+    }
+    fn period_buffer(&mut self) -> &mut [u8] {
+        self.inner.period_buffer()
+    }
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        self.inner.play_period(filled)
+    }
+    fn flush_bytes(&mut self, _len: usize, deadline: Instant) -> Result<usize, BackendError> {
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        Ok(0)
+    }
+    fn latency_bytes(&mut self) -> u32 {
+        self.inner.latency_bytes()
+    }
+    fn finish(&mut self) -> Result<(), BackendError> {
+        self.inner.finish()
+    }
+    fn close(self: Box<Self>, drain: Option<&Waker>) {
+        self.inner.close(drain)
+    }
+}
+
+/// RELEASE on a host device that takes nothing more: answered OK within the flush's time bound,
+/// every message back with status OK, every byte counted as dropped, none as played or failed.
+#[test]
+fn a_release_the_host_device_has_no_room_for_is_answered_ok_in_time() {
+    let sound = Sound::with_backend(null_config(), Arc::new(NoRoomOnFlushBackend)).unwrap();
+    let mut h = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    let params = SetParams {
+        period_bytes: 1920,
+        buffer_bytes: 1920 * 8,
+        ..fast_params(0)
+    };
+    h.prepare(params);
+    // Twice the buffer: as much as the device holds for a stream.
+    let sent: Vec<Sent> = (0..16).map(|i| h.tx(0, &pattern(1920, i))).collect();
+    let start = Instant::now();
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    let elapsed = start.elapsed();
+    assert!(elapsed >= period::RELEASE_FLUSH_TIME, "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "RELEASE took {elapsed:?}");
+    let used = h.take_used(TXQ);
+    assert_eq!(used.len(), sent.len(), "RELEASE must return every message");
+    for message in &sent {
+        assert_eq!(h.status_of(message).0, S_OK);
+        assert!(
+            used.contains(&(message.head, 8)),
+            "{} missing",
+            message.head
+        );
+    }
+    let stats = h.sound.stats();
+    assert_eq!(stats.tx_bytes_dropped_on_release, 16 * 1920, "{stats:?}");
+    assert_eq!(stats.tx_bytes_played, 0, "{stats:?}");
+    assert_eq!(stats.io_errors, 0, "{stats:?}");
+    // The stream works again at once.
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
 }
 
 // ----- 3. a WAV path that cannot be written -----
