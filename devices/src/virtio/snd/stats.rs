@@ -100,7 +100,7 @@ impl SoundStats {
     pub(crate) fn tx_dropped_on_release(&self, n: u64) {
         add(&self.tx_bytes_dropped_on_release, n)
     }
-    pub(crate) fn tx_dropped_at_close(&self, n: u64) {
+    pub fn tx_dropped_at_close(&self, n: u64) {
         add(&self.tx_bytes_dropped_at_close, n)
     }
     pub(crate) fn rx_copied(&self, n: u64) {
