@@ -13,7 +13,7 @@
 //! a device's I/O, so a completing thread never waits on the event loop's work or the reverse.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use std::sync::Arc;
 
@@ -50,6 +50,9 @@ pub struct DeviceQueue {
     limits: ChainLimits,
     /// The driver broke the ring: nothing more is popped until the device is reset.
     broken: AtomicBool,
+    /// Set at device reset: a device thread that outlives the reset (it was in a host I/O call
+    /// the reset does not wait for) touches neither the guest's buffers nor the used ring.
+    revoked: RwLock<bool>,
     on_completed: Option<CompletionHook>,
 }
 
@@ -78,6 +81,7 @@ impl DeviceQueue {
                 ..limits
             },
             broken: AtomicBool::new(false),
+            revoked: RwLock::new(false),
             on_completed: None,
         }
     }
@@ -161,9 +165,37 @@ impl DeviceQueue {
         walks
     }
 
+    /// Guest memory for a device thread's access to the queue's buffers, until the queue is
+    /// revoked (device reset): None from then on. [`DeviceQueue::revoke`] waits while a returned
+    /// guard lives, so hold one only across copies and ring updates, never across host I/O or a
+    /// wait, and never take a second one (or call [`DeviceQueue::complete`]) while holding one.
+    pub fn dma(&self) -> Option<Dma<'_>> {
+        let revoked = self.revoked.read().unwrap_or_else(PoisonError::into_inner);
+        if *revoked {
+            return None;
+        }
+        Some(Dma {
+            _not_revoked: revoked,
+            mem: &self.mem,
+        })
+    }
+
+    /// Device reset: no device thread reads or writes the queue's buffers or used ring any more.
+    /// Waits only for a copy or ring update in progress.
+    pub fn revoke(&self) {
+        *self.revoked.write().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+
     /// Puts the entries on the used ring and raises the queue's interrupt if the driver wants
-    /// one.
+    /// one; nothing once the queue is revoked.
     pub fn complete(&self, done: &[Completion]) {
+        if let Some(dma) = self.dma() {
+            self.complete_with(&dma, done);
+        }
+    }
+
+    /// [`DeviceQueue::complete`] for a caller that holds the queue's [`Dma`] guard already.
+    pub fn complete_with(&self, _dma: &Dma<'_>, done: &[Completion]) {
         if done.is_empty() {
             return;
         }
@@ -198,5 +230,19 @@ impl DeviceQueue {
                 );
             }
         }
+    }
+}
+
+/// Guest memory while a [`DeviceQueue`] is not revoked; see [`DeviceQueue::dma`].
+pub struct Dma<'a> {
+    _not_revoked: RwLockReadGuard<'a, bool>,
+    mem: &'a GuestMemoryMmap,
+}
+
+impl std::ops::Deref for Dma<'_> {
+    type Target = GuestMemoryMmap;
+
+    fn deref(&self) -> &GuestMemoryMmap {
+        self.mem
     }
 }

@@ -137,14 +137,19 @@ impl StreamMailbox {
         self.replied.notify_all();
     }
 
-    /// Posts a command, wakes the period thread and waits (bounded) for its answer.
-    pub fn send(&self, command: Command) -> Result<(), CommandError> {
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
+    /// Posts a command and wakes the period thread, without waiting for its answer.
+    pub fn post(&self, command: Command) {
         let mut shared = self.lock();
         shared.command = Some(command);
         shared.reply = None;
         drop(shared);
         self.waker.wake();
+    }
+
+    /// Posts a command, wakes the period thread and waits (bounded) for its answer.
+    pub fn send(&self, command: Command) -> Result<(), CommandError> {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        self.post(command);
         let mut shared = self.lock();
         loop {
             if let Some(result) = shared.reply.take() {

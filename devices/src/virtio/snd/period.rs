@@ -140,7 +140,13 @@ impl PeriodLoop {
     /// Returns the finished messages to the driver. `captured` RX bytes are each message's
     /// offset; TX messages report only their status.
     fn complete_finished(&mut self, latency_bytes: u32) {
-        let mem = self.ctx.queue.mem();
+        let queue = self.ctx.queue.clone();
+        let Some(mem) = queue.dma() else {
+            // The device was reset while this thread was in a host call: the messages are the
+            // driver's again, and nothing of them may be written.
+            self.finished.clear();
+            return;
+        };
         self.completions.clear();
         for done in self.finished.drain(..) {
             let status = if done.failed {
@@ -152,9 +158,9 @@ impl PeriodLoop {
             // A failed RX message reports no captured bytes, only its status.
             let captured = if done.failed { 0 } else { done.offset };
             self.completions
-                .push(done.message.complete(mem, status, latency_bytes, captured));
+                .push(done.message.complete(&mem, status, latency_bytes, captured));
         }
-        self.ctx.queue.complete(&self.completions);
+        queue.complete_with(&mem, &self.completions);
     }
 
     /// Ends the thread's use of the queue: the message in flight goes back to the front.
@@ -356,7 +362,11 @@ impl OutputThread {
         let buffer = self.stream.period_buffer();
         let period = period.min(buffer.len());
         let queue = period_loop.ctx.queue.clone();
-        let mem = queue.mem();
+        // Revoked (device reset): the thread is about to end, and guest memory is not its any
+        // more.
+        let Some(mem) = queue.dma() else {
+            return;
+        };
         let stream_id = period_loop.ctx.mailbox.id;
         let mut filled = 0;
         let mut copied = 0u64;
@@ -368,7 +378,7 @@ impl OutputThread {
             let piece = &mut buffer[filled..filled + n];
             if !play {
                 current.failed = true;
-            } else if let Err(e) = current.message.read_data(mem, current.offset, piece) {
+            } else if let Err(e) = current.message.read_data(&mem, current.offset, piece) {
                 log::debug!("virtio-snd: stream {stream_id}: cannot read PCM: {e}");
                 current.failed = true;
                 format.fill_silence(piece);
@@ -379,6 +389,8 @@ impl OutputThread {
             current.offset += n;
             period_loop.retire_if_done();
         }
+        // Not across the backend's I/O: a reset waits for the guard.
+        drop(mem);
         period_loop.ctx.stats.tx_copied(copied);
         if play {
             match self.stream.play_period(filled) {
@@ -434,7 +446,6 @@ impl OutputThread {
         let deadline = Instant::now() + RELEASE_FLUSH_TIME;
         let period_loop = &mut self.period;
         let queue = period_loop.ctx.queue.clone();
-        let mem = queue.mem();
         let mut error = None;
         let mut out_of_time = false;
         let mut dropped = 0u64;
@@ -449,14 +460,21 @@ impl OutputThread {
                 if n == 0 {
                     break;
                 }
+                // Only across the copy, not the backend's I/O.
+                let Some(mem) = queue.dma() else {
+                    // Device reset: nothing is returned, nothing more is read.
+                    out_of_time = true;
+                    break;
+                };
                 if message
                     .message
-                    .read_data(mem, message.offset, &mut buffer[..n])
+                    .read_data(&mem, message.offset, &mut buffer[..n])
                     .is_err()
                 {
                     message.failed = true;
                     break;
                 }
+                drop(mem);
                 period_loop.ctx.stats.tx_copied(n as u64);
                 match self.stream.flush_bytes(n, deadline) {
                     Ok(taken) => {
@@ -561,7 +579,6 @@ impl InputThread {
     fn capture_period(&mut self) {
         let period_loop = &mut self.period;
         let queue = period_loop.ctx.queue.clone();
-        let mem = queue.mem();
         let stats = period_loop.ctx.stats.clone();
         let data = match self.stream.capture_period() {
             Ok(data) => {
@@ -573,6 +590,10 @@ impl InputThread {
                 self.fail_period();
                 return;
             }
+        };
+        // After the backend's I/O, and only across the copies.
+        let Some(mem) = queue.dma() else {
+            return;
         };
         let mut offset = 0;
         while offset < data.len() {
@@ -588,7 +609,7 @@ impl InputThread {
             let n = (data.len() - offset).min(current.remaining());
             match current
                 .message
-                .write_data(mem, current.offset, &data[offset..offset + n])
+                .write_data(&mem, current.offset, &data[offset..offset + n])
             {
                 Ok(()) => stats.rx_copied(n as u64),
                 Err(_) => current.failed = true,
@@ -597,6 +618,7 @@ impl InputThread {
             current.offset += n;
             period_loop.retire_if_done();
         }
+        drop(mem);
         if !period_loop.finished.is_empty() {
             let latency = self.stream.latency_bytes();
             period_loop.complete_finished(latency);

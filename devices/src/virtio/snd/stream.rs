@@ -38,6 +38,11 @@ pub const MAX_BUFFER_BYTES: u32 = 8 << 20;
 /// How many released threads of one stream may still be draining when it is prepared again.
 const MAX_DRAINING: usize = 2;
 
+/// How long a device reset waits for the streams' threads, their waits cancelled, to end. A
+/// thread that takes longer is in a host call that does not return (a hung sound server): the
+/// reset goes on without it, and it is joined later (see `Sound`).
+pub const RESET_JOIN_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What the device offers for one stream (its `virtio_snd_pcm_info`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamInfo {
@@ -299,21 +304,27 @@ impl StreamControl {
         }
     }
 
-    /// Device reset: the thread ends, queued messages are dropped (the driver reinitializes the
-    /// queues, so nothing may be written to their rings), and the stream is back to `Initial`.
-    pub fn reset(&mut self) {
+    /// Device reset: the stream's threads are told to end, queued messages are dropped (the
+    /// driver reinitializes the queues, so nothing may be written to their rings; the caller
+    /// revokes them first), and the stream is back to `Initial`. Returns the threads, for the
+    /// caller to join: nothing here waits for them, since one may be in a host call that does not
+    /// return soon (a hung sound server), and a vCPU resets the device.
+    #[must_use = "the stream's threads are to be joined"]
+    pub fn reset(&mut self) -> Vec<JoinHandle<()>> {
         // Cut short whatever a thread of the stream waits for: a RELEASE flush, the drain after
-        // it, a pacing wait. The stream is going away, and the vCPU that resets the device must
-        // not wait for the host to play anything.
+        // it, a pacing wait. Left cancelled: the stream is going away (the worker is dropped
+        // after a reset), and so is any thread that outlives this.
         self.mailbox.waker.cancel();
         self.mailbox.drain_waker.cancel();
-        self.end_thread();
-        self.join_retired();
-        self.mailbox.drain_waker.uncancel();
-        self.mailbox.waker.uncancel();
+        let mut threads = std::mem::take(&mut self.retired);
+        if let Some(thread) = self.thread.take() {
+            self.mailbox.post(Command::Exit);
+            threads.push(thread);
+        }
         drop(self.mailbox.take_all());
         self.params = None;
         self.state = PcmState::Initial;
+        threads
     }
 
     fn command(&mut self, command: Command) -> Result<(), CommandError> {
@@ -371,9 +382,35 @@ fn join(id: u32, thread: JoinHandle<()>) {
     }
 }
 
+/// Joins `threads`, waiting at most `bound` for all of them; returns the ones still running.
+pub fn join_within(
+    threads: Vec<JoinHandle<()>>,
+    bound: std::time::Duration,
+) -> Vec<JoinHandle<()>> {
+    let deadline = std::time::Instant::now() + bound;
+    let mut running = threads;
+    loop {
+        let (finished, left): (Vec<_>, Vec<_>) =
+            running.into_iter().partition(|thread| thread.is_finished());
+        for thread in finished {
+            if thread.join().is_err() {
+                log::error!("virtio-snd: a period thread panicked");
+            }
+        }
+        running = left;
+        if running.is_empty() || std::time::Instant::now() >= deadline {
+            return running;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 impl Drop for StreamControl {
     fn drop(&mut self) {
-        self.reset();
+        // After a device reset there is nothing left; otherwise (a worker dropped without one)
+        // the threads get the bound a reset gives them, then are left to end on their own.
+        let threads = self.reset();
+        drop(join_within(threads, RESET_JOIN_WAIT));
     }
 }
 
