@@ -586,6 +586,163 @@ fn a_release_the_host_device_has_no_room_for_is_answered_ok_in_time() {
     assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
 }
 
+// ----- 2c. a host call that does not return (a hung sound server) -----
+
+/// The null backend, except that one period's hand-over hangs for `hang` (a sound server that
+/// stopped answering), deaf to the stream's waker.
+struct HangingBackend {
+    hang: Duration,
+    /// Set when the hang begins, cleared when it ends.
+    hanging: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the hang has ended.
+    returned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Backend for HangingBackend {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+
+    fn formats(&self) -> u64 {
+        null::NullBackend.formats()
+    }
+
+    fn open_output(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        Ok(Box::new(HangingOutput {
+            inner: null::NullBackend.open_output(stream_id, params, stats)?,
+            periods: 0,
+            hang: self.hang,
+            hanging: self.hanging.clone(),
+            returned: self.returned.clone(),
+        }))
+    }
+
+    fn open_input(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        null::NullBackend.open_input(stream_id, params, stats)
+    }
+}
+
+struct HangingOutput {
+    inner: Box<dyn OutputStream>,
+    periods: u64,
+    hang: Duration,
+    hanging: Arc<std::sync::atomic::AtomicBool>,
+    returned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OutputStream for HangingOutput {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.inner.start()
+    }
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.inner.stop()
+    }
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        self.inner.wait_ready(waker)
+    }
+    fn period_buffer(&mut self) -> &mut [u8] {
+        self.inner.period_buffer()
+    }
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        self.periods += 1;
+        if self.periods == 3 {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.hanging.store(true, SeqCst);
+            std::thread::sleep(self.hang);
+            self.hanging.store(false, SeqCst);
+            self.returned.store(true, SeqCst);
+        }
+        self.inner.play_period(filled)
+    }
+    fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError> {
+        self.inner.flush_bytes(len, deadline)
+    }
+    fn latency_bytes(&mut self) -> u32 {
+        self.inner.latency_bytes()
+    }
+    fn finish(&mut self) -> Result<(), BackendError> {
+        self.inner.finish()
+    }
+    fn close(self: Box<Self>, drain: Option<&Waker>) {
+        self.inner.close(drain)
+    }
+}
+
+/// A device reset while the period thread hangs in a host call (a sound server that stopped
+/// answering) returns at once, not when the call does: a vCPU writing device_status = 0 never
+/// waits for the host. The thread, once back, writes nothing into guest memory (its queue was
+/// revoked) and is joined later.
+#[test]
+fn a_reset_does_not_wait_for_a_host_call_that_hangs() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let hanging = Arc::new(AtomicBool::new(false));
+    let returned = Arc::new(AtomicBool::new(false));
+    let backend = HangingBackend {
+        hang: Duration::from_secs(3),
+        hanging: hanging.clone(),
+        returned: returned.clone(),
+    };
+    let sound = Sound::with_backend(null_config(), Arc::new(backend)).unwrap();
+    let mut h = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    let params = SetParams {
+        period_bytes: 1920,
+        buffer_bytes: 1920 * 8,
+        ..fast_params(0)
+    };
+    h.prepare(params);
+    let sent: Vec<Sent> = (0..8).map(|i| h.tx(0, &pattern(1920, i))).collect();
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hanging.load(SeqCst) {
+        assert!(Instant::now() < deadline, "the backend never hung");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let used_before = h.queues[usize::from(TXQ)].used_idx(&h.mem);
+    let start = Instant::now();
+    h.sound.reset();
+    let reset = start.elapsed();
+    eprintln!("reset with a hung host call: {reset:?}");
+    assert!(
+        !returned.load(SeqCst),
+        "the hang ended before the reset did"
+    );
+    assert!(reset < Duration::from_millis(1500), "reset took {reset:?}");
+    assert_eq!(h.sound.stragglers.len(), 1);
+    // The hang ends; the thread, back from it, must not touch the revoked queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !returned.load(SeqCst) {
+        assert!(Instant::now() < deadline, "the hang never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.sound.stragglers.iter().any(|t| !t.is_finished()) {
+        assert!(Instant::now() < deadline, "the straggler never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        h.queues[usize::from(TXQ)].used_idx(&h.mem),
+        used_before,
+        "a used-ring entry after the reset"
+    );
+    // Messages 0 and 1 went back before the hang; the one in the hung period and the later ones
+    // stay the driver's, unwritten.
+    for message in &sent[2..] {
+        assert_eq!(h.status_of(message), (0xeeee_eeee, 0xeeee_eeee));
+    }
+    h.sound.reap_stragglers();
+    assert!(h.sound.stragglers.is_empty());
+}
+
 // ----- 3. a WAV path that cannot be written -----
 
 /// A private directory under the system's temporary directory, removed when dropped.
