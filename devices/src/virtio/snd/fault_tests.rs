@@ -592,6 +592,8 @@ fn a_release_the_host_device_has_no_room_for_is_answered_ok_in_time() {
 /// stopped answering), deaf to the stream's waker.
 struct HangingBackend {
     hang: Duration,
+    /// Hang in `start` (the first START) instead of the third period.
+    in_start: bool,
     /// Set when the hang begins, cleared when it ends.
     hanging: Arc<std::sync::atomic::AtomicBool>,
     /// Set when the hang has ended.
@@ -617,6 +619,7 @@ impl Backend for HangingBackend {
             inner: null::NullBackend.open_output(stream_id, params, stats)?,
             periods: 0,
             hang: self.hang,
+            in_start: self.in_start,
             hanging: self.hanging.clone(),
             returned: self.returned.clone(),
         }))
@@ -636,12 +639,29 @@ struct HangingOutput {
     inner: Box<dyn OutputStream>,
     periods: u64,
     hang: Duration,
+    in_start: bool,
     hanging: Arc<std::sync::atomic::AtomicBool>,
     returned: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl HangingOutput {
+    fn hang_once(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.returned.load(SeqCst) {
+            return;
+        }
+        self.hanging.store(true, SeqCst);
+        std::thread::sleep(self.hang);
+        self.hanging.store(false, SeqCst);
+        self.returned.store(true, SeqCst);
+    }
+}
+
 impl OutputStream for HangingOutput {
     fn start(&mut self) -> Result<(), BackendError> {
+        if self.in_start {
+            self.hang_once();
+        }
         self.inner.start()
     }
     fn stop(&mut self) -> Result<(), BackendError> {
@@ -655,12 +675,8 @@ impl OutputStream for HangingOutput {
     }
     fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
         self.periods += 1;
-        if self.periods == 3 {
-            use std::sync::atomic::Ordering::SeqCst;
-            self.hanging.store(true, SeqCst);
-            std::thread::sleep(self.hang);
-            self.hanging.store(false, SeqCst);
-            self.returned.store(true, SeqCst);
+        if self.periods == 3 && !self.in_start {
+            self.hang_once();
         }
         self.inner.play_period(filled)
     }
@@ -689,6 +705,7 @@ fn a_reset_does_not_wait_for_a_host_call_that_hangs() {
     let returned = Arc::new(AtomicBool::new(false));
     let backend = HangingBackend {
         hang: Duration::from_secs(3),
+        in_start: false,
         hanging: hanging.clone(),
         returned: returned.clone(),
     };
@@ -741,6 +758,62 @@ fn a_reset_does_not_wait_for_a_host_call_that_hangs() {
     }
     h.sound.reap_stragglers();
     assert!(h.sound.stragglers.is_empty());
+}
+
+/// SET_PARAMS on a prepared stream whose thread hangs in a host call (a START that timed out):
+/// the event loop waits for the thread a bounded time, then goes on without it; the stream is
+/// prepared again and plays on a new thread, its queued messages kept.
+#[test]
+fn set_params_does_not_wait_for_a_thread_that_hangs() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let hanging = Arc::new(AtomicBool::new(false));
+    let returned = Arc::new(AtomicBool::new(false));
+    let backend = HangingBackend {
+        hang: Duration::from_secs(4),
+        in_start: true,
+        hanging: hanging.clone(),
+        returned: returned.clone(),
+    };
+    let sound = Sound::with_backend(null_config(), Arc::new(backend)).unwrap();
+    let mut h = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    let params = SetParams {
+        period_bytes: 1920,
+        buffer_bytes: 1920 * 8,
+        ..fast_params(0)
+    };
+    h.prepare(params);
+    let sent = h.tx(0, &pattern(1920, 1));
+    // The thread hangs in the backend's start: START times out.
+    assert_eq!(h.pcm(R_PCM_START, 0), S_IO_ERR);
+    assert!(hanging.load(SeqCst));
+    let start = Instant::now();
+    assert_eq!(h.set_params(params), S_OK);
+    let elapsed = start.elapsed();
+    eprintln!("SET_PARAMS with a hung thread: {elapsed:?}");
+    assert!(
+        !returned.load(SeqCst),
+        "the hang ended before SET_PARAMS did"
+    );
+    assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
+    // A new thread: the queued message plays (once the first hang is over, the backend's
+    // start no longer hangs).
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !returned.load(SeqCst) {
+        assert!(Instant::now() < deadline, "the hang never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let used = h.wait_used(TXQ, 1, Duration::from_secs(5));
+    assert_eq!(used, vec![(sent.head, 8)]);
+    assert_eq!(h.status_of(&sent).0, S_OK);
+    let start = Instant::now();
+    h.sound.reset();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 // ----- 3. a WAV path that cannot be written -----

@@ -78,6 +78,23 @@ impl StreamMailbox {
         })
     }
 
+    /// A new mailbox for the same stream, holding this one's queued messages, for a stream whose
+    /// thread would not end (stuck in a host call): that thread keeps this mailbox, its waits
+    /// cancelled, and can take neither the next thread's commands nor its messages.
+    pub fn successor(&self) -> std::io::Result<StreamMailbox> {
+        let next = StreamMailbox::new(self.id, self.pending_limit)?;
+        self.waker.cancel();
+        self.drain_waker.cancel();
+        let mut old = self.lock();
+        let mut new = next.lock();
+        new.pending = std::mem::take(&mut old.pending);
+        new.pending_bytes = std::mem::take(&mut old.pending_bytes);
+        new.byte_limit = old.byte_limit;
+        drop(new);
+        drop(old);
+        Ok(next)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Shared> {
         // Every update leaves `Shared` consistent, so a poisoned lock is still usable.
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)

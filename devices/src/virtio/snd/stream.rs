@@ -207,7 +207,13 @@ impl StreamControl {
         let Some(params) = self.params else {
             return S_BAD_MSG;
         };
-        self.reap_retired();
+        if !self.reap_retired() {
+            log::warn!(
+                "virtio-snd: stream {}: earlier threads are stuck in host audio calls",
+                self.info.id
+            );
+            return S_IO_ERR;
+        }
         self.mailbox.set_byte_limit(&params);
         let context = period::PeriodContext {
             mailbox: self.mailbox.clone(),
@@ -334,7 +340,10 @@ impl StreamControl {
         }
     }
 
-    /// Ends the period thread (queued messages stay queued) and joins it.
+    /// Ends the period thread (queued messages stay queued) and joins it, waiting at most
+    /// [`RESET_JOIN_WAIT`] once it was told: a thread stuck in a host call is left with the old
+    /// mailbox (see [`StreamMailbox::successor`]) among the released threads, and the event loop
+    /// goes on.
     fn end_thread(&mut self) {
         if self.thread.is_none() {
             return;
@@ -345,34 +354,48 @@ impl StreamControl {
                 self.info.id
             );
         }
-        if let Some(thread) = self.thread.take() {
-            join(self.info.id, thread);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let running = join_within(vec![thread], RESET_JOIN_WAIT);
+        if running.is_empty() {
+            return;
         }
-    }
-
-    /// Joins every released thread; the caller cancels their drains first.
-    fn join_retired(&mut self) {
-        for thread in self.retired.drain(..) {
-            join(self.info.id, thread);
+        match self.mailbox.successor() {
+            Ok(next) => {
+                log::warn!(
+                    "virtio-snd: stream {}: its thread is stuck in a host audio call; going on \
+                     without it",
+                    self.info.id
+                );
+                self.mailbox = Arc::new(next);
+                self.retired.extend(running);
+            }
+            Err(e) => {
+                log::error!(
+                    "virtio-snd: stream {}: no new mailbox ({e}): waiting for its thread",
+                    self.info.id
+                );
+                running.into_iter().for_each(|t| join(self.info.id, t));
+            }
         }
     }
 
     /// Joins the released threads that have finished. A released thread still draining is left
     /// to it (it holds its own backend stream), unless [`MAX_DRAINING`] are: then every drain is
-    /// cut short, so a guest cycling PREPARE and RELEASE cannot pile up threads and PCMs.
-    fn reap_retired(&mut self) {
-        let (finished, draining): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
-            .into_iter()
-            .partition(|thread| thread.is_finished());
-        for thread in finished {
-            join(self.info.id, thread);
-        }
-        self.retired = draining;
+    /// cut short and waited for (at most [`RESET_JOIN_WAIT`]), so a guest cycling PREPARE and
+    /// RELEASE cannot pile up threads and PCMs. Returns false if that many are still running
+    /// (stuck in host calls): the stream is not to be prepared again until a reset.
+    fn reap_retired(&mut self) -> bool {
+        let threads = std::mem::take(&mut self.retired);
+        self.retired = join_within(threads, std::time::Duration::ZERO);
         if self.retired.len() >= MAX_DRAINING {
             self.mailbox.drain_waker.cancel();
-            self.join_retired();
+            let threads = std::mem::take(&mut self.retired);
+            self.retired = join_within(threads, RESET_JOIN_WAIT);
             self.mailbox.drain_waker.uncancel();
         }
+        self.retired.len() < MAX_DRAINING
     }
 }
 
