@@ -35,8 +35,11 @@
 //!   it) while the stream is released. Device reset cuts every flush and drain short (what ALSA still held is
 //!   counted in `tx_bytes_dropped_at_close`), joins every thread and drops queued messages.
 //! - Locks: each stream's message queue, and the txq/rxq rings (shared by the event loop, which
-//!   pops, and the period threads, which return chains). None is held across audio I/O or a
-//!   wait, so a vCPU's notification never waits for audio.
+//!   pops, and the period threads, which return chains), and each queue's revocation lock (read
+//!   by a period thread across a copy from or into guest memory, written once at reset). None is
+//!   held across audio I/O or a wait, so a vCPU's notification never waits for audio, and a
+//!   vCPU's reset waits for no host call: stream threads are joined for at most 250 ms, and
+//!   one stuck in a host call is left behind (its queues revoked) and joined later.
 
 pub mod backend;
 pub mod config;
