@@ -345,18 +345,11 @@ impl StreamControl {
     /// mailbox (see [`StreamMailbox::successor`]) among the released threads, and the event loop
     /// goes on.
     fn end_thread(&mut self) {
-        if self.thread.is_none() {
-            return;
-        }
-        if let Err(e) = self.command(Command::Exit) {
-            log::warn!(
-                "virtio-snd: stream {}: ending its thread: {e}",
-                self.info.id
-            );
-        }
         let Some(thread) = self.thread.take() else {
             return;
         };
+        // No answer to wait for: the thread has answered EXIT once it has ended.
+        self.mailbox.post(Command::Exit);
         let running = join_within(vec![thread], RESET_JOIN_WAIT);
         if running.is_empty() {
             return;
