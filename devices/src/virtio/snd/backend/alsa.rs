@@ -661,8 +661,10 @@ impl OutputStream for AlsaOutput {
                 waker.consume();
                 // Wait for the PCM to play out, watching its delay: snd_pcm_drain may block
                 // until everything is played whatever the PCM's mode (the `pulse` plugin's
-                // does), and no wait here may outlast the deadline.
-                while matches!(pcm.pcm.state(), State::Running)
+                // does), and no wait here may outlast the deadline. An xrun is not the end:
+                // `pulse` reports one once its ring is empty, while the server still plays what
+                // it holds (a device's delay fails in an xrun, which ends the wait).
+                while matches!(pcm.pcm.state(), State::Running | State::XRun)
                     && pcm.latency_bytes() > 0
                     && Instant::now() < deadline
                     && !waker.is_cancelled()
