@@ -1,5 +1,5 @@
 //! Backends for the unit-level measurements, built on the devices crate's public `Backend` trait:
-//! - [`RecordingBackend`] wraps a real backend (null, WAV) and timestamps every period the device
+//! - [`recording_backend`] wraps a real backend (null, WAV) and timestamps every period the device
 //!   hands it, with the tag of the message whose PCM starts that period. Pacing stays the
 //!   wrapped backend's own.
 //! - [`UnpacedBackend`] wants a period whenever asked: the TX path at full speed.
@@ -14,6 +14,8 @@ use canto_devices::virtio::snd::stats::SoundStats;
 use canto_devices::virtio::snd::waker::Waker;
 use canto_devices::virtio::snd::wire::PcmFormat;
 
+use canto_devices::virtio::test_utils::{HookedBackend, PlayedPeriod};
+
 use crate::device::TAG_BIT;
 
 /// One period handed to the backend.
@@ -27,132 +29,60 @@ pub struct PeriodRecord {
     pub filled: u32,
 }
 
-/// The periods a [`RecordingBackend`] saw.
-#[derive(Default)]
+/// The periods a [`recording_backend`] saw.
 pub struct Recorder {
     records: Mutex<Vec<PeriodRecord>>,
 }
 
-impl Recorder {
-    pub fn take(&self) -> Vec<PeriodRecord> {
-        std::mem::take(&mut *self.records.lock().unwrap_or_else(PoisonError::into_inner))
+/// Records kept without reallocating during a run.
+const RECORDS_RESERVED: usize = 1 << 16;
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            records: Mutex::new(Vec::with_capacity(RECORDS_RESERVED)),
+        }
     }
 }
 
-/// Wraps a backend and timestamps every period the device plays through it.
-pub struct RecordingBackend {
-    inner: Arc<dyn Backend>,
-    recorder: Arc<Recorder>,
-}
-
-impl RecordingBackend {
-    pub fn new(inner: Arc<dyn Backend>) -> (Arc<RecordingBackend>, Arc<Recorder>) {
-        let recorder = Arc::new(Recorder::default());
-        (
-            Arc::new(RecordingBackend {
-                inner,
-                recorder: recorder.clone(),
-            }),
-            recorder,
+impl Recorder {
+    /// The records so far; the next ones go to a fresh reserved list.
+    pub fn take(&self) -> Vec<PeriodRecord> {
+        std::mem::replace(
+            &mut *self.records.lock().unwrap_or_else(PoisonError::into_inner),
+            Vec::with_capacity(RECORDS_RESERVED),
         )
     }
-}
 
-impl Backend for RecordingBackend {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn formats(&self) -> u64 {
-        self.inner.formats()
-    }
-
-    fn open_output(
-        &self,
-        stream_id: u32,
-        params: &PcmParams,
-        stats: &Arc<SoundStats>,
-    ) -> Result<Box<dyn OutputStream>, BackendError> {
-        let inner = self.inner.open_output(stream_id, params, stats)?;
-        self.recorder
-            .records
+    fn record(&self, period: &PlayedPeriod<'_>) {
+        let at = Instant::now();
+        let tag = tag_of(period.buffer, period.filled);
+        self.records
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .reserve(1 << 16);
-        Ok(Box::new(RecordingOutput {
-            inner,
-            recorder: self.recorder.clone(),
-        }))
-    }
-
-    fn open_input(
-        &self,
-        stream_id: u32,
-        params: &PcmParams,
-        stats: &Arc<SoundStats>,
-    ) -> Result<Box<dyn InputStream>, BackendError> {
-        self.inner.open_input(stream_id, params, stats)
+            .push(PeriodRecord {
+                at,
+                tag,
+                filled: period.filled as u32,
+            });
     }
 }
 
-struct RecordingOutput {
-    inner: Box<dyn OutputStream>,
-    recorder: Arc<Recorder>,
+/// Wraps a backend so that every period the device plays through it is timestamped (the
+/// devices crate's [`HookedBackend`], with [`Recorder::record`] as its hook).
+pub fn recording_backend(inner: Arc<dyn Backend>) -> (Arc<HookedBackend>, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let hook = recorder.clone();
+    (
+        Arc::new(HookedBackend::new(inner, move |period| hook.record(period))),
+        recorder,
+    )
 }
 
 fn tag_of(buffer: &[u8], filled: usize) -> Option<u64> {
     let bytes: [u8; 8] = buffer.get(..8)?.try_into().ok()?;
     let tag = u64::from_le_bytes(bytes);
     (filled >= 8 && tag & TAG_BIT != 0).then_some(tag & !TAG_BIT)
-}
-
-impl OutputStream for RecordingOutput {
-    fn start(&mut self) -> Result<(), BackendError> {
-        self.inner.start()
-    }
-
-    fn stop(&mut self) -> Result<(), BackendError> {
-        self.inner.stop()
-    }
-
-    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
-        self.inner.wait_ready(waker)
-    }
-
-    fn period_buffer(&mut self) -> &mut [u8] {
-        self.inner.period_buffer()
-    }
-
-    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
-        let at = Instant::now();
-        let tag = tag_of(self.inner.period_buffer(), filled);
-        self.recorder
-            .records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(PeriodRecord {
-                at,
-                tag,
-                filled: filled as u32,
-            });
-        self.inner.play_period(filled)
-    }
-
-    fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError> {
-        self.inner.flush_bytes(len, deadline)
-    }
-
-    fn latency_bytes(&mut self) -> u32 {
-        self.inner.latency_bytes()
-    }
-
-    fn finish(&mut self) -> Result<(), BackendError> {
-        self.inner.finish()
-    }
-
-    fn close(self: Box<Self>, drain: Option<&Waker>) {
-        self.inner.close(drain)
-    }
 }
 
 /// Wants a period whenever the device asks: no clock. When the device had nothing queued for the

@@ -2,6 +2,7 @@
 //!
 //! - [`bus`]: address-range buses (port I/O and MMIO) that the vCPU threads dispatch exits to.
 //! - [`legacy`]: the 16550 serial console and the i8042 reset line.
+//! - [`log_limit`]: rate-limited logging for anything a guest can make happen again and again.
 //! - [`pci`]: the PCI root bus, configuration space and MSI-X.
 //! - [`virtio`]: the `VirtioDevice` trait, the virtio-pci transport and the virtio devices.
 //!
@@ -11,5 +12,6 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod log_limit;
 pub mod pci;
 pub mod virtio;

@@ -203,6 +203,10 @@ fuzz_target!(|data: &[u8]| {
         registrar,
         queues,
     };
+    // Memory decoding and bus mastering on, as a driver sets them first: without Bus Master
+    // Enable the device does no DMA. Inputs may still clear it through op 3.
+    rig.config_address(select(1));
+    rig.config_write(1, 0x6);
 
     for _ in 0..MAX_OPS {
         if r.is_empty() {

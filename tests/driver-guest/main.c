@@ -13,6 +13,7 @@ static const struct dg_test tests[] = {
     {"rng", test_rng, "virtio-rng with MSI-X: two 64-byte round trips"},
     {"rng-batch", test_rng_batch, "virtio-rng: 8 requests in flight, 2 of them chains"},
     {"rng-event-idx", test_rng_event_idx, "virtio-rng with VIRTIO_F_RING_EVENT_IDX (if offered)"},
+    {"bus-master", test_bus_master, "virtio-rng: with Bus Master Enable clear no used entry, no MSI-X; set, it completes"},
     {"reset", test_reset, "reset virtio-rng mid-request, re-init, round trip"},
     {"garbage", test_garbage, "garbage into every virtio register and config space, then work"},
     {"snd-control", test_snd_control, "virtio-snd: every control request, legal and illegal"},
@@ -24,8 +25,10 @@ static const struct dg_test tests[] = {
     {"snd-reset", test_snd_reset, "virtio-snd: reset with TX in flight, re-init, control + TX"},
     {"snd-flood", test_snd_flood, "virtio-snd: every queue kept full of junk for secs=N (5) s; stream 1 plays on"},
     {"snd-host-fault", test_snd_host_fault, "virtio-snd on ALSA: the Rust test kills the sound server mid-stream and restarts it"},
+    {"snd-play", test_snd_play, "virtio-snd: plays stream 0 until Canto is stopped from outside (signal tests)"},
     {"virtq-attacks", test_virtq_attacks, "virtio-snd: looping/over-long/wrapping chains, avail idx jumps; then work"},
     {"internal-error", test_internal_error, "run insn=int3|xsave|fwait, which kvm_pvm cannot: Canto must report it"},
+    {"soak", test_soak, "never ends: stream 1 plays while every queue of virtio-snd and virtio-rng is flooded (make soak)"},
     {"rtt", test_rtt, "benchmark: n= virtio-rng 8-byte round trips (TSC cycles)"},
 };
 

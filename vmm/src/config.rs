@@ -1,87 +1,94 @@
-//! The command line a user types, and checks on it that give one clear error each.
+//! The VM's configuration: what to boot and which devices the guest gets.
+//!
+//! The command line ([`crate::cli`]) builds a [`VmConfig`] today; a configuration file or an API
+//! socket will build the same struct, which is why it is serde-(de)serializable and refuses
+//! fields it does not know. Everything that can be checked without KVM is checked by
+//! [`VmConfig::validate`], so every front end gives the same one-line errors.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 
-use canto_devices::virtio::snd::SoundConfig;
-use clap::Parser;
+use canto_devices::virtio::snd::{BackendConfig, SoundConfig};
+use serde::{Deserialize, Serialize};
 
 /// Largest vCPU count Canto accepts (what the MP table can describe, and more than a microVM needs).
 pub const MAX_VCPUS: u8 = canto_arch::mptable::MAX_CPUS;
 
-/// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...`
-#[derive(Debug, Parser)]
-#[command(
-    name = "canto",
-    version,
-    about = "A small, fast KVM virtual machine monitor whose guests have sound"
-)]
-pub struct Cli {
+/// Guest RAM when the configuration does not say.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+/// One virtual machine: its kernel, CPUs, memory, console and devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
     /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
-    #[arg(long, value_name = "PATH")]
     pub kernel: PathBuf,
-    /// Initramfs to hand the kernel (cpio, optionally compressed; concatenated archives work).
-    #[arg(long, value_name = "PATH")]
+    /// Initramfs to hand the kernel.
+    #[serde(default)]
     pub initramfs: Option<PathBuf>,
-    /// Kernel command line. Canto adds the arguments its platform needs (console, reboot, and
-    /// CPU-feature masks on kvm_pvm); a key given here wins over Canto's.
-    #[arg(long, value_name = "STR", default_value = "")]
+    /// The user's kernel command line (Canto adds its platform's arguments, see [`crate::cmdline`]).
+    #[serde(default)]
     pub cmdline: String,
-    /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_cpus)]
+    /// Number of vCPUs, 1..=[`MAX_VCPUS`].
+    #[serde(default = "default_cpus")]
     pub cpus: u8,
-    /// Guest RAM, e.g. 256M, 1G, 1073741824 (bytes).
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    /// Guest RAM in bytes.
+    #[serde(default = "default_memory")]
     pub memory: u64,
-    /// Where the guest's serial console goes: stdio, null or file=PATH.
-    #[arg(long, value_name = "MODE", default_value = "stdio")]
-    pub serial: SerialMode,
-    /// The sound device: backend=alsa[,device=NAME] | backend=wav,path=FILE | backend=null,
-    /// with optional streams=OUT:IN. Default: ALSA `default`, or null (with a note) when it
-    /// cannot be opened.
-    #[arg(long, value_name = "SPEC", conflicts_with = "no_sound")]
-    pub sound: Option<SoundConfig>,
-    /// No sound device.
-    #[arg(long)]
-    pub no_sound: bool,
-    /// No virtio-rng entropy device.
-    #[arg(long)]
-    pub no_rng: bool,
-    /// Print the guest's PCI devices and exit after building the VM.
-    #[arg(long)]
-    pub print_devices: bool,
+    /// Where the guest's serial console goes.
+    #[serde(default)]
+    pub serial: SerialConfig,
+    /// The guest's virtio devices.
+    #[serde(default)]
+    pub devices: DevicesConfig,
 }
 
-/// Where guest serial output goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SerialMode {
-    Stdio,
-    Null,
-    File(PathBuf),
+fn default_cpus() -> u8 {
+    1
 }
 
-impl FromStr for SerialMode {
-    type Err = String;
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY
+}
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "stdio" => Ok(Self::Stdio),
-            "null" => Ok(Self::Null),
-            _ => match s.strip_prefix("file=") {
-                Some("") => Err("file= needs a path, e.g. --serial file=/tmp/console.log".into()),
-                Some(path) => Ok(Self::File(PathBuf::from(path))),
-                None => Err(format!(
-                    "unknown serial mode '{s}': use stdio, null or file=PATH"
-                )),
-            },
+impl VmConfig {
+    /// A VM booting `kernel` with every other setting at its default.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initramfs: None,
+            cmdline: String::new(),
+            cpus: default_cpus(),
+            memory: default_memory(),
+            serial: SerialConfig::default(),
+            devices: DevicesConfig::default(),
         }
+    }
+
+    /// The checks that need no KVM and no files (the command line makes them while parsing; a
+    /// configuration built another way gets them here).
+    pub fn validate(&self) -> Result<(), String> {
+        check_cpus(u32::from(self.cpus))?;
+        if let SerialConfig::File { path } = &self.serial {
+            if path.as_os_str().is_empty() {
+                return Err(SERIAL_FILE_NEEDS_PATH.into());
+            }
+        }
+        if let SoundSetting::Device(sound) = &self.devices.sound {
+            sound
+                .to_sound_config()
+                .validate()
+                .map_err(|e| format!("sound: {e}"))?;
+        }
+        Ok(())
     }
 }
 
-fn parse_cpus(s: &str) -> Result<u8, String> {
-    let n: u32 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a whole number of vCPUs"))?;
+/// Why a serial file without a path is refused (shared with the command line's parser).
+pub(crate) const SERIAL_FILE_NEEDS_PATH: &str =
+    "file= needs a path, e.g. --serial file=/tmp/console.log";
+
+/// Checks a vCPU count, with the error the user sees.
+pub fn check_cpus(n: u32) -> Result<u8, String> {
     if n == 0 {
         return Err("a VM needs at least 1 vCPU".into());
     }
@@ -91,99 +98,216 @@ fn parse_cpus(s: &str) -> Result<u8, String> {
     Ok(n as u8)
 }
 
-/// Parses a size with an optional K/M/G/T suffix (powers of 1024; a trailing "iB"/"B" is allowed).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let not_a_size = || format!("'{s}' is not a size (examples: 512M, 2G, 1048576)");
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, suffix) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| not_a_size())?;
-    let shift = match suffix.to_ascii_uppercase().as_str() {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => {
-            return Err(format!(
-                "'{s}': unknown size suffix '{suffix}' (use K, M, G or T)"
-            ))
+/// Where guest serial output goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SerialConfig {
+    /// Canto's stdout; stdin (a terminal, put in raw mode) is the guest's input.
+    #[default]
+    Stdio,
+    /// Discarded.
+    Null,
+    /// A file, created or truncated.
+    File { path: PathBuf },
+}
+
+/// The guest's virtio devices. Each is built by its entry in the VMM's device list
+/// ([`crate::devices`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// A virtio-rng entropy device.
+    #[serde(default = "yes")]
+    pub rng: bool,
+    /// The virtio-snd device.
+    #[serde(default)]
+    pub sound: SoundSetting,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            rng: true,
+            sound: SoundSetting::default(),
         }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("'{s}' is too large"))
+    }
+}
+
+/// Whether the guest gets a sound device, and which.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SoundSetting {
+    /// ALSA `default`, or the null backend (with one line on stderr) when it cannot be opened.
+    #[default]
+    Auto,
+    /// No sound device.
+    Off,
+    /// This device, as configured (an error if its backend cannot be set up).
+    Device(SoundDeviceConfig),
+}
+
+/// A sound device: its backend and its stream and jack topology (see
+/// `canto_devices::virtio::snd::SoundConfig`, which this converts to).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoundDeviceConfig {
+    pub backend: SoundBackend,
+    /// Output streams (ids 0..outputs).
+    #[serde(default = "one")]
+    pub outputs: u32,
+    /// Input streams (ids outputs..outputs+inputs).
+    #[serde(default = "one")]
+    pub inputs: u32,
+    #[serde(default)]
+    pub jacks: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Where the sound device's audio goes to and comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SoundBackend {
+    /// An ALSA PCM opened by name (`default`, `pulse`, `hw:0,0`, ...).
+    Alsa { device: String },
+    /// A WAV file per output stream.
+    Wav { path: PathBuf },
+    /// Discards output, captures silence, paced in real time.
+    Null,
+}
+
+impl SoundDeviceConfig {
+    /// The sound device's own configuration type.
+    pub fn to_sound_config(&self) -> SoundConfig {
+        SoundConfig {
+            backend: match &self.backend {
+                SoundBackend::Alsa { device } => BackendConfig::Alsa {
+                    device: device.clone(),
+                },
+                SoundBackend::Wav { path } => BackendConfig::Wav { path: path.clone() },
+                SoundBackend::Null => BackendConfig::Null,
+            },
+            outputs: self.outputs,
+            inputs: self.inputs,
+            jacks: self.jacks,
+        }
+    }
+}
+
+impl From<&SoundConfig> for SoundDeviceConfig {
+    fn from(config: &SoundConfig) -> Self {
+        Self {
+            backend: match &config.backend {
+                BackendConfig::Alsa { device } => SoundBackend::Alsa {
+                    device: device.clone(),
+                },
+                BackendConfig::Wav { path } => SoundBackend::Wav { path: path.clone() },
+                BackendConfig::Null => SoundBackend::Null,
+            },
+            outputs: config.outputs,
+            inputs: config.inputs,
+            jacks: config.jacks,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("canto").chain(args.iter().copied()))
+    #[test]
+    fn a_minimal_document_takes_the_defaults() {
+        let config: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(config, VmConfig::new("/k"));
+        assert_eq!(config.cpus, 1);
+        assert_eq!(config.memory, 512 << 20);
+        assert_eq!(config.serial, SerialConfig::Stdio);
+        assert!(config.devices.rng);
+        assert_eq!(config.devices.sound, SoundSetting::Auto);
     }
 
     #[test]
-    fn defaults_and_full_command_line() {
-        let cli = parse(&["--kernel", "k"]).unwrap();
-        assert_eq!(cli.cpus, 1);
-        assert_eq!(cli.memory, 512 << 20);
-        assert_eq!(cli.serial, SerialMode::Stdio);
-        assert!(cli.initramfs.is_none());
-        let cli = parse(&[
-            "--kernel",
-            "k",
-            "--initramfs",
-            "i",
-            "--cmdline",
-            "quiet",
-            "--cpus",
-            "2",
-            "--memory",
-            "1G",
-            "--serial",
-            "file=/tmp/x",
-        ])
-        .unwrap();
-        assert_eq!(cli.cpus, 2);
-        assert_eq!(cli.memory, 1 << 30);
-        assert_eq!(cli.cmdline, "quiet");
-        assert_eq!(cli.serial, SerialMode::File("/tmp/x".into()));
-        let cli = parse(&["--kernel", "k", "--sound", "backend=wav,path=/tmp/o.wav"]).unwrap();
-        assert_eq!(cli.sound.unwrap().backend.name(), "wav");
+    fn round_trips_through_serde() {
+        let mut config = VmConfig::new("/boot/vmlinux");
+        config.initramfs = Some("/boot/initrd".into());
+        config.cmdline = "quiet".into();
+        config.cpus = 2;
+        config.memory = 1 << 30;
+        config.serial = SerialConfig::File {
+            path: "/tmp/console".into(),
+        };
+        config.devices = DevicesConfig {
+            rng: false,
+            sound: SoundSetting::Device(SoundDeviceConfig {
+                backend: SoundBackend::Wav {
+                    path: "/tmp/o.wav".into(),
+                },
+                outputs: 2,
+                inputs: 0,
+                jacks: 1,
+            }),
+        };
+        let text = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&text).unwrap(), config);
+        let off = r#"{"kernel": "/k", "devices": {"sound": "off"}}"#;
+        let off: VmConfig = serde_json::from_str(off).unwrap();
+        assert_eq!(off.devices.sound, SoundSetting::Off);
     }
 
     #[test]
-    fn user_errors_are_rejected_with_a_reason() {
-        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
-        assert!(err(&[]).contains("--kernel"));
-        assert!(err(&["--kernel", "k", "--cpus", "0"]).contains("at least 1 vCPU"));
-        assert!(err(&["--kernel", "k", "--cpus", "999"]).contains("at most"));
-        assert!(err(&["--kernel", "k", "--cpus", "two"]).contains("not a whole number"));
-        assert!(err(&["--kernel", "k", "--memory", "12Q"]).contains("unknown size suffix"));
-        assert!(err(&["--kernel", "k", "--memory", "lots"]).contains("not a size"));
-        assert!(err(&["--kernel", "k", "--serial", "tty"]).contains("unknown serial mode"));
-        assert!(err(&["--kernel", "k", "--serial", "file="]).contains("needs a path"));
-        assert!(err(&["--kernel", "k", "--bogus"]).contains("--bogus"));
-        assert!(err(&["--kernel", "k", "--sound", "backend=jack"]).contains("jack"));
-        assert!(
-            err(&["--kernel", "k", "--sound", "backend=null", "--no-sound"])
-                .contains("cannot be used with")
-        );
+    fn unknown_fields_are_refused() {
+        for doc in [
+            r#"{"kernel": "/k", "vcpus": 2}"#,
+            r#"{"kernel": "/k", "devices": {"rgn": true}}"#,
+            r#"{"kernel": "/k", "serial": {"file": {"path": "/x", "mode": 1}}}"#,
+            r#"{"kernel": "/k", "devices": {"sound": {"device": {"backend": "null", "streams": 2}}}}"#,
+        ] {
+            let err = serde_json::from_str::<VmConfig>(doc)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unknown field"), "{doc}: {err}");
+        }
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("128m"), Ok(128 << 20));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("1T"), Ok(1 << 40));
-        assert!(parse_size("99999999999999999999T").is_err());
-        assert!(parse_size("20000000T").unwrap_err().contains("too large"));
-        assert!(parse_size("").is_err());
+    fn validate_gives_the_command_lines_errors() {
+        let mut config = VmConfig::new("/k");
+        assert_eq!(config.validate(), Ok(()));
+        config.cpus = 0;
+        assert!(config.validate().unwrap_err().contains("at least 1 vCPU"));
+        config.cpus = MAX_VCPUS + 1;
+        assert!(config.validate().unwrap_err().contains("at most"));
+        config.cpus = 1;
+        config.serial = SerialConfig::File { path: "".into() };
+        assert!(config.validate().unwrap_err().contains("needs a path"));
+        config.serial = SerialConfig::Null;
+        config.devices.sound = SoundSetting::Device(SoundDeviceConfig {
+            backend: SoundBackend::Null,
+            outputs: 0,
+            inputs: 0,
+            jacks: 0,
+        });
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("at least one stream"));
+    }
+
+    #[test]
+    fn sound_configs_convert_both_ways() {
+        for spec in [
+            "backend=alsa,device=hw:1,0",
+            "backend=wav,path=/tmp/x.wav,streams=2:1,jacks=2",
+            "backend=null,streams=0:1",
+        ] {
+            let sound: SoundConfig = spec.parse().unwrap();
+            assert_eq!(SoundDeviceConfig::from(&sound).to_sound_config(), sound);
+        }
     }
 }

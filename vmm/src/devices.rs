@@ -12,6 +12,7 @@ use canto_devices::virtio::transport::pci::{msix_vector_count, VirtioPciDevice};
 use canto_devices::virtio::{SharedSubscriber, VirtioDevice};
 use event_manager::RemoteEndpoint;
 
+use crate::config::{DevicesConfig, SoundSetting};
 use crate::interrupts::{GsiRouter, KvmIoEvents, KvmMsiGroup, RemoteRegistrar};
 use crate::vm::Vm;
 
@@ -29,30 +30,79 @@ pub enum DeviceError {
     Bus(#[from] canto_devices::bus::BusError),
 }
 
-/// What the user asked for in the way of devices.
-pub struct DeviceOptions {
-    pub rng: bool,
-    /// None: no sound device.
-    pub sound: Option<SoundConfig>,
+/// One virtio device the VMM knows: how to build it from the configuration (`None`: the
+/// configuration leaves it out). Adding a virtio device is its folder in `devices/src/virtio/`
+/// plus one entry in [`DEVICE_LIST`].
+struct DeviceEntry {
+    /// What the logs call it.
+    name: &'static str,
+    build: fn(&DevicesConfig) -> Result<Option<BuiltDevice>, DeviceError>,
 }
 
-/// The sound configuration to use: the user's, or ALSA `default` falling back to null (with one
-/// line on stderr saying so) when it cannot be opened.
-pub fn choose_sound(user: Option<SoundConfig>, disabled: bool) -> Option<SoundConfig> {
-    if disabled {
-        return None;
+/// The virtio devices, in PCI slot order (the first present one is 00:01.0). Teardown resets
+/// them in this order too, and their report lines come in it.
+const DEVICE_LIST: &[DeviceEntry] = &[
+    DeviceEntry {
+        name: "sound",
+        build: build_sound,
+    },
+    DeviceEntry {
+        name: "rng",
+        build: |config| Ok(config.rng.then(|| BuiltDevice::new(Rng::new()))),
+    },
+];
+
+/// A device built from its [`DeviceEntry`]: what the transport drives, and the line it reports at
+/// exit.
+pub struct BuiltDevice {
+    name: &'static str,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    report: Option<Box<dyn Fn() -> String + Send>>,
+}
+
+impl BuiltDevice {
+    fn new(device: impl VirtioDevice + 'static) -> Self {
+        Self {
+            name: "",
+            device: Arc::new(Mutex::new(device)),
+            report: None,
+        }
     }
-    if let Some(config) = user {
-        return Some(config);
+
+    /// `report` gives the line logged (at info) when the VM ends, after the device's reset.
+    fn with_report(mut self, report: impl Fn() -> String + Send + 'static) -> Self {
+        self.report = Some(Box::new(report));
+        self
     }
-    let default = SoundConfig::default();
+}
+
+fn build_sound(config: &DevicesConfig) -> Result<Option<BuiltDevice>, DeviceError> {
+    let Some(sound) = choose_sound(&config.sound) else {
+        return Ok(None);
+    };
+    let sound = Sound::new(sound)?;
+    let stats = sound.stats_handle();
+    let device = BuiltDevice::new(sound);
+    Ok(Some(device.with_report(move || {
+        format!("sound stats: {:?}", stats.snapshot())
+    })))
+}
+
+/// The sound configuration to use: the configured one, or ALSA `default` falling back to null
+/// (with one line on stderr saying so) when it cannot be opened.
+pub fn choose_sound(setting: &SoundSetting) -> Option<SoundConfig> {
+    let device = match setting {
+        SoundSetting::Off => return None,
+        SoundSetting::Device(device) => return Some(device.to_sound_config()),
+        SoundSetting::Auto => SoundConfig::default(),
+    };
     // alsa-lib prints its own multi-line complaints on stderr; the user gets our one line instead.
-    let probed = with_stderr_silenced(|| snd::probe(&default));
+    let probed = with_stderr_silenced(|| snd::probe(&device));
     match probed {
-        Ok(()) => Some(default),
+        Ok(()) => Some(device),
         Err(e) => {
             eprintln!("canto: sound: cannot open ALSA 'default' ({e}); using the null backend (choose one with --sound)");
-            Some(default.with_backend(BackendConfig::Null))
+            Some(device.with_backend(BackendConfig::Null))
         }
     }
 }
@@ -60,7 +110,8 @@ pub fn choose_sound(user: Option<SoundConfig>, disabled: bool) -> Option<SoundCo
 /// The PCI bus and its devices, built and mapped.
 pub struct PciDevices {
     pub root: Arc<Mutex<PciRoot>>,
-    pub sound: Option<Arc<Mutex<Sound>>>,
+    /// In [`DEVICE_LIST`] order.
+    devices: Vec<BuiltDevice>,
 }
 
 impl PciDevices {
@@ -70,16 +121,49 @@ impl PciDevices {
             .unwrap_or_else(|e| e.into_inner())
             .device_list()
     }
+
+    /// Ends every device, in list order (the vCPUs must be stopped): their threads stop and
+    /// backends flush (a WAV file gets its final header) even when the guest did not release
+    /// them. Returns the devices' report lines, in list order.
+    pub fn teardown(&self) -> Vec<String> {
+        for built in &self.devices {
+            log::debug!("teardown: resetting the {} device", built.name);
+            built
+                .device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset();
+        }
+        self.devices
+            .iter()
+            .filter_map(|d| d.report.as_ref().map(|report| report()))
+            .collect()
+    }
 }
 
-/// Builds the PCI root bus on ports 0xCF8-0xCFF with the requested virtio devices.
+/// Builds the devices of `list` that `config` asks for, in list order.
+fn build_devices(
+    list: &[DeviceEntry],
+    config: &DevicesConfig,
+) -> Result<Vec<BuiltDevice>, DeviceError> {
+    let mut devices = Vec::new();
+    for entry in list {
+        if let Some(mut built) = (entry.build)(config)? {
+            built.name = entry.name;
+            devices.push(built);
+        }
+    }
+    Ok(devices)
+}
+
+/// Builds the PCI root bus on ports 0xCF8-0xCFF with the configured virtio devices.
 pub fn build_pci(
     vm: &Vm,
     pio: &Bus,
     mmio: Arc<Bus>,
     router: &Arc<GsiRouter>,
     endpoint: RemoteEndpoint<SharedSubscriber>,
-    options: DeviceOptions,
+    config: &DevicesConfig,
 ) -> Result<PciDevices, DeviceError> {
     let low_ram_end = canto_arch::memory::low_ram_end(vm.mem_size);
     let window = layout::PCI_MMIO32_START..layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE;
@@ -89,7 +173,9 @@ pub fn build_pci(
 
     let ioevents = Arc::new(KvmIoEvents { vm: vm.fd.clone() });
     let registrar = Arc::new(RemoteRegistrar { endpoint });
-    let mut add = |device: Arc<Mutex<dyn VirtioDevice>>| -> Result<(), DeviceError> {
+    let devices = build_devices(DEVICE_LIST, config)?;
+    for built in &devices {
+        let device = built.device.clone();
         let vectors = msix_vector_count(&*device.lock().unwrap_or_else(|e| e.into_inner()));
         let msi =
             KvmMsiGroup::new(router.clone(), &vm.fd, vectors).map_err(DeviceError::Interrupts)?;
@@ -101,22 +187,11 @@ pub fn build_pci(
             registrar.clone(),
         )?;
         root.add_device(Arc::new(Mutex::new(transport)))?;
-        Ok(())
-    };
-
-    let mut sound = None;
-    if let Some(config) = options.sound {
-        let device = Arc::new(Mutex::new(Sound::new(config)?));
-        sound = Some(device.clone());
-        add(device)?;
-    }
-    if options.rng {
-        add(Arc::new(Mutex::new(Rng::new())))?;
     }
 
     let root = Arc::new(Mutex::new(root));
     pio.insert(root.clone(), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN)?;
-    Ok(PciDevices { root, sound })
+    Ok(PciDevices { root, devices })
 }
 
 /// Runs `f` with file descriptor 2 pointed at /dev/null (only at startup, before other threads).
@@ -143,4 +218,135 @@ fn with_stderr_silenced<T>(f: impl FnOnce() -> T) -> T {
         libc::close(saved);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use canto_devices::virtio::{ActivateContext, ActivateError};
+
+    use super::*;
+    use crate::config::{SoundBackend, SoundDeviceConfig};
+
+    /// A device that records its resets in a shared log.
+    struct Recorder {
+        id: &'static str,
+        log: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl VirtioDevice for Recorder {
+        fn device_type(&self) -> u32 {
+            4
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[8]
+        }
+        fn features(&self) -> u64 {
+            1 << 32
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(
+            &mut self,
+            _ctx: ActivateContext,
+        ) -> Result<Vec<SharedSubscriber>, ActivateError> {
+            Ok(Vec::new())
+        }
+        fn reset(&mut self) {
+            self.log.lock().unwrap().push(self.id);
+        }
+    }
+
+    fn names(devices: &[BuiltDevice]) -> Vec<&'static str> {
+        devices.iter().map(|d| d.name).collect()
+    }
+
+    #[test]
+    fn the_config_chooses_the_devices_in_list_order() {
+        let null_sound = SoundSetting::Device(SoundDeviceConfig {
+            backend: SoundBackend::Null,
+            outputs: 1,
+            inputs: 1,
+            jacks: 0,
+        });
+        let all = DevicesConfig {
+            rng: true,
+            sound: null_sound.clone(),
+        };
+        assert_eq!(
+            names(&build_devices(DEVICE_LIST, &all).unwrap()),
+            ["sound", "rng"]
+        );
+        let rng_only = DevicesConfig {
+            rng: true,
+            sound: SoundSetting::Off,
+        };
+        assert_eq!(
+            names(&build_devices(DEVICE_LIST, &rng_only).unwrap()),
+            ["rng"]
+        );
+        let sound_only = DevicesConfig {
+            rng: false,
+            sound: null_sound,
+        };
+        assert_eq!(
+            names(&build_devices(DEVICE_LIST, &sound_only).unwrap()),
+            ["sound"]
+        );
+        let none = DevicesConfig {
+            rng: false,
+            sound: SoundSetting::Off,
+        };
+        assert!(build_devices(DEVICE_LIST, &none).unwrap().is_empty());
+        let bad_wav = DevicesConfig {
+            rng: true,
+            sound: SoundSetting::Device(SoundDeviceConfig {
+                backend: SoundBackend::Wav {
+                    path: "/nonexistent-dir/x.wav".into(),
+                },
+                outputs: 1,
+                inputs: 0,
+                jacks: 0,
+            }),
+        };
+        #[cfg(feature = "snd-wav")]
+        assert!(matches!(
+            build_devices(DEVICE_LIST, &bad_wav),
+            Err(DeviceError::Sound(_))
+        ));
+        #[cfg(not(feature = "snd-wav"))]
+        let _ = bad_wav;
+    }
+
+    #[test]
+    fn teardown_resets_in_list_order_then_reports() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let recorder = |id: &'static str| {
+            let log = log.clone();
+            BuiltDevice::new(Recorder {
+                id,
+                log: log.clone(),
+            })
+            .with_report(move || format!("{id} saw {:?}", log.lock().unwrap()))
+        };
+        let devices = vec![recorder("first"), recorder("second"), recorder("third")];
+        let mmio = Arc::new(Bus::new());
+        let root = PciRoot::new(mmio, 0xc000_0000..0xd000_0000, 0x1000_0000).unwrap();
+        let pci = PciDevices {
+            root: Arc::new(Mutex::new(root)),
+            devices,
+        };
+        let reports = pci.teardown();
+        assert_eq!(*log.lock().unwrap(), ["first", "second", "third"]);
+        // Every report comes after every reset.
+        assert_eq!(
+            reports,
+            [
+                r#"first saw ["first", "second", "third"]"#,
+                r#"second saw ["first", "second", "third"]"#,
+                r#"third saw ["first", "second", "third"]"#,
+            ]
+        );
+    }
 }

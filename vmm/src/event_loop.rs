@@ -1,5 +1,5 @@
-//! Event-loop subscribers that belong to the VMM itself: the VM's end, and host input for the
-//! serial console.
+//! Event-loop subscribers that belong to the VMM itself: the VM's end, stop signals, and host
+//! input for the serial console.
 
 use std::io::Read;
 use std::os::unix::io::AsRawFd;
@@ -11,6 +11,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::signals::StopSignals;
 use crate::vcpu::{ExitReporter, VmExit};
 
 /// Ends the event loop when a vCPU reports the VM's end or the guest pulses the i8042 reset.
@@ -37,6 +38,29 @@ impl MutEventSubscriber for ExitWatcher {
             if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
                 log::error!("cannot watch the VM's exit events: {e:?}");
             }
+        }
+    }
+}
+
+/// Ends the event loop when a stop signal arrives (see [`crate::signals`]).
+pub struct StopSignalWatcher {
+    pub signals: StopSignals,
+    pub exit: ExitReporter,
+    pub done: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for StopSignalWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.signals.event().read();
+        if let Some(signal) = self.signals.received() {
+            self.exit.report(VmExit::Signal(signal));
+            self.done.store(true, Ordering::Release);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&**self.signals.event(), EventSet::IN)) {
+            log::error!("cannot watch for stop signals: {e:?}");
         }
     }
 }

@@ -1,16 +1,20 @@
-//! The Canto VMM: builds a KVM virtual machine from a [`config::Cli`], runs its vCPU threads and
-//! its event loop, and reports how the guest ended.
+//! The Canto VMM: [`Vmm::build`] makes a KVM virtual machine from a [`config::VmConfig`] (which
+//! the command line, [`cli::Cli`], produces), [`Vmm::run`] runs its vCPU threads and its event
+//! loop until the guest ends or a stop signal arrives, tears it down and says how it ended.
 //!
 //! Threads: one per vCPU (KVM_RUN, port I/O and MMIO dispatch to the buses), and the main thread,
 //! which runs the event loop (event-manager): the VM's end, serial input, and device work such as
 //! virtio queue kicks (ioeventfds). Devices live in `canto-devices` and never call KVM directly.
 
+pub mod cli;
 pub mod cmdline;
 pub mod config;
 pub mod devices;
 mod event_loop;
 pub mod interrupts;
 pub mod loader;
+pub mod signals;
+pub mod terminal;
 pub mod vcpu;
 pub mod vm;
 
@@ -24,14 +28,16 @@ use canto_devices::bus::Bus;
 use canto_devices::legacy::{
     I8042Reset, SerialConsole, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
-use canto_devices::virtio::{SharedSubscriber, VirtioDevice};
+use canto_devices::pci::PciDeviceInfo;
+use canto_devices::virtio::SharedSubscriber;
 use event_manager::{EventManager, SubscriberOps};
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Kvm, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::terminal::Terminal;
 
-use config::{Cli, SerialMode};
-use event_loop::{ExitWatcher, StdinToSerial};
+use config::{SerialConfig, VmConfig};
+use event_loop::{ExitWatcher, StdinToSerial, StopSignalWatcher};
+use signals::StopSignals;
+use terminal::RawTerminal;
 use vcpu::{ExitReporter, VcpuContext, VcpuThread, VmExit};
 
 /// The serial console's legacy interrupt (COM1).
@@ -72,6 +78,8 @@ pub enum Error {
     EventLoop(event_manager::Error),
     #[error("the guest stopped with an error: {0}")]
     Guest(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Serial output that reaches its destination byte by byte, so a crash loses nothing. When the
@@ -103,11 +111,11 @@ impl<W: Write> Write for SerialOutput<W> {
     }
 }
 
-fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
+fn serial_output(mode: &SerialConfig) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match mode {
-        SerialMode::Stdio => Box::new(SerialOutput::new(io::stdout())),
-        SerialMode::Null => Box::new(io::sink()),
-        SerialMode::File(path) => {
+        SerialConfig::Stdio => Box::new(SerialOutput::new(io::stdout())),
+        SerialConfig::Null => Box::new(io::sink()),
+        SerialConfig::File { path } => {
             Box::new(SerialOutput::new(File::create(path).map_err(|source| {
                 Error::SerialFile {
                     path: path.clone(),
@@ -118,33 +126,6 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
     })
 }
 
-/// Puts the terminal in raw mode for the guest's console and restores it when dropped.
-struct RawTerminal;
-
-impl RawTerminal {
-    fn enter() -> Option<Self> {
-        let stdin = io::stdin();
-        if !io::IsTerminal::is_terminal(&stdin) {
-            return None;
-        }
-        match stdin.lock().set_raw_mode() {
-            Ok(()) => Some(Self),
-            Err(e) => {
-                log::warn!("cannot put the terminal in raw mode: {e}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        if let Err(e) = io::stdin().lock().set_canon_mode() {
-            log::warn!("cannot restore the terminal: {e}");
-        }
-    }
-}
-
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
@@ -153,123 +134,188 @@ fn eventfd(what: &'static str) -> Result<EventFd, Error> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io { what, source })
 }
 
-/// Builds the VM described by `cli`, runs it to the end, and says how the guest ended.
-pub fn run(cli: &Cli) -> Result<VmExit, Error> {
-    // Mistakes in the command line are reported before KVM is touched.
-    vm::check_memory_size(cli.memory)?;
-    loader::check_inputs(&cli.kernel, cli.initramfs.as_deref())?;
-    let kvm = vm::open_kvm()?;
-    let vm = vm::Vm::new(&kvm, cli.memory)?;
+/// A virtual machine, built and ready to run.
+pub struct Vmm {
+    // Kept open for the VM's lifetime, as KVM's documentation asks.
+    _kvm: Kvm,
+    vm: vm::Vm,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    serial: Arc<Mutex<SerialConsole>>,
+    serial_mode: SerialConfig,
+    reset_evt: Arc<EventFd>,
+    events: EventManager<SharedSubscriber>,
+    pci: devices::PciDevices,
+    vcpus: Vec<VcpuFd>,
+    stop_signals: Option<StopSignals>,
+}
 
-    let kernel = loader::load_kernel(&vm.mem, &cli.kernel)?;
-    let initrd = cli
-        .initramfs
-        .as_deref()
-        .map(|p| loader::load_initramfs(&vm.mem, vm.mem_size, p))
-        .transpose()?;
-    let line = cmdline::build(&cli.cmdline, cmdline::host_is_kvm_pvm());
-    log::info!("kernel command line: {line}");
-    loader::write_boot_structures(&vm.mem, vm.mem_size, cli.cpus, &line, &kernel, initrd)?;
+impl Vmm {
+    /// Builds the VM `config` describes: guest memory with the kernel, initramfs and boot
+    /// structures loaded, the legacy and PCI devices, and the vCPUs (not yet running).
+    pub fn build(config: &VmConfig) -> Result<Self, Error> {
+        // Mistakes in the configuration are reported before KVM is touched.
+        config.validate().map_err(Error::Config)?;
+        vm::check_memory_size(config.memory)?;
+        loader::check_inputs(&config.kernel, config.initramfs.as_deref())?;
+        let kvm = vm::open_kvm()?;
+        let vm = vm::Vm::new(&kvm, config.memory)?;
 
-    let pio = Arc::new(Bus::new());
-    let mmio = Arc::new(Bus::new());
+        let kernel = loader::load_kernel(&vm.mem, &config.kernel)?;
+        let initrd = config
+            .initramfs
+            .as_deref()
+            .map(|p| loader::load_initramfs(&vm.mem, vm.mem_size, p))
+            .transpose()?;
+        let line = cmdline::build(&config.cmdline, cmdline::host_is_kvm_pvm());
+        log::info!("kernel command line: {line}");
+        loader::write_boot_structures(&vm.mem, vm.mem_size, config.cpus, &line, &kernel, initrd)?;
 
-    let (serial, reset_evt) = add_legacy_devices(&vm, &pio, &cli.serial)?;
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
 
-    let mut events: EventManager<SharedSubscriber> =
-        EventManager::new().map_err(Error::EventLoop)?;
-    let router = Arc::new(interrupts::GsiRouter::new(vm.fd.clone()));
-    router.install_legacy().map_err(|source| Error::Io {
-        what: "cannot install the interrupt routes",
-        source,
-    })?;
-    let pci = devices::build_pci(
-        &vm,
-        &pio,
-        mmio.clone(),
-        &router,
-        events.remote_endpoint(),
-        devices::DeviceOptions {
-            rng: !cli.no_rng,
-            sound: devices::choose_sound(cli.sound.clone(), cli.no_sound),
-        },
-    )?;
-    if cli.print_devices {
-        for device in pci.list() {
-            println!("{device}");
-        }
-        return Ok(VmExit::PowerOff);
-    }
+        let (serial, reset_evt) = add_legacy_devices(&vm, &pio, &config.serial)?;
 
-    let vcpus = create_vcpus(&kvm, &vm, cli.cpus, &kernel.entry)?;
-
-    let vcpu_exit_evt = Arc::new(eventfd("exit eventfd")?);
-    let exit = ExitReporter::new(vcpu_exit_evt.clone());
-    let done = Arc::new(AtomicBool::new(false));
-    events.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
-        vcpu_exit: vcpu_exit_evt,
-        reset: reset_evt,
-        exit: exit.clone(),
-        done: done.clone(),
-    })));
-    let _raw_terminal = match (&cli.serial, RawTerminal::enter()) {
-        (SerialMode::Stdio, Some(raw)) => {
-            events.add_subscriber(Arc::new(Mutex::new(StdinToSerial {
-                serial: serial.clone(),
-            })));
-            Some(raw)
-        }
-        _ => None,
-    };
-
-    vcpu::install_kick_handler().map_err(|e| Error::Io {
-        what: "vCPU kick signal handler",
-        source: io::Error::from_raw_os_error(e.errno()),
-    })?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::with_capacity(vcpus.len());
-    for (id, fd) in vcpus.into_iter().enumerate() {
-        let ctx = VcpuContext {
-            id: id as u8,
-            pio: pio.clone(),
-            mmio: mmio.clone(),
-            mem: vm.mem.clone(),
-            stop: stop.clone(),
-            exit: exit.clone(),
-        };
-        let thread = VcpuThread::spawn(fd, ctx).map_err(|source| Error::Io {
-            what: "cannot start a vCPU thread",
+        let events: EventManager<SharedSubscriber> =
+            EventManager::new().map_err(Error::EventLoop)?;
+        let router = Arc::new(interrupts::GsiRouter::new(vm.fd.clone()));
+        router.install_legacy().map_err(|source| Error::Io {
+            what: "cannot install the interrupt routes",
             source,
         })?;
-        threads.push(thread);
+        let pci = devices::build_pci(
+            &vm,
+            &pio,
+            mmio.clone(),
+            &router,
+            events.remote_endpoint(),
+            &config.devices,
+        )?;
+        let vcpus = create_vcpus(&kvm, &vm, config.cpus, &kernel.entry)?;
+        Ok(Self {
+            _kvm: kvm,
+            vm,
+            pio,
+            mmio,
+            serial,
+            serial_mode: config.serial.clone(),
+            reset_evt,
+            events,
+            pci,
+            vcpus,
+            stop_signals: None,
+        })
     }
 
-    let result = loop {
-        if let Err(e) = events.run() {
-            break Err(Error::EventLoop(e));
-        }
-        if done.load(Ordering::Acquire) {
-            break Ok(());
-        }
-    };
-    // A vCPU may be waiting on the event loop (a device activating); dropping the loop answers it.
-    drop(events);
-    stop.store(true, Ordering::Release);
-    for thread in threads {
-        thread.stop();
+    /// The guest's PCI functions, as `--print-devices` lists them.
+    pub fn pci_devices(&self) -> Vec<PciDeviceInfo> {
+        self.pci.list()
     }
-    // The sound device's streams end here: their threads stop and backends flush (a WAV file
-    // gets its final header) even when the guest did not release them.
-    if let Some(sound) = &pci.sound {
-        let mut sound = sound.lock().unwrap_or_else(|e| e.into_inner());
-        sound.reset();
-        log::info!("sound stats: {:?}", sound.stats());
+
+    /// Makes a stop signal ([`signals::install`]) end [`Vmm::run`] cleanly, with
+    /// [`VmExit::Signal`].
+    pub fn stop_on(&mut self, signals: &StopSignals) {
+        self.stop_signals = Some(signals.clone());
     }
-    result?;
-    match exit.reason() {
-        Some(VmExit::Failed(msg)) => Err(Error::Guest(msg)),
-        Some(reason) => Ok(reason),
-        None => Ok(VmExit::PowerOff),
+
+    /// Runs the guest to its end (or a stop signal), tears the VM down and says how it ended.
+    ///
+    /// Teardown, whatever ended the run: the event loop goes (answering any vCPU waiting on
+    /// it), the vCPU threads stop, the devices are reset in their list order (every backend
+    /// flushes), their report lines are logged, and the terminal is restored.
+    pub fn run(self) -> Result<VmExit, Error> {
+        let Self {
+            _kvm,
+            vm,
+            pio,
+            mmio,
+            serial,
+            serial_mode,
+            reset_evt,
+            mut events,
+            pci,
+            vcpus,
+            stop_signals,
+        } = self;
+        let vcpu_exit_evt = Arc::new(eventfd("exit eventfd")?);
+        let exit = ExitReporter::new(vcpu_exit_evt.clone());
+        let done = Arc::new(AtomicBool::new(false));
+        events.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
+            vcpu_exit: vcpu_exit_evt,
+            reset: reset_evt,
+            exit: exit.clone(),
+            done: done.clone(),
+        })));
+        if let Some(signals) = stop_signals {
+            events.add_subscriber(Arc::new(Mutex::new(StopSignalWatcher {
+                signals,
+                exit: exit.clone(),
+                done: done.clone(),
+            })));
+        }
+        let raw_terminal = match (&serial_mode, RawTerminal::enter()) {
+            (SerialConfig::Stdio, Some(raw)) => {
+                events.add_subscriber(Arc::new(Mutex::new(StdinToSerial {
+                    serial: serial.clone(),
+                })));
+                Some(raw)
+            }
+            _ => None,
+        };
+
+        vcpu::install_kick_handler().map_err(|e| Error::Io {
+            what: "vCPU kick signal handler",
+            source: io::Error::from_raw_os_error(e.errno()),
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(vcpus.len());
+        let mut spawned = Ok(());
+        for (id, fd) in vcpus.into_iter().enumerate() {
+            let ctx = VcpuContext {
+                id: id as u8,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                mem: vm.mem.clone(),
+                stop: stop.clone(),
+                exit: exit.clone(),
+            };
+            match VcpuThread::spawn(fd, ctx) {
+                Ok(thread) => threads.push(thread),
+                Err(source) => {
+                    spawned = Err(Error::Io {
+                        what: "cannot start a vCPU thread",
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+
+        let result = spawned.and_then(|()| loop {
+            if let Err(e) = events.run() {
+                break Err(Error::EventLoop(e));
+            }
+            if done.load(Ordering::Acquire) {
+                break Ok(());
+            }
+        });
+        // A vCPU may be waiting on the event loop (a device activating); dropping the loop
+        // answers it.
+        drop(events);
+        stop.store(true, Ordering::Release);
+        for thread in threads {
+            thread.stop();
+        }
+        for line in pci.teardown() {
+            log::info!("{line}");
+        }
+        drop(raw_terminal);
+        result?;
+        match exit.reason() {
+            Some(VmExit::Failed(msg)) => Err(Error::Guest(msg)),
+            Some(reason) => Ok(reason),
+            None => Ok(VmExit::PowerOff),
+        }
     }
 }
 
@@ -278,7 +324,7 @@ pub fn run(cli: &Cli) -> Result<VmExit, Error> {
 fn add_legacy_devices(
     vm: &vm::Vm,
     pio: &Bus,
-    serial_mode: &SerialMode,
+    serial_mode: &SerialConfig,
 ) -> Result<(Arc<Mutex<SerialConsole>>, Arc<EventFd>), Error> {
     let serial_irq = eventfd("serial interrupt eventfd")?;
     vm.fd
@@ -310,7 +356,7 @@ fn create_vcpus(
     vm: &vm::Vm,
     count: u8,
     entry: &BootEntry,
-) -> Result<Vec<kvm_ioctls::VcpuFd>, Error> {
+) -> Result<Vec<VcpuFd>, Error> {
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("CPUID"))?;

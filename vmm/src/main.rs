@@ -1,10 +1,24 @@
 //! `canto`: boot a guest on KVM from the command line.
+//!
+//! Exit status: 0 when the guest powers off or reboots; 1 with one line on stderr for any error;
+//! 128 + N after stop signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), with one line naming it,
+//! once the VM is torn down.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use vmm::vcpu::VmExit;
 
 fn main() -> ExitCode {
+    // First, before any thread exists: every later thread inherits the blocked stop signals.
+    let signals = match vmm::signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("canto: cannot set up the stop signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    vmm::terminal::restore_on_panic();
     // virtio-queue logs an error for every malformed ring a guest hands it; those are the guest's
     // doing and would let it fill the host's log, so they are off unless RUST_LOG asks for them.
     env_logger::Builder::from_env(
@@ -12,8 +26,25 @@ fn main() -> ExitCode {
     )
     .format_timestamp_millis()
     .init();
-    let cli = vmm::config::Cli::parse();
-    match vmm::run(&cli) {
+    let cli = vmm::cli::Cli::parse();
+    let result = vmm::Vmm::build(&cli.to_config()).and_then(|mut vmm| {
+        if cli.print_devices {
+            for device in vmm.pci_devices() {
+                println!("{device}");
+            }
+            return Ok(VmExit::PowerOff);
+        }
+        vmm.stop_on(&signals);
+        vmm.run()
+    });
+    match result {
+        Ok(VmExit::Signal(signal)) => {
+            eprintln!(
+                "canto: stopped by {}: the guest was halted and its devices flushed",
+                vmm::signals::name(signal)
+            );
+            ExitCode::from(vmm::signals::exit_status(signal))
+        }
         Ok(reason) => {
             log::info!("guest ended: {reason:?}");
             ExitCode::SUCCESS

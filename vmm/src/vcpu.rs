@@ -25,6 +25,8 @@ pub enum VmExit {
     PowerOff,
     /// KVM could not go on: the message says where.
     Failed(String),
+    /// A stop signal (SIGTERM, SIGINT or SIGHUP; its number) ended the VM.
+    Signal(i32),
 }
 
 /// Where vCPU threads report the VM's end: the first report wins, and the event loop is woken.

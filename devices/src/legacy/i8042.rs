@@ -33,7 +33,7 @@ impl BusDevice for I8042Reset {
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         if offset == I8042_COMMAND_OFFSET && data.first() == Some(&CMD_RESET_CPU) {
             if let Err(e) = self.reset.write(1) {
-                log::error!("i8042: cannot signal the reset: {e}");
+                crate::error_limited!("i8042: cannot signal the reset: {e}");
             }
         }
     }

@@ -51,7 +51,7 @@ impl SerialConsole {
         match self.uart.enqueue_raw_bytes(&bytes[..take]) {
             Ok(n) => n,
             Err(e) => {
-                log::warn!("serial: cannot queue input: {e:?}");
+                crate::warn_limited!("serial: cannot queue input: {e:?}");
                 0
             }
         }
@@ -75,7 +75,7 @@ impl BusDevice for SerialConsole {
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         if let (Some(&value), Ok(reg)) = (data.first(), u8::try_from(offset)) {
             if let Err(e) = self.uart.write(reg, value) {
-                log::warn!("serial: write to register {reg} failed: {e:?}");
+                crate::warn_limited!("serial: write to register {reg} failed: {e:?}");
             }
         }
     }

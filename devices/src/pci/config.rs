@@ -28,6 +28,9 @@ pub const INTERRUPT_REGISTER: usize = 15;
 
 /// Command register: the function decodes accesses to its memory BARs.
 pub const COMMAND_MEMORY_SPACE: u16 = 1 << 1;
+/// Command register: the function may master the bus (DMA, and MSI/MSI-X messages, which are
+/// memory writes).
+pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
 /// Command bits a guest may set: I/O space, memory space, bus master, parity error response,
 /// SERR# enable, INTx disable. The rest are reserved or hard-wired to zero on PCI Express.
 const COMMAND_WRITABLE: u32 = 0x0547;
@@ -159,6 +162,11 @@ impl PciConfigSpace {
 
     pub fn command(&self) -> u16 {
         self.registers[COMMAND_REGISTER] as u16
+    }
+
+    /// Whether the function may master the bus (command register bit 2).
+    pub fn bus_master(&self) -> bool {
+        self.command() & COMMAND_BUS_MASTER != 0
     }
 
     /// Whether the function decodes its memory BARs (command register bit 1).

@@ -492,7 +492,9 @@ impl PciRoot {
             }
             (Some(old), None) => {
                 if let Err(e) = self.mmio_bus.remove(old) {
-                    log::error!("PCI 00:{slot:02x}.0 BAR {index}: unmapping {old:#x}: {e}");
+                    crate::error_limited!(
+                        "PCI 00:{slot:02x}.0 BAR {index}: unmapping {old:#x}: {e}"
+                    );
                 }
                 Some(None)
             }
@@ -510,7 +512,7 @@ impl PciRoot {
                 match result {
                     Ok(()) => Some(Some(new)),
                     Err(why) => {
-                        log::warn!(
+                        crate::warn_limited!(
                             "PCI 00:{slot:02x}.0 BAR {index}: refusing to map {size:#x} bytes at {new:#x} ({why}); keeping {current:#x?}"
                         );
                         None

@@ -160,6 +160,9 @@ struct MsixState {
     function_masked: bool,
     entries: Vec<MsixEntry>,
     pending: Vec<u64>,
+    /// The function may master the bus. An MSI-X message is a memory write, which only a bus
+    /// master may issue: without it every vector stays pending.
+    bus_master: bool,
 }
 
 impl MsixState {
@@ -219,6 +222,8 @@ impl Msix {
             function_masked: false,
             entries: vec![MsixEntry::default(); usize::from(vectors)],
             pending: vec![0; usize::from(vectors).div_ceil(64)],
+            // The owning function says otherwise through `set_bus_master`.
+            bus_master: true,
         };
         Ok(Self {
             shared: Arc::new(MsixShared {
@@ -327,6 +332,17 @@ impl Msix {
         }
     }
 
+    /// The owning function's Bus Master Enable changed: while it is clear every message is left
+    /// pending; once set, the pending ones that are not masked go out.
+    pub fn set_bus_master(&self, enabled: bool) {
+        let _config = lock(&self.shared.config);
+        let mut state = lock(&self.shared.state);
+        state.bus_master = enabled;
+        if enabled {
+            self.raise_deliverable_pending(&mut state);
+        }
+    }
+
     /// Back to the power-on state: disabled, every vector masked and zeroed, nothing pending.
     pub fn reset(&self) {
         let _config = lock(&self.shared.config);
@@ -360,7 +376,7 @@ impl Msix {
         // it runs unlocked; triggers meanwhile leave the vector pending (see `updating`).
         for (index, (msg, masked)) in &updates {
             if let Err(e) = self.shared.group.update(*index as u16, *msg, *masked) {
-                log::error!("MSI-X vector {index}: routing update failed: {e}");
+                crate::error_limited!("MSI-X vector {index}: routing update failed: {e}");
             }
         }
         let mut state = lock(&self.shared.state);
@@ -368,19 +384,28 @@ impl Msix {
             state.entries[index].reported = Some(now);
             state.entries[index].updating = false;
         }
-        // Any vector now deliverable with its pending bit set fires once, and its bit clears.
+        self.raise_deliverable_pending(&mut state);
+    }
+
+    /// Any vector now deliverable with its pending bit set fires once, and its bit clears.
+    fn raise_deliverable_pending(&self, state: &mut MsixState) {
+        if !state.bus_master {
+            return;
+        }
         for index in 0..state.entries.len() {
             if state.pending(index) && !state.blocked(index) && !state.entries[index].updating {
                 state.set_pending(index, false);
                 if let Err(e) = self.shared.group.trigger(index as u16) {
-                    log::error!("MSI-X vector {index}: raising pending interrupt failed: {e}");
+                    crate::error_limited!(
+                        "MSI-X vector {index}: raising pending interrupt failed: {e}"
+                    );
                 }
             }
         }
     }
 
     /// Raises vector `index`, or sets its pending bit when it is masked (by itself or the
-    /// function) or MSI-X is disabled.
+    /// function), MSI-X is disabled or the function may not master the bus.
     pub fn trigger(&self, index: u16) -> io::Result<()> {
         let slot = usize::from(index);
         let mut state = lock(&self.shared.state);
@@ -390,7 +415,7 @@ impl Msix {
                 format!("MSI-X vector {index} out of range"),
             ));
         }
-        if state.blocked(slot) || state.entries[slot].updating {
+        if state.blocked(slot) || state.entries[slot].updating || !state.bus_master {
             state.set_pending(slot, true);
             return Ok(());
         }
@@ -467,6 +492,23 @@ mod tests {
         msix.write_table(base + 4, &((address >> 32) as u32).to_le_bytes());
         msix.write_table(base + 8, &data.to_le_bytes());
         msix.write_table(base + 12, &u32::from(masked).to_le_bytes());
+    }
+
+    #[test]
+    fn without_bus_mastering_vectors_stay_pending_until_it_is_back() {
+        let (msix, group) = msix(2);
+        program(&msix, 0, 0xfee0_0000, 0x41, false);
+        msix.set_control(MSIX_CONTROL_ENABLE);
+        group.take();
+        msix.set_bus_master(false);
+        msix.trigger(0).unwrap();
+        assert!(group.triggers().is_empty());
+        assert!(msix.is_pending(0));
+        msix.set_bus_master(true);
+        assert_eq!(group.triggers(), [0]);
+        assert!(!msix.is_pending(0));
+        msix.trigger(0).unwrap();
+        assert_eq!(group.triggers(), [0, 0]);
     }
 
     #[test]

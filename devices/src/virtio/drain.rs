@@ -136,9 +136,9 @@ pub fn drain_available(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Address, Bytes, GuestAddress};
+    use vm_memory::GuestAddress;
+
+    use crate::virtio::test_utils::{Desc, DriverQueue};
 
     const SIZE: u16 = 16;
 
@@ -151,21 +151,12 @@ mod tests {
     }
 
     /// A queue with `count` one-descriptor chains made available.
-    fn queue_with(
-        mem: &GuestMemoryMmap,
-        count: u16,
-    ) -> (MockSplitQueue<'_, GuestMemoryMmap>, Queue) {
-        let mock = MockSplitQueue::new(mem, SIZE);
-        let descs: Vec<RawDescriptor> = (0..count)
-            .map(|i| {
-                RawDescriptor::from(SplitDescriptor::new(0x8000 + u64::from(i) * 64, 64, 0, 0))
-            })
-            .collect();
-        for (i, chunk) in descs.chunks(1).enumerate() {
-            mock.add_desc_chains(chunk, i as u16).unwrap();
+    fn queue_with(mem: &GuestMemoryMmap, count: u16) -> (DriverQueue, Queue) {
+        let (mut driver, queue) = DriverQueue::new(0, SIZE);
+        for i in 0..count {
+            driver.add(mem, &[Desc::readable(0x8000 + u64::from(i) * 64, 64)]);
         }
-        let queue = mock.create_queue().unwrap();
-        (mock, queue)
+        (driver, queue)
     }
 
     #[test]
@@ -200,10 +191,9 @@ mod tests {
     #[test]
     fn avail_index_past_the_ring_is_broken_not_busy() {
         let mem = memory();
-        let (mock, mut queue) = queue_with(&mem, 1);
+        let (driver, mut queue) = queue_with(&mem, 1);
         for ahead in [SIZE + 1, 1000, u16::MAX] {
-            mem.write_obj(ahead, mock.avail_addr().unchecked_add(2))
-                .unwrap();
+            driver.publish_avail_idx(&mem, ahead);
             let mut popped = 0;
             assert_eq!(
                 drain_available(
@@ -219,8 +209,7 @@ mod tests {
             assert_eq!(popped, 0);
         }
         // Exactly a queue's worth ahead is a full ring, not a broken one.
-        mem.write_obj(SIZE, mock.avail_addr().unchecked_add(2))
-            .unwrap();
+        driver.publish_avail_idx(&mem, SIZE);
         let mut popped = 0;
         assert_eq!(
             drain_available(
@@ -238,10 +227,9 @@ mod tests {
     #[test]
     fn a_head_outside_the_table_is_broken() {
         let mem = memory();
-        let (mock, mut queue) = queue_with(&mem, 2);
+        let (mut driver, mut queue) = queue_with(&mem, 1);
         // The second chain's head is 999 in a 16-entry table.
-        mem.write_obj(999u16, mock.avail_addr().unchecked_add(4 + 2))
-            .unwrap();
+        driver.publish(&mem, 999);
         let mut heads = Vec::new();
         let end = drain_available(
             &mut queue,
@@ -257,20 +245,14 @@ mod tests {
     #[test]
     fn a_driver_that_keeps_adding_gets_more_left() {
         let mem = memory();
-        let (mock, mut queue) = queue_with(&mem, 1);
+        let (mut driver, mut queue) = queue_with(&mem, 1);
         // Each pop announces one more (the same descriptor, re-offered): never empty.
-        let avail_idx = mock.avail_addr().unchecked_add(2);
         let mut popped = 0u16;
         let budget = &mut KickBudget::with_descriptors(3 * usize::from(SIZE));
         let end = drain_available(&mut queue, &mem, &limits(), budget, |q, walk| {
             popped += 1;
             q.add_used(&mem, walk.head, 0).unwrap();
-            let idx: u16 = mem.read_obj(avail_idx).unwrap();
-            let slot = mock
-                .avail_addr()
-                .unchecked_add(4 + 2 * u64::from(idx % SIZE));
-            mem.write_obj(0u16, slot).unwrap();
-            mem.write_obj(idx.wrapping_add(1), avail_idx).unwrap();
+            driver.publish(&mem, 0);
         });
         assert_eq!(end, Drained::MoreLeft);
         assert_eq!(

@@ -9,6 +9,8 @@ pub mod drain;
 pub mod queue;
 pub mod rng;
 pub mod snd;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 pub mod transport;
 
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,13 @@ pub trait VirtioInterrupt: Send + Sync {
     /// The device hit an error only a reset clears (a ring the driver broke): the transport sets
     /// DEVICE_NEEDS_RESET and sends a configuration change notification (VIRTIO 1.2 §2.1.2).
     fn needs_reset(&self) -> std::io::Result<()>;
+    /// Whether the device may touch guest memory now: on PCI, the function's Bus Master Enable.
+    /// While it is false a device neither reads nor writes guest RAM (no chains popped, no
+    /// buffers filled or completed); [`queue::DeviceQueue`] holds what it would have done and
+    /// the transport re-kicks the queues once it is true again.
+    fn dma_allowed(&self) -> bool {
+        true
+    }
 }
 
 /// A subscriber of the VMM's event loop.

@@ -53,6 +53,10 @@ pub struct DeviceQueue {
     /// Set at device reset: a device thread that outlives the reset (it was in a host I/O call
     /// the reset does not wait for) touches neither the guest's buffers nor the used ring.
     revoked: RwLock<bool>,
+    /// Completions held while DMA was not allowed (Bus Master Enable clear), written once it is.
+    /// Only chains popped before DMA stopped can complete, so this holds at most a queue's worth
+    /// of in-flight chains.
+    deferred: Mutex<Vec<Completion>>,
     on_completed: Option<CompletionHook>,
 }
 
@@ -82,6 +86,7 @@ impl DeviceQueue {
             },
             broken: AtomicBool::new(false),
             revoked: RwLock::new(false),
+            deferred: Mutex::new(Vec::new()),
             on_completed: None,
         }
     }
@@ -115,6 +120,12 @@ impl DeviceQueue {
         &self.limits
     }
 
+    /// Whether the device may touch guest memory now ([`VirtioInterrupt::dma_allowed`]). A
+    /// device thread that reads or writes buffers it holds checks this first.
+    pub fn dma_allowed(&self) -> bool {
+        self.interrupt.dma_allowed()
+    }
+
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
     }
@@ -130,7 +141,9 @@ impl DeviceQueue {
     /// over re-kick the queue, a broken ring stops it and reports DEVICE_NEEDS_RESET.
     pub fn pop_available(&self, budget: &mut KickBudget) -> Vec<Walk> {
         let mut walks = Vec::new();
-        if self.is_broken() {
+        // While DMA is not allowed the ring is not read; the transport kicks the queue again
+        // once it is.
+        if self.is_broken() || !self.complete_deferred() {
             return walks;
         }
         let drained = {
@@ -144,12 +157,12 @@ impl DeviceQueue {
             // Come back after the event loop has served the others.
             Drained::MoreLeft => {
                 if let Err(e) = self.kick.write(1) {
-                    log::error!("{}: re-kicking queue {}: {e}", self.device, self.index);
+                    crate::error_limited!("{}: re-kicking queue {}: {e}", self.device, self.index);
                 }
             }
             Drained::Broken => {
                 if !self.broken.swap(true, Ordering::AcqRel) {
-                    log::warn!(
+                    crate::warn_limited!(
                         "{}: the driver broke queue {}'s available ring (index past the ring, \
                          or a head outside the table); the queue is stopped until the device is \
                          reset",
@@ -157,7 +170,7 @@ impl DeviceQueue {
                         self.index
                     );
                     if let Err(e) = self.interrupt.needs_reset() {
-                        log::error!("{}: reporting DEVICE_NEEDS_RESET: {e}", self.device);
+                        crate::error_limited!("{}: reporting DEVICE_NEEDS_RESET: {e}", self.device);
                     }
                 }
             }
@@ -186,8 +199,31 @@ impl DeviceQueue {
         *self.revoked.write().unwrap_or_else(PoisonError::into_inner) = true;
     }
 
+    /// Writes the completions held while DMA was not allowed; returns whether DMA is allowed
+    /// (never once the queue is revoked).
+    fn complete_deferred(&self) -> bool {
+        match self.dma() {
+            Some(dma) => self.complete_deferred_with(&dma),
+            None => false,
+        }
+    }
+
+    fn complete_deferred_with(&self, dma: &Dma<'_>) -> bool {
+        if !self.dma_allowed() {
+            return false;
+        }
+        let deferred = std::mem::take(&mut *self.lock_deferred());
+        self.complete_now(dma, &deferred);
+        true
+    }
+
+    fn lock_deferred(&self) -> MutexGuard<'_, Vec<Completion>> {
+        self.deferred.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Puts the entries on the used ring and raises the queue's interrupt if the driver wants
-    /// one; nothing once the queue is revoked.
+    /// one. While DMA is not allowed they are held, and written (in order) once it is; once the
+    /// queue is revoked, nothing is written.
     pub fn complete(&self, done: &[Completion]) {
         if let Some(dma) = self.dma() {
             self.complete_with(&dma, done);
@@ -195,7 +231,22 @@ impl DeviceQueue {
     }
 
     /// [`DeviceQueue::complete`] for a caller that holds the queue's [`Dma`] guard already.
-    pub fn complete_with(&self, _dma: &Dma<'_>, done: &[Completion]) {
+    pub fn complete_with(&self, dma: &Dma<'_>, done: &[Completion]) {
+        if done.is_empty() {
+            return;
+        }
+        if !self.complete_deferred_with(dma) {
+            self.lock_deferred().extend_from_slice(done);
+            // DMA may have come back meanwhile, after the transport's kick was served: look
+            // again, so nothing stays held until the next kick.
+            self.complete_deferred_with(dma);
+            return;
+        }
+        self.complete_now(dma, done);
+    }
+
+    /// Writes used-ring entries: only under the queue's [`Dma`] guard.
+    fn complete_now(&self, _dma: &Dma<'_>, done: &[Completion]) {
         if done.is_empty() {
             return;
         }
@@ -223,7 +274,7 @@ impl DeviceQueue {
                 .interrupt
                 .trigger(VirtioInterruptType::Queue(self.index))
             {
-                log::warn!(
+                crate::warn_limited!(
                     "{}: queue {} interrupt failed: {e}",
                     self.device,
                     self.index

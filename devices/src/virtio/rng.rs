@@ -170,7 +170,7 @@ impl MutEventSubscriber for RngWorker {
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(self.queue.kick(), EventSet::IN)) {
-            log::error!("virtio-rng: watching the queue's kick eventfd: {e}");
+            crate::error_limited!("virtio-rng: watching the queue's kick eventfd: {e}");
         }
     }
 }
@@ -237,76 +237,45 @@ fn fill_random(buf: &mut [u8]) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use event_manager::{EventManager, SubscriberOps};
     use virtio_bindings::bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Address, GuestAddress};
-
     use virtio_queue::{Queue, QueueT};
-    use vm_memory::Bytes;
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
-    use crate::virtio::{
-        ActiveQueue, VirtioInterrupt, VirtioInterruptType, VIRTIO_F_RING_EVENT_IDX,
-    };
+    use crate::virtio::test_utils::{Desc, DriverQueue, GuestRam, InterruptRecorder};
+    use crate::virtio::{ActiveQueue, VirtioInterrupt, VIRTIO_F_RING_EVENT_IDX};
 
     const RAM: usize = 0x20_0000;
-    /// Where the tests put the used ring. MockSplitQueue places its own used ring right after
-    /// the available ring's entries without their 2-byte size in mind, so it overlaps the
-    /// available ring's used_event field; the tests keep the used ring well away instead.
-    const USED_RING: u64 = 0x8000;
 
-    #[derive(Default)]
-    struct CountingInterrupt {
-        count: AtomicUsize,
-        needs_reset: AtomicUsize,
-    }
-
-    impl VirtioInterrupt for CountingInterrupt {
-        fn trigger(&self, kind: VirtioInterruptType) -> io::Result<()> {
-            assert_eq!(kind, VirtioInterruptType::Queue(0));
-            self.count.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-
-        fn needs_reset(&self) -> io::Result<()> {
-            self.needs_reset.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
-
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).unwrap()
+    fn memory() -> GuestRam {
+        GuestRam::new(RAM as u64, 0x10_0000)
     }
 
     /// A descriptor; `next` matters only with VRING_DESC_F_NEXT.
-    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
+    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> Desc {
+        Desc::new(addr, len, flags as u16, next)
+    }
+
+    /// A 16-entry queue at guest address 0.
+    fn driver_queue() -> DriverQueue {
+        DriverQueue::at(0, 16)
     }
 
     struct Running {
         manager: EventManager<SharedSubscriber>,
         kick: EventFd,
-        interrupt: Arc<CountingInterrupt>,
+        interrupt: Arc<InterruptRecorder>,
     }
 
     impl Running {
-        fn start(
-            mem: &GuestMemoryMmap,
-            mock: &MockSplitQueue<GuestMemoryMmap>,
-            event_idx: bool,
-        ) -> Self {
-            let mut queue: Queue = mock.create_queue().unwrap();
-            queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        fn start(mem: &GuestMemoryMmap, driver: &DriverQueue, event_idx: bool) -> Self {
+            let mut queue = driver.device_queue();
             queue.set_event_idx(event_idx);
             let kick = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
-            let interrupt = Arc::new(CountingInterrupt::default());
+            let interrupt = Arc::new(InterruptRecorder::default());
             let mut rng = Rng::new();
             let features = VIRTIO_F_VERSION_1
                 | if event_idx {
@@ -340,56 +309,46 @@ mod tests {
         fn kick(&mut self) {
             self.kick.write(1).unwrap();
             assert_eq!(self.manager.run_with_timeout(1000).unwrap(), 1);
+            // The device has one queue: every interrupt is queue 0's.
+            assert_eq!(self.interrupt.total(), self.interrupt.count(0));
+            assert_eq!(self.interrupt.config_count(), 0);
         }
 
-        fn interrupts(&self) -> usize {
-            self.interrupt.count.load(Ordering::SeqCst)
+        fn interrupts(&self) -> u64 {
+            self.interrupt.count(0)
         }
     }
 
     /// The used ring's index and entries (id, len).
-    fn used(mem: &GuestMemoryMmap, used_ring: u64) -> (u16, Vec<(u32, u32)>) {
-        let idx: u16 = mem.read_obj(GuestAddress(used_ring + 2)).unwrap();
-        let elems = (0..idx)
-            .map(|i| {
-                let at = GuestAddress(used_ring + 4 + 8 * u64::from(i));
-                (
-                    mem.read_obj(at).unwrap(),
-                    mem.read_obj(at.unchecked_add(4)).unwrap(),
-                )
-            })
-            .collect();
+    fn used(mem: &GuestMemoryMmap, driver: &DriverQueue) -> (u16, Vec<(u32, u32)>) {
+        let idx = driver.used_idx(mem);
+        let elems = (0..idx).map(|i| driver.used_entry(mem, i)).collect();
         (idx, elems)
-    }
-
-    fn all_zero(mem: &GuestMemoryMmap, addr: u64, len: usize) -> bool {
-        let mut buf = vec![0u8; len];
-        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
-        buf.iter().all(|b| *b == 0)
     }
 
     #[test]
     fn round_trip_fills_buffers_and_interrupts_once() {
-        let mem = memory();
-        let mock = MockSplitQueue::new(&mem, 16);
-        mock.add_desc_chains(
+        let ram = memory();
+        let mem = &ram.mem;
+        let mut driver = driver_queue();
+        driver.add_table(
+            mem,
+            0,
             &[
                 desc(0x10_0000, 64, VRING_DESC_F_WRITE, 0),
                 desc(0x11_0000, 32, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2),
                 desc(0x11_1000, 32, VRING_DESC_F_WRITE, 0),
             ],
-            0,
-        )
-        .unwrap();
-        let mut running = Running::start(&mem, &mock, false);
+        );
+        let mut running = Running::start(mem, &driver, false);
         running.kick();
-        let (idx, elems) = used(&mem, USED_RING);
+        let (idx, elems) = used(mem, &driver);
         assert_eq!(idx, 2);
         assert_eq!(elems, [(0, 64), (1, 64)]);
-        assert!(!all_zero(&mem, 0x10_0000, 64));
-        assert!(!all_zero(&mem, 0x11_0000, 32));
-        assert!(!all_zero(&mem, 0x11_1000, 32));
-        assert!(all_zero(&mem, 0x10_0040, 64), "nothing past the buffer");
+        assert!(!ram.all_zero(0x10_0000, 64));
+        assert!(!ram.all_zero(0x11_0000, 32));
+        assert!(!ram.all_zero(0x11_1000, 32));
+        assert!(ram.all_zero(0x10_0040, 64), "nothing past the buffer");
         assert_eq!(running.interrupts(), 1);
 
         // A spurious kick with nothing new: no interrupt.
@@ -399,9 +358,12 @@ mod tests {
 
     #[test]
     fn malformed_chains_come_back_empty() {
-        let mem = memory();
-        let mock = MockSplitQueue::new(&mem, 16);
-        mock.add_desc_chains(
+        let ram = memory();
+        let mem = &ram.mem;
+        let mut driver = driver_queue();
+        driver.add_table(
+            mem,
+            0,
             &[
                 // Driver-readable only.
                 desc(0x10_0000, 64, 0, 0),
@@ -416,18 +378,16 @@ mod tests {
                 // A good one after all that.
                 desc(0x14_0000, 8, VRING_DESC_F_WRITE, 0),
             ],
-            0,
-        )
-        .unwrap();
-        let mut running = Running::start(&mem, &mock, false);
+        );
+        let mut running = Running::start(mem, &driver, false);
         running.kick();
-        let (idx, elems) = used(&mem, USED_RING);
+        let (idx, elems) = used(mem, &driver);
         assert_eq!(idx, 5);
         assert_eq!(elems, [(0, 0), (1, 0), (2, 0), (4, 0), (6, 8)]);
         for (addr, len) in [(0x10_0000, 64), (0x12_0000, 16), (0x13_0000, 16)] {
-            assert!(all_zero(&mem, addr, len), "{addr:#x} untouched");
+            assert!(ram.all_zero(addr, len), "{addr:#x} untouched");
         }
-        assert!(!all_zero(&mem, 0x14_0000, 8));
+        assert!(!ram.all_zero(0x14_0000, 8));
         assert_eq!(running.interrupts(), 1);
     }
 
@@ -436,7 +396,8 @@ mod tests {
     /// at its first descriptor, untouched, instead of a walk of the whole table per head.
     #[test]
     fn indirect_tables_are_refused_at_their_head() {
-        let mem = memory();
+        let ram = memory();
+        let mem = &ram.mem;
         let table = 0x10_0000u64;
         let entries = u16::MAX;
         for i in 0..entries {
@@ -445,92 +406,89 @@ mod tests {
             } else {
                 VRING_DESC_F_WRITE as u16
             };
-            let entry = SplitDescriptor::new(0x8_0000, 1, flags, i.wrapping_add(1));
-            mem.write_obj(entry, GuestAddress(table + 16 * u64::from(i)))
-                .unwrap();
+            let entry = Desc::new(0x8_0000, 1, flags, i.wrapping_add(1));
+            DriverQueue::write_table(mem, table, i, &[entry]);
         }
-        let mock = MockSplitQueue::new(&mem, 16);
-        let heads: Vec<RawDescriptor> = (0..16)
+        let mut driver = driver_queue();
+        let heads: Vec<Desc> = (0..16)
             .map(|_| desc(table, u32::from(entries) * 16, VRING_DESC_F_INDIRECT, 0))
             .collect();
-        mock.add_desc_chains(&heads, 0).unwrap();
-        let mut running = Running::start(&mem, &mock, false);
+        driver.add_table(mem, 0, &heads);
+        let mut running = Running::start(mem, &driver, false);
         running.kick();
-        let (idx, elems) = used(&mem, USED_RING);
+        let (idx, elems) = used(mem, &driver);
         assert_eq!(idx, 16);
         assert!(elems.iter().all(|(_, len)| *len == 0), "{elems:?}");
-        assert!(all_zero(&mem, 0x8_0000, 1), "no request was served");
+        assert!(ram.all_zero(0x8_0000, 1), "no request was served");
     }
 
     #[test]
     fn huge_requests_are_capped() {
-        let mem = memory();
-        let mock = MockSplitQueue::new(&mem, 16);
-        mock.add_desc_chains(
+        let ram = memory();
+        let mem = &ram.mem;
+        let mut driver = driver_queue();
+        driver.add_table(
+            mem,
+            0,
             &[
                 desc(0x10_0000, 0x8000, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
                 desc(0x10_8000, 0xf_8000, VRING_DESC_F_WRITE, 0),
             ],
-            0,
-        )
-        .unwrap();
-        let mut running = Running::start(&mem, &mock, false);
+        );
+        let mut running = Running::start(mem, &driver, false);
         running.kick();
-        assert_eq!(used(&mem, USED_RING).1, [(0, MAX_BYTES_PER_REQUEST as u32)]);
+        assert_eq!(used(mem, &driver).1, [(0, MAX_BYTES_PER_REQUEST as u32)]);
         let end = 0x10_0000 + MAX_BYTES_PER_REQUEST as u64;
-        assert!(all_zero(&mem, end, 0x1000), "nothing past the cap");
-        assert!(!all_zero(&mem, end - 64, 64));
+        assert!(ram.all_zero(end, 0x1000), "nothing past the cap");
+        assert!(!ram.all_zero(end - 64, 64));
     }
 
     #[test]
     fn event_idx_suppresses_interrupts() {
-        let mem = memory();
-        let mock = MockSplitQueue::new(&mem, 16);
-        let used_event = mock.avail_addr().unchecked_add(4 + 2 * 16);
+        let ram = memory();
+        let mem = &ram.mem;
+        let mut driver = driver_queue();
         // The driver wants an interrupt only once used idx passes 5.
-        mem.write_obj(5u16, used_event).unwrap();
-        mock.add_desc_chains(&[desc(0x10_0000, 8, VRING_DESC_F_WRITE, 0)], 0)
-            .unwrap();
-        let mut running = Running::start(&mem, &mock, true);
+        driver.set_used_event(mem, 5);
+        driver.add_table(mem, 0, &[desc(0x10_0000, 8, VRING_DESC_F_WRITE, 0)]);
+        let mut running = Running::start(mem, &driver, true);
         running.kick();
-        assert_eq!(used(&mem, USED_RING).0, 1);
+        assert_eq!(used(mem, &driver).0, 1);
         assert_eq!(running.interrupts(), 0);
         // Now it wants one after the next entry.
-        mem.write_obj(1u16, used_event).unwrap();
-        mock.add_desc_chains(&[desc(0x10_1000, 8, VRING_DESC_F_WRITE, 0)], 1)
-            .unwrap();
+        driver.set_used_event(mem, 1);
+        driver.add_table(mem, 1, &[desc(0x10_1000, 8, VRING_DESC_F_WRITE, 0)]);
         running.kick();
-        assert_eq!(used(&mem, USED_RING).0, 2);
+        assert_eq!(used(mem, &driver).0, 2);
         assert_eq!(running.interrupts(), 1);
         // With EVENT_IDX the device asks for kicks through avail_event.
-        let avail_event: u16 = mem.read_obj(GuestAddress(USED_RING + 4 + 8 * 16)).unwrap();
+        let avail_event = driver.avail_event(mem);
         assert_eq!(avail_event, 2);
     }
 
     #[test]
     fn broken_avail_index_needs_reset_and_does_not_spin() {
-        let mem = memory();
-        let mock = MockSplitQueue::new(&mem, 16);
+        let ram = memory();
+        let mem = &ram.mem;
+        let driver = driver_queue();
         // avail idx 1000 ahead of a 16-entry ring: the iterator refuses it.
-        mem.write_obj(1000u16, mock.avail_addr().unchecked_add(2))
-            .unwrap();
-        let mut running = Running::start(&mem, &mock, false);
+        driver.publish_avail_idx(mem, 1000);
+        let mut running = Running::start(mem, &driver, false);
         running.kick();
-        assert_eq!(used(&mem, USED_RING).0, 0);
+        assert_eq!(used(mem, &driver).0, 0);
         assert_eq!(running.interrupts(), 0);
-        assert_eq!(running.interrupt.needs_reset.load(Ordering::SeqCst), 1);
+        assert_eq!(running.interrupt.needs_reset_count(), 1);
         // Stopped: a repaired index is not served either, and no second report.
-        mem.write_obj(1u16, mock.avail_addr().unchecked_add(2))
-            .unwrap();
+        driver.publish_avail_idx(mem, 1);
         running.kick();
-        assert_eq!(used(&mem, USED_RING).0, 0);
-        assert_eq!(running.interrupt.needs_reset.load(Ordering::SeqCst), 1);
+        assert_eq!(used(mem, &driver).0, 0);
+        assert_eq!(running.interrupt.needs_reset_count(), 1);
     }
 
     #[test]
     fn activation_needs_exactly_queue_zero() {
-        let mem = memory();
-        let interrupt: Arc<dyn VirtioInterrupt> = Arc::new(CountingInterrupt::default());
+        let mem = memory().mem;
+        let interrupt: Arc<dyn VirtioInterrupt> = Arc::new(InterruptRecorder::default());
         let mut rng = Rng::new();
         assert_eq!(rng.device_type(), 4);
         assert_eq!(rng.queue_max_sizes(), [RNG_QUEUE_SIZE]);
@@ -561,13 +519,15 @@ mod tests {
 
     #[test]
     fn through_the_pci_transport_with_reset_mid_use() {
+        use crate::pci::config::COMMAND_BUS_MASTER;
         use crate::pci::msix::test_utils::RecordingMsiGroup;
         use crate::pci::msix::MSIX_CONTROL_ENABLE;
         use crate::pci::PciDevice;
         use crate::virtio::transport::pci::test_utils::{FakeIoEvents, LocalRegistrar};
         use crate::virtio::transport::pci::*;
 
-        let mem = memory();
+        let ram = memory();
+        let mem = &ram.mem;
         let msi = Arc::new(RecordingMsiGroup::default());
         let registrar = LocalRegistrar::new();
         let mut dev = VirtioPciDevice::new(
@@ -581,6 +541,8 @@ mod tests {
         let write = |dev: &mut VirtioPciDevice, offset: u64, value: u64, len: usize| {
             dev.write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
         };
+        // Bus mastering on, as every driver does first.
+        dev.write_config_register(1, 0, &COMMAND_BUS_MASTER.to_le_bytes());
         // MSI-X on (capability found by walking the list), vector 1 unmasked.
         let mut at = (dev.read_config_register(13) & 0xff) as usize;
         while dev.read_config_register(at / 4) & 0xff != 0x11 {
@@ -591,7 +553,7 @@ mod tests {
         write(&mut dev, MSIX_TABLE_OFFSET + 16 + 12, 0, 4);
 
         for round in 0..2 {
-            let mock = MockSplitQueue::create(&mem, GuestAddress(0x4_0000 * (round + 1)), 16);
+            let mut driver = DriverQueue::at(0x4_0000 * (round + 1), 16);
             let bring_up = |dev: &mut VirtioPciDevice| {
                 write(dev, 0x14, 1, 1);
                 write(dev, 0x14, 3, 1);
@@ -601,35 +563,115 @@ mod tests {
                 write(dev, 0x16, 0, 2);
                 write(dev, 0x18, 16, 2);
                 write(dev, 0x1a, 1, 2);
-                write(dev, 0x20, mock.desc_table_addr().0, 8);
-                write(dev, 0x28, mock.avail_addr().0, 8);
-                write(dev, 0x30, USED_RING * (round + 1), 8);
+                write(dev, 0x20, driver.desc, 8);
+                write(dev, 0x28, driver.avail, 8);
+                write(dev, 0x30, driver.used, 8);
                 write(dev, 0x1c, 1, 2);
                 write(dev, 0x14, 15, 1);
             };
             bring_up(&mut dev);
             assert!(dev.is_active(), "round {round}");
-            mock.add_desc_chains(
-                &[desc(0x10_0000 + round * 0x1000, 32, VRING_DESC_F_WRITE, 0)],
+            driver.add_table(
+                mem,
                 0,
-            )
-            .unwrap();
+                &[desc(0x10_0000 + round * 0x1000, 32, VRING_DESC_F_WRITE, 0)],
+            );
             msi.take();
             write(&mut dev, NOTIFY_OFFSET, 0, 2); // the MMIO path of a kick
             assert_eq!(registrar.run_once(1000), 1);
-            assert_eq!(used(&mem, USED_RING * (round + 1)).1, [(0, 32)]);
+            assert_eq!(used(mem, &driver).1, [(0, 32)]);
             assert_eq!(msi.triggers(), [1]);
             // Another request in flight, then a reset before it is served.
-            mock.add_desc_chains(&[desc(0x15_0000, 32, VRING_DESC_F_WRITE, 0)], 1)
-                .unwrap();
+            driver.add_table(mem, 1, &[desc(0x15_0000, 32, VRING_DESC_F_WRITE, 0)]);
             write(&mut dev, 0x14, 0, 1);
             assert!(!dev.is_active());
             assert_eq!(registrar.live_count(), 0);
             assert_eq!(registrar.run_once(0), 0);
             assert!(
-                all_zero(&mem, 0x15_0000, 32),
+                ram.all_zero(0x15_0000, 32),
                 "a reset device leaves memory alone"
             );
         }
+    }
+
+    /// Issue 12 finding 5: with Bus Master Enable clear the function wrote used rings and
+    /// buffers and sent MSI-X. Now a kick does nothing until BME is set again, and then the
+    /// queued request completes with its interrupt.
+    #[test]
+    fn bus_master_clear_means_no_dma_and_no_msi_until_set() {
+        use crate::pci::config::COMMAND_BUS_MASTER;
+        use crate::pci::msix::test_utils::RecordingMsiGroup;
+        use crate::pci::msix::MSIX_CONTROL_ENABLE;
+        use crate::pci::PciDevice;
+        use crate::virtio::transport::pci::test_utils::{FakeIoEvents, LocalRegistrar};
+        use crate::virtio::transport::pci::*;
+
+        let ram = memory();
+        let mem = &ram.mem;
+        let msi = Arc::new(RecordingMsiGroup::default());
+        let registrar = LocalRegistrar::new();
+        let mut dev = VirtioPciDevice::new(
+            Arc::new(Mutex::new(Rng::new())),
+            mem.clone(),
+            msi.clone(),
+            Arc::new(FakeIoEvents::default()),
+            registrar.clone(),
+        )
+        .unwrap();
+        let write = |dev: &mut VirtioPciDevice, offset: u64, value: u64, len: usize| {
+            dev.write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
+        };
+        let set_command = |dev: &mut VirtioPciDevice, command: u16| {
+            dev.write_config_register(1, 0, &command.to_le_bytes());
+        };
+        set_command(&mut dev, COMMAND_BUS_MASTER);
+        let mut at = (dev.read_config_register(13) & 0xff) as usize;
+        while dev.read_config_register(at / 4) & 0xff != 0x11 {
+            at = (dev.read_config_register(at / 4) >> 8 & 0xff) as usize;
+        }
+        dev.write_config_register(at / 4, 2, &MSIX_CONTROL_ENABLE.to_le_bytes());
+        write(&mut dev, MSIX_TABLE_OFFSET + 16, 0xfee0_0000, 4);
+        write(&mut dev, MSIX_TABLE_OFFSET + 16 + 12, 0, 4);
+        let mut driver = DriverQueue::at(0x4_0000, 16);
+        for (offset, value, len) in [
+            (0x14, 1, 1),
+            (0x14, 3, 1),
+            (0x08, 1, 4),
+            (0x0c, 1, 4), // VERSION_1
+            (0x14, 11, 1),
+            (0x16, 0, 2),
+            (0x18, 16, 2),
+            (0x1a, 1, 2),
+            (0x20, driver.desc, 8),
+            (0x28, driver.avail, 8),
+            (0x30, driver.used, 8),
+            (0x1c, 1, 2),
+            (0x14, 15, 1),
+        ] {
+            write(&mut dev, offset, value, len);
+        }
+        assert!(dev.is_active());
+
+        // BME off; a request and a kick (through the ioeventfd and the MMIO path).
+        set_command(&mut dev, 0);
+        driver.add_table(mem, 0, &[desc(0x10_0000, 32, VRING_DESC_F_WRITE, 0)]);
+        msi.take();
+        write(&mut dev, NOTIFY_OFFSET, 0, 2);
+        for _ in 0..3 {
+            registrar.run_once(50);
+        }
+        assert_eq!(used(mem, &driver).0, 0, "no used entry while BME is clear");
+        assert!(
+            ram.all_zero(0x10_0000, 32),
+            "no buffer written while BME is clear"
+        );
+        assert!(msi.triggers().is_empty(), "no MSI-X while BME is clear");
+
+        // BME on: the queued request completes, with its interrupt.
+        set_command(&mut dev, COMMAND_BUS_MASTER);
+        assert_eq!(registrar.run_once(1000), 1);
+        assert_eq!(used(mem, &driver).1, [(0, 32)]);
+        assert!(!ram.all_zero(0x10_0000, 32));
+        assert_eq!(msi.triggers(), [1]);
     }
 }

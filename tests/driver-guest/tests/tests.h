@@ -11,6 +11,7 @@ void test_garbage(void);
 void test_rtt(void);
 void test_rng_batch(void);
 void test_rng_event_idx(void);
+void test_bus_master(void);
 void test_snd_control(void);
 void test_snd_tx(void);
 void test_snd_tx_late_write(void);
@@ -20,7 +21,9 @@ void test_snd_release_flush(void);
 void test_snd_reset(void);
 void test_snd_flood(void);
 void test_snd_host_fault(void);
+void test_snd_play(void);
 void test_virtq_attacks(void);
+void test_soak(void);
 void test_internal_error(void);
 
 #endif

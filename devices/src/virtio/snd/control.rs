@@ -291,7 +291,7 @@ pub fn write_reply(
     match write_items() {
         Ok(()) => needed as u32,
         Err(e) => {
-            log::warn!("virtio-snd: cannot write a control reply: {e}");
+            crate::warn_limited!("virtio-snd: cannot write a control reply: {e}");
             0
         }
     }
@@ -301,7 +301,7 @@ pub fn write_reply(
 mod tests {
     use super::*;
     use crate::virtio::snd::config::BackendConfig;
-    use crate::virtio::snd::test_harness::query;
+    use crate::virtio::test_utils::sound::query;
 
     fn topology() -> Topology {
         let config = SoundConfig {

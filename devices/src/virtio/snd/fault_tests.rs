@@ -1,5 +1,5 @@
 //! Host faults: what the device does when the host side of a stream breaks while the guest plays
-//! (docs/virtio-snd.md, "Host faults"). The fake driver of `test_harness.rs` drives the device
+//! (docs/virtio-snd.md, "Host faults"). The fake driver of `virtio::test_utils` drives the device
 //! through split queues in fake guest memory, as in `tests.rs`; each test checks the status the
 //! guest reads back from its memory AND that the device still plays afterwards.
 //!
@@ -15,17 +15,16 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use canto_tests::{prerequisite, PulseServer};
-
 use super::backend::{
     alsa::AlsaBackend, null, BackendError, InputStream, OutputStream, PcmParams, Readiness,
 };
 use super::stats::SoundStats;
 use super::stream::PcmState;
-use super::test_harness::{fast_params, null_config, pattern, Harness, Sent};
 use super::waker::Waker;
 use super::wire::*;
 use super::*;
+use crate::virtio::test_utils::sound::{fast_params, null_config, pattern, Sent, SoundRig};
+use crate::virtio::test_utils::{prerequisite, HookedBackend, PulseServer};
 
 /// A TX message in flight and the PCM it carries.
 struct Message {
@@ -57,7 +56,7 @@ impl Player {
 
     /// Sets stream 0 up for 10 ms periods, prepares it, queues four periods and starts it.
     #[track_caller]
-    fn start(h: &mut Harness) -> Player {
+    fn start(h: &mut SoundRig) -> Player {
         assert_eq!(h.set_params(params_10ms(0)), S_OK);
         assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
         let mut player = Player::new(0, 1920, 4);
@@ -69,7 +68,7 @@ impl Player {
     /// STOP and RELEASE stream 0: RELEASE returns every message still in flight before its
     /// reply, each with `status`. Returns those messages.
     #[track_caller]
-    fn release(&mut self, h: &mut Harness, status: u32) -> Vec<Message> {
+    fn release(&mut self, h: &mut SoundRig, status: u32) -> Vec<Message> {
         assert_eq!(h.pcm(R_PCM_STOP, 0), S_OK);
         assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
         let mut messages = Vec::new();
@@ -80,7 +79,7 @@ impl Player {
         messages
     }
 
-    fn fill(&mut self, h: &mut Harness) {
+    fn fill(&mut self, h: &mut SoundRig) {
         while self.in_flight.len() < self.depth {
             let data = pattern(self.period_bytes, self.seed);
             self.seed = self.seed.wrapping_add(1);
@@ -90,7 +89,7 @@ impl Player {
     }
 
     /// Waits for the oldest message; returns it with its status.
-    fn next(&mut self, h: &mut Harness, patience: Duration) -> (Message, u32) {
+    fn next(&mut self, h: &mut SoundRig, patience: Duration) -> (Message, u32) {
         let (head, _) = h.next_used(TXQ, patience).unwrap_or_else(|| {
             panic!(
                 "no TX message came back within {patience:?} ({} in flight)",
@@ -109,7 +108,7 @@ impl Player {
 
     /// Waits for `count` messages, refilling after each (so `depth` stay in flight); returns
     /// them with their statuses.
-    fn play(&mut self, h: &mut Harness, count: usize, patience: Duration) -> Vec<(Message, u32)> {
+    fn play(&mut self, h: &mut SoundRig, count: usize, patience: Duration) -> Vec<(Message, u32)> {
         let mut out = Vec::new();
         self.fill(h);
         while out.len() < count {
@@ -120,7 +119,7 @@ impl Player {
     }
 
     /// Waits for every message still in flight.
-    fn drain(&mut self, h: &mut Harness, patience: Duration) -> Vec<(Message, u32)> {
+    fn drain(&mut self, h: &mut SoundRig, patience: Duration) -> Vec<(Message, u32)> {
         let mut out = Vec::new();
         while !self.in_flight.is_empty() {
             out.push(self.next(h, patience));
@@ -225,7 +224,7 @@ fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Strin
 // ----- 1. the ALSA device disappears mid-stream -----
 
 /// Plays `count` periods and checks each came back OK; returns how long they took.
-fn play_ok(h: &mut Harness, player: &mut Player, count: usize) -> Duration {
+fn play_ok(h: &mut SoundRig, player: &mut Player, count: usize) -> Duration {
     let start = Instant::now();
     for (i, (_, status)) in player.play(h, count, PATIENCE).into_iter().enumerate() {
         assert_eq!(status, S_OK, "message {i} of {count}");
@@ -239,7 +238,7 @@ const PATIENCE: Duration = Duration::from_secs(2);
 /// Waits until messages come back with IO_ERR after the server was killed: a few queued before
 /// may still come back OK (ALSA had taken their PCM), but within a second they fail, and from
 /// then on every one does, at the period pace.
-fn fails_at_the_period_pace(h: &mut Harness, player: &mut Player, what: &str) {
+fn fails_at_the_period_pace(h: &mut SoundRig, player: &mut Player, what: &str) {
     let killed = Instant::now();
     let mut ok_after_kill = 0;
     loop {
@@ -286,7 +285,7 @@ fn alsa_device_disappears_mid_stream() {
         return;
     };
     let mut server = PulseServer::start_in(&dir);
-    let mut h = Harness::new(config(BackendConfig::Alsa {
+    let mut h = SoundRig::new(config(BackendConfig::Alsa {
         device: "pulse".into(),
     }));
     let mut player = Player::start(&mut h);
@@ -354,84 +353,12 @@ fn alsa_device_disappears_mid_stream() {
 
 /// Wraps a backend; its output streams' period thread stalls once, for `stall`, when it is about
 /// to hand over period number `at` (counted from 0) to the real backend.
-struct StallingBackend {
-    inner: AlsaBackend,
-    at: u64,
-    stall: Duration,
-}
-
-impl Backend for StallingBackend {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn formats(&self) -> u64 {
-        self.inner.formats()
-    }
-
-    fn open_output(
-        &self,
-        stream_id: u32,
-        params: &PcmParams,
-        stats: &Arc<SoundStats>,
-    ) -> Result<Box<dyn OutputStream>, BackendError> {
-        Ok(Box::new(StallingOutput {
-            inner: self.inner.open_output(stream_id, params, stats)?,
-            periods: 0,
-            at: self.at,
-            stall: self.stall,
-        }))
-    }
-
-    fn open_input(
-        &self,
-        stream_id: u32,
-        params: &PcmParams,
-        stats: &Arc<SoundStats>,
-    ) -> Result<Box<dyn InputStream>, BackendError> {
-        self.inner.open_input(stream_id, params, stats)
-    }
-}
-
-struct StallingOutput {
-    inner: Box<dyn OutputStream>,
-    periods: u64,
-    at: u64,
-    stall: Duration,
-}
-
-impl OutputStream for StallingOutput {
-    fn start(&mut self) -> Result<(), BackendError> {
-        self.inner.start()
-    }
-    fn stop(&mut self) -> Result<(), BackendError> {
-        self.inner.stop()
-    }
-    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
-        self.inner.wait_ready(waker)
-    }
-    fn period_buffer(&mut self) -> &mut [u8] {
-        self.inner.period_buffer()
-    }
-    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
-        if self.periods == self.at {
-            std::thread::sleep(self.stall);
+fn stalling_backend(inner: AlsaBackend, at: u64, stall: Duration) -> HookedBackend {
+    HookedBackend::new(Arc::new(inner), move |period| {
+        if period.index == at {
+            std::thread::sleep(stall);
         }
-        self.periods += 1;
-        self.inner.play_period(filled)
-    }
-    fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError> {
-        self.inner.flush_bytes(len, deadline)
-    }
-    fn latency_bytes(&mut self) -> u32 {
-        self.inner.latency_bytes()
-    }
-    fn finish(&mut self) -> Result<(), BackendError> {
-        self.inner.finish()
-    }
-    fn close(self: Box<Self>, drain: Option<&Waker>) {
-        self.inner.close(drain)
-    }
+    })
 }
 
 /// The period thread stalls for 500 ms while playing to the pulse PCM: ALSA underruns, the
@@ -443,16 +370,16 @@ fn a_host_xrun_is_recovered_and_the_stream_continues() {
         return;
     };
     let _server = PulseServer::start_in(&dir);
-    let backend = StallingBackend {
-        inner: AlsaBackend::new("pulse").unwrap(),
-        at: 30,
-        stall: Duration::from_millis(500),
-    };
+    let backend = stalling_backend(
+        AlsaBackend::new("pulse").unwrap(),
+        30,
+        Duration::from_millis(500),
+    );
     let config = config(BackendConfig::Alsa {
         device: "pulse".into(),
     });
     let sound = Sound::with_backend(config, Arc::new(backend)).unwrap();
-    let mut h = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    let mut h = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
     let mut player = Player::start(&mut h);
     play_ok(&mut h, &mut player, 20);
     let xruns_before = h.sound.stats().backend_xruns;
@@ -553,7 +480,7 @@ impl OutputStream for NoRoomOnFlush {
 #[test]
 fn a_release_the_host_device_has_no_room_for_is_answered_ok_in_time() {
     let sound = Sound::with_backend(null_config(), Arc::new(NoRoomOnFlushBackend)).unwrap();
-    let mut h = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    let mut h = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
     let params = SetParams {
         period_bytes: 1920,
         buffer_bytes: 1920 * 8,
@@ -710,7 +637,7 @@ fn a_reset_does_not_wait_for_a_host_call_that_hangs() {
         returned: returned.clone(),
     };
     let sound = Sound::with_backend(null_config(), Arc::new(backend)).unwrap();
-    let mut h = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    let mut h = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
     let params = SetParams {
         period_bytes: 1920,
         buffer_bytes: 1920 * 8,
@@ -775,7 +702,7 @@ fn set_params_does_not_wait_for_a_thread_that_hangs() {
         returned: returned.clone(),
     };
     let sound = Sound::with_backend(null_config(), Arc::new(backend)).unwrap();
-    let mut h = Harness::activate(sound, VIRTIO_F_VERSION_1);
+    let mut h = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
     let params = SetParams {
         period_bytes: 1920,
         buffer_bytes: 1920 * 8,
@@ -842,7 +769,7 @@ fn wav_config(path: &Path, outputs: u32) -> SoundConfig {
 
 /// Plays 9 periods on a fresh WAV device and reads the file back.
 fn wav_plays(path: &Path) {
-    let mut h = Harness::new(wav_config(path, 1));
+    let mut h = SoundRig::new(wav_config(path, 1));
     let mut player = Player::start(&mut h);
     play_ok(&mut h, &mut player, 5);
     player.release(&mut h, S_OK);
@@ -961,7 +888,7 @@ fn the_disk_fills_mid_stream() {
     // Room to free later.
     std::fs::write(fs.0.join("filler"), vec![0u8; 16 << 10]).unwrap();
     let path = fs.0.join("x.wav");
-    let mut h = Harness::new(wav_config(&path, 1));
+    let mut h = SoundRig::new(wav_config(&path, 1));
     let mut player = Player::start(&mut h);
 
     // About 48 KiB are free: 25 periods of 1920 bytes fit, not 30.

@@ -159,7 +159,7 @@ impl IoMessage {
                 .write_at(mem, status_at, &pcm_status(status, latency_bytes));
         let len = match (written, self.direction) {
             (Err(e), _) => {
-                log::warn!("virtio-snd: cannot write an I/O status: {e}");
+                crate::warn_limited!("virtio-snd: cannot write an I/O status: {e}");
                 0
             }
             (Ok(()), Direction::Output) => PCM_STATUS_SIZE as u32,

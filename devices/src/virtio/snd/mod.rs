@@ -57,9 +57,6 @@ pub(crate) mod worker;
 // both backends built (the default).
 #[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
 mod fault_tests;
-#[cfg(test)]
-#[cfg_attr(not(all(feature = "snd-alsa", feature = "snd-wav")), allow(dead_code))]
-mod test_harness;
 #[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
 mod tests;
 
@@ -140,6 +137,12 @@ impl Sound {
             worker: None,
             stragglers: Vec::new(),
         })
+    }
+
+    /// The worker of an active device (the fake driver's direct kicks).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(crate) fn worker(&self) -> Option<&Arc<Mutex<SoundWorker>>> {
+        self.worker.as_ref()
     }
 
     pub fn config(&self) -> &SoundConfig {

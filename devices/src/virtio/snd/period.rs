@@ -77,7 +77,7 @@ struct ErrorLog {
 impl ErrorLog {
     fn failed(&mut self, stream: u32, error: &BackendError) {
         if self.streak == 0 {
-            log::warn!("virtio-snd: stream {stream}: {error}");
+            crate::warn_limited!("virtio-snd: stream {stream}: {error}");
         } else {
             log::debug!(
                 "virtio-snd: stream {stream}: {error} (x{})",
@@ -285,7 +285,7 @@ struct PacingReport {
 impl PacingReport {
     fn log(&self) {
         if let Some(first) = self.started.filter(|_| self.audio_seconds > 0.0) {
-            log::info!(
+            crate::info_limited!(
                 "virtio-snd: stream {}: played {:.3} s of guest audio in {:.3} s",
                 self.stream,
                 self.audio_seconds,
@@ -370,7 +370,9 @@ impl OutputThread {
         let stream_id = period_loop.ctx.mailbox.id;
         let mut filled = 0;
         let mut copied = 0u64;
-        while filled < period {
+        // Bus Master Enable clear: no message is read or returned; the backend gets silence.
+        let dma_allowed = queue.dma_allowed();
+        while filled < period && dma_allowed {
             let Some(current) = period_loop.next_message() else {
                 break;
             };
@@ -451,7 +453,12 @@ impl OutputThread {
         let mut dropped = 0u64;
         for mut message in period_loop.take_all() {
             while message.remaining() > 0 && error.is_none() && !message.failed && !out_of_time {
-                if Instant::now() >= deadline || period_loop.ctx.mailbox.waker.is_cancelled() {
+                // Bus Master Enable clear: nothing more is read; the messages complete once it
+                // is set again.
+                if Instant::now() >= deadline
+                    || period_loop.ctx.mailbox.waker.is_cancelled()
+                    || !queue.dma_allowed()
+                {
                     out_of_time = true;
                     break;
                 }
@@ -504,7 +511,7 @@ impl OutputThread {
             period_loop.finished.push(message);
         }
         if let Some(e) = error {
-            log::warn!(
+            crate::warn_limited!(
                 "virtio-snd: stream {}: release flush: {e}",
                 period_loop.id()
             );
@@ -523,7 +530,7 @@ impl OutputThread {
             );
         }
         if let Err(e) = self.stream.finish() {
-            log::error!("virtio-snd: stream {}: {e}", period_loop.id());
+            crate::error_limited!("virtio-snd: stream {}: {e}", period_loop.id());
         }
         let latency = self.stream.latency_bytes();
         period_loop.complete_finished(latency);
@@ -596,7 +603,9 @@ impl InputThread {
             return;
         };
         let mut offset = 0;
-        while offset < data.len() {
+        // Bus Master Enable clear: the captured period is dropped, no message is written.
+        let dma_allowed = queue.dma_allowed();
+        while offset < data.len() && dma_allowed {
             let Some(current) = period_loop.next_message() else {
                 period_loop.ctx.stats.rx_overrun();
                 log::debug!(
@@ -629,6 +638,10 @@ impl InputThread {
     fn fail_period(&mut self) {
         let period_loop = &mut self.period;
         let mut budget = period_loop.ctx.params.period_bytes as usize;
+        // Bus Master Enable clear: no message is returned.
+        if !period_loop.ctx.queue.dma_allowed() {
+            budget = 0;
+        }
         while budget > 0 {
             let Some(current) = period_loop.next_message() else {
                 break;

@@ -34,6 +34,10 @@ use crate::virtio::queue::DeviceQueue;
 pub const MAX_PERIOD_BYTES: u32 = 1 << 20;
 /// The largest buffer the device accepts (8 MiB).
 pub const MAX_BUFFER_BYTES: u32 = 8 << 20;
+/// The shortest period the device accepts, in microseconds (1 ms; the Linux driver asks 10 ms
+/// or more). A period thread wakes once a period whether or not the guest sends anything, so a
+/// floor on the period bounds what an idle started stream costs the host.
+pub const MIN_PERIOD_US: u64 = 1000;
 
 /// How many released threads of one stream may still be draining when it is prepared again.
 const MAX_DRAINING: usize = 2;
@@ -104,8 +108,12 @@ pub fn validate_params(request: &SetParams, info: &StreamInfo) -> Result<PcmPara
     {
         return Err(S_BAD_MSG);
     }
-    // Valid, but more than the device is willing to hold.
+    // Valid, but more than the device is willing to hold, or periods too short to pace.
     if period > MAX_PERIOD_BYTES || buffer > MAX_BUFFER_BYTES {
+        return Err(S_NOT_SUPP);
+    }
+    let period_frames = u64::from(period / frame_bytes);
+    if period_frames * 1_000_000 < u64::from(rate_hz) * MIN_PERIOD_US {
         return Err(S_NOT_SUPP);
     }
     Ok(PcmParams {
@@ -208,7 +216,7 @@ impl StreamControl {
             return S_BAD_MSG;
         };
         if !self.reap_retired() {
-            log::warn!(
+            crate::warn_limited!(
                 "virtio-snd: stream {}: earlier threads are stuck in host audio calls",
                 self.info.id
             );
@@ -242,11 +250,13 @@ impl StreamControl {
                 S_OK
             }
             Ok(Err(e)) => {
-                log::error!("virtio-snd: stream {id}: cannot start its period thread: {e}");
+                crate::error_limited!(
+                    "virtio-snd: stream {id}: cannot start its period thread: {e}"
+                );
                 S_IO_ERR
             }
             Err(e) => {
-                log::warn!("virtio-snd: stream {id}: {e}");
+                crate::warn_limited!("virtio-snd: stream {id}: {e}");
                 S_IO_ERR
             }
         }
@@ -262,7 +272,7 @@ impl StreamControl {
                 S_OK
             }
             Err(e) => {
-                log::warn!("virtio-snd: stream {}: START failed: {e}", self.info.id);
+                crate::warn_limited!("virtio-snd: stream {}: START failed: {e}", self.info.id);
                 S_IO_ERR
             }
         }
@@ -279,12 +289,12 @@ impl StreamControl {
             }
             // The thread stopped consuming even if the backend failed to pause.
             Err(CommandError::Backend(e)) => {
-                log::warn!("virtio-snd: stream {}: STOP: {e}", self.info.id);
+                crate::warn_limited!("virtio-snd: stream {}: STOP: {e}", self.info.id);
                 self.state = PcmState::Stopped;
                 S_IO_ERR
             }
             Err(e) => {
-                log::warn!("virtio-snd: stream {}: STOP failed: {e}", self.info.id);
+                crate::warn_limited!("virtio-snd: stream {}: STOP failed: {e}", self.info.id);
                 S_IO_ERR
             }
         }
@@ -304,7 +314,7 @@ impl StreamControl {
         match result {
             Ok(()) => S_OK,
             Err(e) => {
-                log::warn!("virtio-snd: stream {}: RELEASE: {e}", self.info.id);
+                crate::warn_limited!("virtio-snd: stream {}: RELEASE: {e}", self.info.id);
                 S_IO_ERR
             }
         }
@@ -356,7 +366,7 @@ impl StreamControl {
         }
         match self.mailbox.successor() {
             Ok(next) => {
-                log::warn!(
+                crate::warn_limited!(
                     "virtio-snd: stream {}: its thread is stuck in a host audio call; going on \
                      without it",
                     self.info.id
@@ -365,7 +375,7 @@ impl StreamControl {
                 self.retired.extend(running);
             }
             Err(e) => {
-                log::error!(
+                crate::error_limited!(
                     "virtio-snd: stream {}: no new mailbox ({e}): waiting for its thread",
                     self.info.id
                 );
@@ -394,7 +404,7 @@ impl StreamControl {
 
 fn join(id: u32, thread: JoinHandle<()>) {
     if thread.join().is_err() {
-        log::error!("virtio-snd: stream {id}: its period thread panicked");
+        crate::error_limited!("virtio-snd: stream {id}: its period thread panicked");
     }
 }
 
@@ -624,6 +634,53 @@ mod tests {
             }),
             S_NOT_SUPP
         );
+    }
+
+    #[test]
+    fn periods_shorter_than_the_floor_are_not_supported() {
+        let bad = |request: SetParams| validate_params(&request, &info()).unwrap_err();
+        // One frame at 192 kHz (5 us), period = buffer.
+        let one_frame = SetParams {
+            period_bytes: 4,
+            buffer_bytes: 4,
+            rate: rate_code(192_000).unwrap(),
+            ..good()
+        };
+        assert_eq!(bad(one_frame), S_NOT_SUPP);
+        // One frame short of 1 ms at 48 kHz, and at 8 kHz mono U8.
+        assert_eq!(
+            bad(SetParams {
+                period_bytes: 47 * 4,
+                buffer_bytes: 47 * 4 * 4,
+                ..good()
+            }),
+            S_NOT_SUPP
+        );
+        let u8_mono = SetParams {
+            format: PcmFormat::U8.code(),
+            channels: 1,
+            rate: rate_code(8000).unwrap(),
+            ..good()
+        };
+        assert_eq!(
+            bad(SetParams {
+                period_bytes: 7,
+                buffer_bytes: 7,
+                ..u8_mono
+            }),
+            S_NOT_SUPP
+        );
+        // Exactly 1 ms is accepted: (request, frame bytes, frames in 1 ms).
+        for (request, frame_bytes, frames) in
+            [(good(), 4, 48), (one_frame, 4, 192), (u8_mono, 1, 8)]
+        {
+            let at_floor = SetParams {
+                period_bytes: frames * frame_bytes,
+                buffer_bytes: frames * frame_bytes * 2,
+                ..request
+            };
+            assert!(validate_params(&at_floor, &info()).is_ok(), "{at_floor:?}");
+        }
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl SoundWorker {
             .collect();
         let running = join_within(threads, RESET_JOIN_WAIT);
         if !running.is_empty() {
-            log::warn!(
+            crate::warn_limited!(
                 "virtio-snd: {} period thread(s) still in a host audio call after the device \
                  reset; the reset goes on without them",
                 running.len()
@@ -330,7 +330,7 @@ impl MutEventSubscriber for SoundWorker {
             };
             let events = Events::with_data(queue.kick(), u32::from(index), EventSet::IN);
             if let Err(e) = ops.add(events) {
-                log::error!("virtio-snd: cannot watch queue {index}: {e}");
+                crate::error_limited!("virtio-snd: cannot watch queue {index}: {e}");
             }
         }
     }

@@ -295,7 +295,7 @@ impl Pcm {
                 Ok(())
             }
             Err(e) => {
-                log::warn!(
+                crate::warn_limited!(
                     "virtio-snd: ALSA `{}` failed ({error}) and cannot recover ({e})",
                     self.device
                 );
@@ -724,8 +724,8 @@ impl InputStream for AlsaInput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::snd::test_harness::paced_alsa_pcm;
     use crate::virtio::snd::waker::Waker;
+    use crate::virtio::test_utils::sound::paced_alsa_pcm;
 
     fn params() -> PcmParams {
         PcmParams {

@@ -150,7 +150,7 @@ impl WavFile {
             return Ok(());
         }
         if self.data_len > 0 {
-            log::warn!(
+            crate::warn_limited!(
                 "virtio-snd: {} restarts for a new format {format:?} ({} bytes of {:?} dropped)",
                 self.path.display(),
                 self.data_len,
@@ -166,7 +166,7 @@ impl WavFile {
         let keep = (data.len() as u64).min(room) as usize;
         if keep < data.len() {
             if self.dropped == 0 {
-                log::warn!("virtio-snd: {} is full (4 GiB)", self.path.display());
+                crate::warn_limited!("virtio-snd: {} is full (4 GiB)", self.path.display());
             }
             self.dropped += (data.len() - keep) as u64;
         }
@@ -227,7 +227,7 @@ impl WavFile {
 impl Drop for WavFile {
     fn drop(&mut self) {
         if let Err(e) = self.finalize() {
-            log::error!("virtio-snd: {e}");
+            crate::error_limited!("virtio-snd: {e}");
         }
     }
 }
@@ -342,7 +342,7 @@ impl Drop for WavSink {
     fn drop(&mut self) {
         if let Some(mut file) = self.file.take() {
             if let Err(e) = file.finalize() {
-                log::error!("virtio-snd: {e}");
+                crate::error_limited!("virtio-snd: {e}");
             }
             if let Some(mut slot) = lock_slot(&self.slots, self.index) {
                 *slot = Some(file);

@@ -270,7 +270,7 @@ impl CommonConfig {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & STATUS_FEATURES_OK != 0 {
-            log::warn!("virtio-pci: driver features written after FEATURES_OK, ignored");
+            crate::warn_limited!("virtio-pci: driver features written after FEATURES_OK, ignored");
             return;
         }
         let (shift, mask) = match self.driver_feature_select {
@@ -291,7 +291,7 @@ impl CommonConfig {
         };
         // The driver configures a queue before enabling it and leaves it alone after.
         if queue.enabled || driver_ok {
-            log::warn!("virtio-pci: queue {select} reconfigured while enabled, ignored");
+            crate::warn_limited!("virtio-pci: queue {select} reconfigured while enabled, ignored");
             return;
         }
         match field {
@@ -300,7 +300,7 @@ impl CommonConfig {
                 if size.is_power_of_two() && size <= queue.max_size {
                     queue.size = size;
                 } else {
-                    log::warn!(
+                    crate::warn_limited!(
                         "virtio-pci: queue {select} size {size} is not a power of two up to {}, ignored",
                         queue.max_size
                     );
@@ -325,7 +325,7 @@ impl CommonConfig {
         // DEVICE_NEEDS_RESET is the device's to set and only a reset clears it.
         let value = (value & !STATUS_DEVICE_NEEDS_RESET) | (old & STATUS_DEVICE_NEEDS_RESET);
         if value & old != old {
-            log::warn!("virtio-pci: status {old:#x} -> {value:#x} clears bits, ignored");
+            crate::warn_limited!("virtio-pci: status {old:#x} -> {value:#x} clears bits, ignored");
             return None;
         }
         let added = value & !old;
@@ -345,20 +345,22 @@ impl CommonConfig {
                 continue;
             }
             if status & needs != needs {
-                log::warn!("virtio-pci: status bit {bit:#x} set out of order (status {status:#x}), ignored");
+                crate::warn_limited!("virtio-pci: status bit {bit:#x} set out of order (status {status:#x}), ignored");
                 break;
             }
             if bit == STATUS_FEATURES_OK && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
                 // A modern-only device cannot work with a legacy driver: leave FEATURES_OK
                 // clear so the driver sees its features were not accepted.
-                log::warn!(
+                crate::warn_limited!(
                     "virtio-pci: driver did not accept VIRTIO_F_VERSION_1; refusing FEATURES_OK"
                 );
                 break;
             }
             if bit == STATUS_DRIVER_OK {
                 if status & STATUS_DEVICE_NEEDS_RESET != 0 {
-                    log::warn!("virtio-pci: DRIVER_OK while the device needs a reset, ignored");
+                    crate::warn_limited!(
+                        "virtio-pci: DRIVER_OK while the device needs a reset, ignored"
+                    );
                     break;
                 }
                 action = Some(CommonConfigAction::Activate);

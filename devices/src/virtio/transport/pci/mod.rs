@@ -34,7 +34,9 @@ pub use common_config::{
     VIRTIO_MSI_NO_VECTOR,
 };
 
-use crate::pci::config::{PciBar, PciBarKind, PciConfigError, PciConfigSpace, PciIdentity};
+use crate::pci::config::{
+    PciBar, PciBarKind, PciConfigError, PciConfigSpace, PciIdentity, COMMAND_REGISTER,
+};
 use crate::pci::msix::{MsiInterruptGroup, Msix, MsixCapability, MsixError};
 use crate::pci::PciDevice;
 use virtio_bindings::virtio_ids::{
@@ -165,6 +167,8 @@ pub(crate) struct InterruptState {
     pub(crate) config_generation: AtomicU8,
     pub(crate) config_vector: AtomicU16,
     pub(crate) queue_vectors: Vec<AtomicU16>,
+    /// The command register's Bus Master Enable: devices do no DMA while it is clear.
+    bus_master: AtomicBool,
 }
 
 impl InterruptState {
@@ -240,6 +244,10 @@ impl VirtioInterrupt for ActivationInterrupt {
             return Ok(());
         }
         self.state.raise_config()
+    }
+
+    fn dma_allowed(&self) -> bool {
+        self.live.load(Ordering::Acquire) && self.state.bus_master.load(Ordering::Acquire)
     }
 }
 
@@ -395,14 +403,18 @@ impl VirtioPciDevice {
         let (msix_body, msix_writable) = msix_capability.to_bytes();
         let msix_cap_offset = config.add_capability(&msix_body, &msix_writable)?;
 
+        // Bus Master Enable is clear out of reset: no message until the driver sets it.
+        let msix = Msix::new(vectors, msi)?;
+        msix.set_bus_master(config.bus_master());
         let interrupts = Arc::new(InterruptState {
-            msix: Msix::new(vectors, msi)?,
+            msix,
             isr: AtomicU8::new(0),
             config_generation: AtomicU8::new(0),
             config_vector: AtomicU16::new(VIRTIO_MSI_NO_VECTOR),
             queue_vectors: (0..num_queues)
                 .map(|_| AtomicU16::new(VIRTIO_MSI_NO_VECTOR))
                 .collect(),
+            bus_master: AtomicBool::new(config.bus_master()),
         });
         let kicks = (0..num_queues)
             .map(|_| EventFd::new(EFD_NONBLOCK))
@@ -539,7 +551,7 @@ impl VirtioPciDevice {
             return;
         }
         if let Err(e) = self.kicks[queue].write(1) {
-            log::error!("virtio-pci: kicking queue {queue}: {e}");
+            crate::error_limited!("virtio-pci: kicking queue {queue}: {e}");
         }
     }
 
@@ -550,13 +562,13 @@ impl VirtioPciDevice {
             return;
         }
         if let Err(e) = self.try_activate() {
-            log::error!(
+            crate::error_limited!(
                 "virtio-pci: activating device type {}: {e}",
                 self.device_type()
             );
             self.common.set_needs_reset();
             if let Err(e) = self.interrupts.raise_config() {
-                log::error!("virtio-pci: raising the needs-reset interrupt: {e}");
+                crate::error_limited!("virtio-pci: raising the needs-reset interrupt: {e}");
             }
         }
     }
@@ -650,7 +662,7 @@ impl VirtioPciDevice {
     fn remove_subscribers(&self, ids: Vec<SubscriberId>) {
         for id in ids {
             if let Err(e) = self.subscribers.remove(id) {
-                log::error!("virtio-pci: removing an event-loop subscriber: {e}");
+                crate::error_limited!("virtio-pci: removing an event-loop subscriber: {e}");
             }
         }
     }
@@ -680,7 +692,9 @@ impl VirtioPciDevice {
                     let addr =
                         old + NOTIFY_OFFSET + queue as u64 * u64::from(NOTIFY_OFF_MULTIPLIER);
                     if let Err(e) = self.ioevents.unregister(addr, &self.kicks[queue]) {
-                        log::error!("virtio-pci: unregistering ioeventfd at {addr:#x}: {e}");
+                        crate::error_limited!(
+                            "virtio-pci: unregistering ioeventfd at {addr:#x}: {e}"
+                        );
                     }
                     *registered = false;
                 }
@@ -692,10 +706,34 @@ impl VirtioPciDevice {
                 match self.ioevents.register(addr, &self.kicks[queue]) {
                     Ok(()) => *registered = true,
                     // Kicks still work, through the MMIO exit path.
-                    Err(e) => log::error!("virtio-pci: registering ioeventfd at {addr:#x}: {e}"),
+                    Err(e) => {
+                        crate::error_limited!("virtio-pci: registering ioeventfd at {addr:#x}: {e}")
+                    }
                 }
             }
             self.bar_address = Some(new);
+        }
+    }
+
+    /// Follows the command register's Bus Master Enable. While it is clear, MSI-X messages stay
+    /// pending and the device does no DMA ([`VirtioInterrupt::dma_allowed`]); once it is set
+    /// again the pending messages go out and every enabled queue is kicked, so the work the
+    /// driver queued meanwhile is done.
+    fn sync_bus_master(&mut self) {
+        let enabled = self.config.bus_master();
+        let was = self.interrupts.bus_master.swap(enabled, Ordering::AcqRel);
+        if enabled == was {
+            return;
+        }
+        self.interrupts.msix.set_bus_master(enabled);
+        if enabled && self.activation.is_some() {
+            for (queue, kick) in self.kicks.iter().enumerate() {
+                if self.common.queue_enabled(queue) {
+                    if let Err(e) = kick.write(1) {
+                        crate::error_limited!("virtio-pci: re-kicking queue {queue}: {e}");
+                    }
+                }
+            }
         }
     }
 
@@ -742,6 +780,9 @@ impl PciDevice for VirtioPciDevice {
 
     fn write_config_register(&mut self, reg: usize, offset: usize, data: &[u8]) {
         self.config.write_register(reg, offset, data);
+        if reg == COMMAND_REGISTER {
+            self.sync_bus_master();
+        }
         if reg == self.msix_cap_offset / 4 {
             let mut control = [0u8; 2];
             self.config

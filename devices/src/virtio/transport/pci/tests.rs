@@ -6,6 +6,7 @@ use vm_memory::GuestMemoryMmap;
 use super::test_utils::{FakeIoEvents, LocalRegistrar};
 use super::*;
 use crate::bus::{Bus, BusDevice};
+use crate::pci::config::{COMMAND_BUS_MASTER, COMMAND_REGISTER};
 use crate::pci::msix::test_utils::{MsiEvent, RecordingMsiGroup};
 use crate::pci::msix::MSIX_CONTROL_ENABLE;
 use crate::pci::PciRoot;
@@ -120,6 +121,17 @@ struct Harness {
     registrar: Arc<LocalRegistrar>,
 }
 
+/// Sets or clears Bus Master Enable in the command register, leaving the other bits.
+fn set_bus_master(dev: &mut VirtioPciDevice, enabled: bool) {
+    let command = dev.read_config_register(COMMAND_REGISTER) as u16;
+    let command = if enabled {
+        command | COMMAND_BUS_MASTER
+    } else {
+        command & !COMMAND_BUS_MASTER
+    };
+    dev.write_config_register(COMMAND_REGISTER, 0, &command.to_le_bytes());
+}
+
 fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).unwrap()
 }
@@ -130,7 +142,7 @@ impl Harness {
         let msi = Arc::new(RecordingMsiGroup::default());
         let ioevents = Arc::new(FakeIoEvents::default());
         let registrar = LocalRegistrar::new();
-        let dev = VirtioPciDevice::new(
+        let mut dev = VirtioPciDevice::new(
             fake.clone(),
             memory(),
             msi.clone(),
@@ -138,6 +150,8 @@ impl Harness {
             registrar.clone(),
         )
         .unwrap();
+        // Bus mastering on, as every driver does first (Linux's pci_set_master).
+        set_bus_master(&mut dev, true);
         Self {
             dev,
             fake,
@@ -837,4 +851,99 @@ fn garbage_everywhere_never_panics() {
     h.enable_msix();
     h.bring_up();
     assert!(h.dev.is_active());
+}
+
+/// Issue 12 finding 4: each of these logged a warning per write, so 3000 register writes gave
+/// 3000 host log lines. Now each call site logs a bounded number a minute.
+#[test]
+fn guest_register_abuse_adds_a_bounded_number_of_log_lines() {
+    use crate::log_limit::{capture, LINES_PER_WINDOW};
+
+    let bus = Arc::new(Bus::new());
+    let mut root = PciRoot::new(bus.clone(), 0xc000_0000..0xe000_0000, 0x8000_0000).unwrap();
+    let mut h = Harness::new(25);
+    h.bring_up();
+    assert!(h.dev.is_active());
+    let dev = Arc::new(Mutex::new(h.dev));
+    root.add_device(dev.clone()).unwrap();
+    let bar_write = |offset: u64, value: u64, len: usize| {
+        lock(&dev).write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
+    };
+    let cfg_write = |root: &mut PciRoot, reg: u32, value: u32| {
+        root.write(0xcf8, 0, &(0x8000_0800 | reg << 2).to_le_bytes());
+        root.write(0xcf8, 4, &value.to_le_bytes());
+    };
+    const WRITES: usize = 3000;
+    let lines = capture::lines_logged_by(|| {
+        for i in 0..WRITES {
+            match i % 5 {
+                // An enabled queue's size.
+                0 => bar_write(0x18, 8, 2),
+                // device_status clearing DRIVER_OK.
+                1 => bar_write(0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1),
+                // A driver_feature write after FEATURES_OK.
+                2 => bar_write(0x0c, 1, 4),
+                // BAR 0 moved over RAM.
+                3 => cfg_write(&mut root, 4, 0x1000),
+                // A reset, then DRIVER_OK skipping FEATURES_OK.
+                _ => {
+                    bar_write(0x14, 0, 1);
+                    bar_write(0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
+                    bar_write(
+                        0x14,
+                        u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK),
+                        1,
+                    );
+                }
+            }
+        }
+    });
+    // Five kinds of write, each a call site or two: a few dozen lines at most, not thousands.
+    let bound = 8 * (LINES_PER_WINDOW as usize + 1);
+    assert!(
+        lines.len() <= bound,
+        "{WRITES} guest register writes logged {} lines (bound {bound}); the first: {:?}",
+        lines.len(),
+        lines.first()
+    );
+}
+
+/// Issue 12 finding 5, at the transport: while Bus Master Enable is clear the device is told no
+/// DMA and MSI-X messages stay pending; setting it sends them and kicks every enabled queue, so
+/// work the driver queued meanwhile is picked up.
+#[test]
+fn bus_master_enable_gates_dma_and_msix_and_resumes_the_queues() {
+    let mut h = Harness::new(4);
+    h.enable_msix();
+    h.bring_up();
+    let interrupt = h.fake.lock().unwrap().interrupt.clone().unwrap();
+    let kicks = h.fake.lock().unwrap().kicks.clone();
+    assert!(interrupt.dma_allowed());
+
+    set_bus_master(&mut h.dev, false);
+    assert!(!interrupt.dma_allowed());
+    interrupt.trigger(VirtioInterruptType::Queue(0)).unwrap();
+    interrupt.trigger(VirtioInterruptType::Config).unwrap();
+    assert!(h.msi.triggers().is_empty(), "no MSI-X while BME is clear");
+    assert_eq!(h.read(MSIX_PBA_OFFSET, 8), 0b11, "both vectors pending");
+    // Writing other command bits leaves it clear.
+    let command = h.dev.read_config_register(COMMAND_REGISTER) as u16;
+    h.dev
+        .write_config_register(COMMAND_REGISTER, 0, &(command | 0x40).to_le_bytes());
+    assert!(!interrupt.dma_allowed());
+    assert!(h.msi.triggers().is_empty());
+    assert_eq!(h.registrar.run_once(0), 0, "no kick while BME stays clear");
+
+    set_bus_master(&mut h.dev, true);
+    assert!(interrupt.dma_allowed());
+    let mut sent = h.msi.triggers();
+    sent.sort_unstable();
+    assert_eq!(sent, [0, 1], "the pending messages go out");
+    assert_eq!(h.read(MSIX_PBA_OFFSET, 8), 0);
+    assert_eq!(h.registrar.run_once(100), 2, "both enabled queues kicked");
+    assert_eq!(kicks.load(Ordering::SeqCst), 2);
+
+    // A reset retires the activation's handle: no DMA for a device thread that outlives it.
+    h.set_status(0);
+    assert!(!interrupt.dma_allowed());
 }

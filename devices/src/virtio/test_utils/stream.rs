@@ -1,0 +1,128 @@
+//! A backend that hands everything to another one and calls a hook before every period it
+//! plays: to record periods (the bench), or to stall the period thread (the host-fault tests).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::virtio::snd::backend::{
+    Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness,
+};
+use crate::virtio::snd::stats::SoundStats;
+use crate::virtio::snd::waker::Waker;
+
+/// One period an output stream is about to hand to the wrapped backend.
+pub struct PlayedPeriod<'a> {
+    pub stream_id: u32,
+    /// Periods this stream played before this one.
+    pub index: u64,
+    /// The period buffer, guest PCM in its first `filled` bytes.
+    pub buffer: &'a [u8],
+    pub filled: usize,
+}
+
+/// What [`HookedBackend`] calls, on the period thread, before each period.
+pub type PlayHook = dyn Fn(&PlayedPeriod<'_>) + Send + Sync;
+
+/// Wraps a backend: its output streams are [`HookedOutput`]s; input streams are the inner ones.
+pub struct HookedBackend {
+    inner: Arc<dyn Backend>,
+    hook: Arc<PlayHook>,
+}
+
+impl HookedBackend {
+    pub fn new(
+        inner: Arc<dyn Backend>,
+        hook: impl Fn(&PlayedPeriod<'_>) + Send + Sync + 'static,
+    ) -> HookedBackend {
+        HookedBackend {
+            inner,
+            hook: Arc::new(hook),
+        }
+    }
+}
+
+impl Backend for HookedBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn formats(&self) -> u64 {
+        self.inner.formats()
+    }
+
+    fn open_output(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        Ok(Box::new(HookedOutput {
+            inner: self.inner.open_output(stream_id, params, stats)?,
+            hook: self.hook.clone(),
+            stream_id,
+            periods: 0,
+        }))
+    }
+
+    fn open_input(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        self.inner.open_input(stream_id, params, stats)
+    }
+}
+
+/// An output stream that calls its hook before each period and delegates everything.
+pub struct HookedOutput {
+    inner: Box<dyn OutputStream>,
+    hook: Arc<PlayHook>,
+    stream_id: u32,
+    periods: u64,
+}
+
+impl OutputStream for HookedOutput {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.inner.start()
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.inner.stop()
+    }
+
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        self.inner.wait_ready(waker)
+    }
+
+    fn period_buffer(&mut self) -> &mut [u8] {
+        self.inner.period_buffer()
+    }
+
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        (self.hook)(&PlayedPeriod {
+            stream_id: self.stream_id,
+            index: self.periods,
+            buffer: self.inner.period_buffer(),
+            filled,
+        });
+        self.periods += 1;
+        self.inner.play_period(filled)
+    }
+
+    fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError> {
+        self.inner.flush_bytes(len, deadline)
+    }
+
+    fn latency_bytes(&mut self) -> u32 {
+        self.inner.latency_bytes()
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        self.inner.finish()
+    }
+
+    fn close(self: Box<Self>, drain: Option<&Waker>) {
+        self.inner.close(drain)
+    }
+}

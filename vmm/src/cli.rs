@@ -1,0 +1,248 @@
+//! The command line a user types: clap parses it into a [`Cli`], which becomes the VM's
+//! [`VmConfig`]. Each user error is one clear line, before KVM is touched.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use canto_devices::virtio::snd::SoundConfig;
+use clap::Parser;
+
+use crate::config::{
+    check_cpus, DevicesConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
+    SERIAL_FILE_NEEDS_PATH,
+};
+
+/// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...`
+#[derive(Debug, Parser)]
+#[command(
+    name = "canto",
+    version,
+    about = "A small, fast KVM virtual machine monitor whose guests have sound"
+)]
+pub struct Cli {
+    /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initramfs to hand the kernel (cpio, optionally compressed; concatenated archives work).
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line. Canto adds the arguments its platform needs (console, reboot, and
+    /// CPU-feature masks on kvm_pvm); a key given here wins over Canto's.
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_cpus)]
+    pub cpus: u8,
+    /// Guest RAM, e.g. 256M, 1G, 1073741824 (bytes).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Where the guest's serial console goes: stdio, null or file=PATH.
+    #[arg(long, value_name = "MODE", default_value = "stdio")]
+    pub serial: SerialConfig,
+    /// The sound device: backend=alsa[,device=NAME] | backend=wav,path=FILE | backend=null,
+    /// with optional streams=OUT:IN. Default: ALSA `default`, or null (with a note) when it
+    /// cannot be opened.
+    #[arg(long, value_name = "SPEC", conflicts_with = "no_sound")]
+    pub sound: Option<SoundConfig>,
+    /// No sound device.
+    #[arg(long)]
+    pub no_sound: bool,
+    /// No virtio-rng entropy device.
+    #[arg(long)]
+    pub no_rng: bool,
+    /// Print the guest's PCI devices and exit after building the VM.
+    #[arg(long)]
+    pub print_devices: bool,
+}
+
+impl Cli {
+    /// The VM this command line describes (`--print-devices` is an action, not part of it).
+    pub fn to_config(&self) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            cmdline: self.cmdline.clone(),
+            cpus: self.cpus,
+            memory: self.memory,
+            serial: self.serial.clone(),
+            devices: DevicesConfig {
+                rng: !self.no_rng,
+                sound: match (&self.sound, self.no_sound) {
+                    (_, true) => SoundSetting::Off,
+                    (Some(sound), false) => SoundSetting::Device(SoundDeviceConfig::from(sound)),
+                    (None, false) => SoundSetting::Auto,
+                },
+            },
+        }
+    }
+}
+
+/// `--serial stdio|null|file=PATH`.
+impl FromStr for SerialConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdio" => Ok(Self::Stdio),
+            "null" => Ok(Self::Null),
+            _ => match s.strip_prefix("file=") {
+                Some("") => Err(SERIAL_FILE_NEEDS_PATH.into()),
+                Some(path) => Ok(Self::File {
+                    path: PathBuf::from(path),
+                }),
+                None => Err(format!(
+                    "unknown serial mode '{s}': use stdio, null or file=PATH"
+                )),
+            },
+        }
+    }
+}
+
+fn parse_cpus(s: &str) -> Result<u8, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number of vCPUs"))?;
+    check_cpus(n)
+}
+
+/// Parses a size with an optional K/M/G/T suffix (powers of 1024; a trailing "iB"/"B" is allowed).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let not_a_size = || format!("'{s}' is not a size (examples: 512M, 2G, 1048576)");
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| not_a_size())?;
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => {
+            return Err(format!(
+                "'{s}': unknown size suffix '{suffix}' (use K, M, G or T)"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("canto").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_full_command_line() {
+        let cli = parse(&["--kernel", "k"]).unwrap();
+        assert_eq!(cli.cpus, 1);
+        assert_eq!(cli.memory, 512 << 20);
+        assert_eq!(cli.serial, SerialConfig::Stdio);
+        assert!(cli.initramfs.is_none());
+        let cli = parse(&[
+            "--kernel",
+            "k",
+            "--initramfs",
+            "i",
+            "--cmdline",
+            "quiet",
+            "--cpus",
+            "2",
+            "--memory",
+            "1G",
+            "--serial",
+            "file=/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(cli.cpus, 2);
+        assert_eq!(cli.memory, 1 << 30);
+        assert_eq!(cli.cmdline, "quiet");
+        assert_eq!(
+            cli.serial,
+            SerialConfig::File {
+                path: "/tmp/x".into()
+            }
+        );
+        let cli = parse(&["--kernel", "k", "--sound", "backend=wav,path=/tmp/o.wav"]).unwrap();
+        assert_eq!(cli.sound.unwrap().backend.name(), "wav");
+    }
+
+    #[test]
+    fn user_errors_are_rejected_with_a_reason() {
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        assert!(err(&[]).contains("--kernel"));
+        assert!(err(&["--kernel", "k", "--cpus", "0"]).contains("at least 1 vCPU"));
+        assert!(err(&["--kernel", "k", "--cpus", "999"]).contains("at most"));
+        assert!(err(&["--kernel", "k", "--cpus", "two"]).contains("not a whole number"));
+        assert!(err(&["--kernel", "k", "--memory", "12Q"]).contains("unknown size suffix"));
+        assert!(err(&["--kernel", "k", "--memory", "lots"]).contains("not a size"));
+        assert!(err(&["--kernel", "k", "--serial", "tty"]).contains("unknown serial mode"));
+        assert!(err(&["--kernel", "k", "--serial", "file="]).contains("needs a path"));
+        assert!(err(&["--kernel", "k", "--bogus"]).contains("--bogus"));
+        assert!(err(&["--kernel", "k", "--sound", "backend=jack"]).contains("jack"));
+        assert!(
+            err(&["--kernel", "k", "--sound", "backend=null", "--no-sound"])
+                .contains("cannot be used with")
+        );
+    }
+
+    #[test]
+    fn the_command_line_becomes_the_vm_config() {
+        let config = parse(&["--kernel", "k"]).unwrap().to_config();
+        assert_eq!(config, VmConfig::new("k"));
+        let config = parse(&[
+            "--kernel",
+            "k",
+            "--initramfs",
+            "i",
+            "--cmdline",
+            "quiet",
+            "--cpus",
+            "2",
+            "--memory",
+            "1G",
+            "--serial",
+            "null",
+            "--sound",
+            "backend=wav,path=/tmp/o.wav,streams=2:0",
+            "--no-rng",
+        ])
+        .unwrap()
+        .to_config();
+        assert_eq!(config.initramfs, Some("i".into()));
+        assert_eq!(config.cmdline, "quiet");
+        assert_eq!((config.cpus, config.memory), (2, 1 << 30));
+        assert_eq!(config.serial, SerialConfig::Null);
+        assert!(!config.devices.rng);
+        let SoundSetting::Device(sound) = &config.devices.sound else {
+            panic!("{config:?}");
+        };
+        assert_eq!(
+            sound.to_sound_config().to_string(),
+            "backend=wav,path=/tmp/o.wav,streams=2:0"
+        );
+        assert_eq!(config.validate(), Ok(()));
+        let off = parse(&["--kernel", "k", "--no-sound"]).unwrap().to_config();
+        assert_eq!(off.devices.sound, SoundSetting::Off);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("128m"), Ok(128 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("99999999999999999999T").is_err());
+        assert!(parse_size("20000000T").unwrap_err().contains("too large"));
+        assert!(parse_size("").is_err());
+    }
+}
