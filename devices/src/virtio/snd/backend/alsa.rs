@@ -659,17 +659,35 @@ impl OutputStream for AlsaOutput {
                 let deadline = Instant::now() + (held + TRANSFER_SLACK).min(MAX_DRAIN);
                 // A wake-up left from the RELEASE command is not a reason to stop.
                 waker.consume();
-                // Wait for the PCM to play out, watching its delay: snd_pcm_drain may block
-                // until everything is played whatever the PCM's mode (the `pulse` plugin's
-                // does), and no wait here may outlast the deadline. An xrun is not the end:
-                // `pulse` reports one once its ring is empty, while the server still plays what
-                // it holds (a device's delay fails in an xrun, which ends the wait).
-                while matches!(pcm.pcm.state(), State::Running | State::XRun)
-                    && pcm.latency_bytes() > 0
-                    && Instant::now() < deadline
-                    && !waker.is_cancelled()
-                {
-                    waker.wait_for(DRAIN_POLL);
+                if held <= MAX_DRAIN {
+                    // snd_pcm_drain, non-blocking where the PCM allows (EAGAIN: still
+                    // draining). Some plugins block in it until everything is played (`pulse`
+                    // does): that is at most `held` here, and nothing waits for this thread
+                    // beyond a bound (a reset leaves it behind after 250 ms).
+                    while matches!(pcm.pcm.state(), State::Running | State::Draining) {
+                        match pcm.pcm.drain() {
+                            Ok(()) => break,
+                            Err(e) if is_errno(&e, libc::EAGAIN) => {}
+                            Err(_) => break,
+                        }
+                        if Instant::now() >= deadline || waker.is_cancelled() {
+                            break;
+                        }
+                        waker.wait_for(DRAIN_POLL);
+                    }
+                } else {
+                    // More than the drain may take (a RELEASE flush filled the PCM's buffer):
+                    // no snd_pcm_drain, which could block for all of it. Let it play until the
+                    // deadline, watching its delay; the rest is dropped below. An xrun is not
+                    // the end: `pulse` reports one once its ring is empty while its server
+                    // still plays (a device's delay fails in an xrun, which ends the wait).
+                    while matches!(pcm.pcm.state(), State::Running | State::XRun)
+                        && pcm.latency_bytes() > 0
+                        && Instant::now() < deadline
+                        && !waker.is_cancelled()
+                    {
+                        waker.wait_for(DRAIN_POLL);
+                    }
                 }
             }
         }
