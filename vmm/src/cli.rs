@@ -17,7 +17,8 @@ use crate::config::{
 #[command(
     name = "canto",
     version,
-    about = "A small, fast KVM virtual machine monitor whose guests have sound"
+    about = "A small, fast KVM virtual machine monitor whose guests have sound",
+    after_help = crate::console::ESCAPE_HELP
 )]
 pub struct Cli {
     /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.

@@ -1,6 +1,6 @@
 //! `canto`: boot a guest on KVM from the command line.
 //!
-//! Exit status: 0 when the guest powers off or reboots; 1 with one line on stderr for any error;
+//! Exit status: 0 when the guest powers off or reboots, or the user types Ctrl-A x; 1 with one line on stderr for any error;
 //! 128 + N after stop signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), with one line naming it,
 //! once the VM is torn down.
 
@@ -44,6 +44,10 @@ fn main() -> ExitCode {
                 vmm::signals::name(signal)
             );
             ExitCode::from(vmm::signals::exit_status(signal))
+        }
+        Ok(VmExit::ConsoleExit) => {
+            eprintln!("canto: ended by Ctrl-A x: the guest was halted and its devices flushed");
+            ExitCode::SUCCESS
         }
         Ok(reason) => {
             log::info!("guest ended: {reason:?}");
