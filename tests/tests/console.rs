@@ -174,6 +174,16 @@ impl ConsoleRun {
     }
 }
 
+impl Drop for ConsoleRun {
+    /// A failed test leaves no Canto behind.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Ended {
     /// Status 0, one stderr line saying Ctrl-A x ended it, the terminal back in its mode.
     fn check_ctrl_a_x(&self) {

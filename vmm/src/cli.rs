@@ -5,14 +5,15 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use canto_devices::virtio::snd::SoundConfig;
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::config::{
     check_cpus, DevicesConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
     SERIAL_FILE_NEEDS_PATH,
 };
 
-/// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...`
+/// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...` or `canto --config FILE [...]`
 #[derive(Debug, Parser)]
 #[command(
     name = "canto",
@@ -21,9 +22,13 @@ use crate::config::{
     after_help = crate::console::ESCAPE_HELP
 )]
 pub struct Cli {
+    /// The whole VM from a file, JSON or TOML (docs/config.md); options given on the command
+    /// line override what it says.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    pub kernel: Option<PathBuf>,
     /// Initramfs to hand the kernel (cpio, optionally compressed; concatenated archives work).
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
@@ -54,13 +59,74 @@ pub struct Cli {
     /// Print the guest's PCI devices and exit after building the VM.
     #[arg(long)]
     pub print_devices: bool,
+    /// The arguments given on the command line (not defaulted), by id, for `--config`'s
+    /// overrides; empty unless parsed by [`Cli::parse_args`].
+    #[arg(skip)]
+    given: Vec<String>,
 }
 
 impl Cli {
-    /// The VM this command line describes (`--print-devices` is an action, not part of it).
+    /// Parses `args` (the program name first), remembering which options were given rather
+    /// than defaulted, so that they override a `--config` file.
+    pub fn parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        cli.given = matches
+            .ids()
+            .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+        Ok(cli)
+    }
+
+    fn given(&self, id: &str) -> bool {
+        self.given.iter().any(|g| g == id)
+    }
+
+    /// The VM to run: the `--config` file with the options given on the command line laid over
+    /// it, or the command line alone. Errors are one line.
+    pub fn vm_config(&self) -> Result<VmConfig, String> {
+        let Some(path) = &self.config else {
+            return Ok(self.to_config());
+        };
+        let mut config = VmConfig::from_file(path)?;
+        let line = self.to_config();
+        if self.given("kernel") {
+            config.kernel = line.kernel;
+        }
+        if self.given("initramfs") {
+            config.initramfs = line.initramfs;
+        }
+        if self.given("cmdline") {
+            config.cmdline = line.cmdline;
+        }
+        if self.given("cpus") {
+            config.cpus = line.cpus;
+        }
+        if self.given("memory") {
+            config.memory = line.memory;
+        }
+        if self.given("serial") {
+            config.serial = line.serial;
+        }
+        if self.given("sound") || self.given("no_sound") {
+            config.devices.sound = line.devices.sound;
+        }
+        if self.given("no_rng") {
+            config.devices.rng = line.devices.rng;
+        }
+        Ok(config)
+    }
+
+    /// The VM the command line alone describes, defaults included (`--print-devices` is an
+    /// action, not part of it; `--config` is not read).
     pub fn to_config(&self) -> VmConfig {
         VmConfig {
-            kernel: self.kernel.clone(),
+            kernel: self.kernel.clone().unwrap_or_default(),
             initramfs: self.initramfs.clone(),
             cmdline: self.cmdline.clone(),
             cpus: self.cpus,

@@ -1,14 +1,14 @@
 //! The VM's configuration: what to boot and which devices the guest gets.
 //!
-//! The command line ([`crate::cli`]) builds a [`VmConfig`] today; a configuration file or an API
-//! socket will build the same struct, which is why it is serde-(de)serializable and refuses
-//! fields it does not know. Everything that can be checked without KVM is checked by
+//! The command line ([`crate::cli`]) and a configuration file ([`VmConfig::from_file`], JSON or
+//! TOML, docs/config.md) build a [`VmConfig`]; an API socket (docs/api.md) will build the same
+//! struct, which is why it is serde-(de)serializable and refuses fields it does not know. Everything that can be checked without KVM is checked by
 //! [`VmConfig::validate`], so every front end gives the same one-line errors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use canto_devices::virtio::snd::{BackendConfig, SoundConfig};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Largest vCPU count Canto accepts (what the MP table can describe, and more than a microVM needs).
 pub const MAX_VCPUS: u8 = canto_arch::mptable::MAX_CPUS;
@@ -31,8 +31,8 @@ pub struct VmConfig {
     /// Number of vCPUs, 1..=[`MAX_VCPUS`].
     #[serde(default = "default_cpus")]
     pub cpus: u8,
-    /// Guest RAM in bytes.
-    #[serde(default = "default_memory")]
+    /// Guest RAM in bytes; a file may also give a size string such as "512M" or "2G".
+    #[serde(default = "default_memory", deserialize_with = "bytes_or_size")]
     pub memory: u64,
     /// Where the guest's serial console goes.
     #[serde(default)]
@@ -50,6 +50,58 @@ fn default_memory() -> u64 {
     DEFAULT_MEMORY
 }
 
+/// A byte count as a number, or as a size string with a K/M/G/T suffix ([`crate::cli::parse_size`]).
+fn bytes_or_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct Size;
+    impl serde::de::Visitor<'_> for Size {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number of bytes or a size such as \"512M\"")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
+            crate::cli::parse_size(v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_any(Size)
+}
+
+/// The formats a configuration file can be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Json,
+    Toml,
+}
+
+impl FileFormat {
+    /// By the file's extension (`.json`, `.toml`); otherwise JSON when the text starts with `{`.
+    pub fn of(path: &Path, text: &str) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("json") => Self::Json,
+            Some(e) if e.eq_ignore_ascii_case("toml") => Self::Toml,
+            _ if text.trim_start().starts_with('{') => Self::Json,
+            _ => Self::Toml,
+        }
+    }
+}
+
+/// Line and column (from 1) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
 impl VmConfig {
     /// A VM booting `kernel` with every other setting at its default.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
@@ -62,6 +114,49 @@ impl VmConfig {
             serial: SerialConfig::default(),
             devices: DevicesConfig::default(),
         }
+    }
+
+    /// Reads a configuration file, JSON or TOML ([`FileFormat::of`]); every error is one line
+    /// naming the file (an unknown key by its name, a wrong type by its field and place).
+    /// Relative paths in it are relative to Canto's working directory, as on the command line.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let name = path.display();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the config file '{name}': {e}"))?;
+        Self::from_text(&text, FileFormat::of(path, &text))
+            .map_err(|e| format!("config file '{name}': {e}"))
+    }
+
+    /// Parses a configuration document and [validates](Self::validate) it.
+    pub fn from_text(text: &str, format: FileFormat) -> Result<Self, String> {
+        let config: Self = match format {
+            FileFormat::Json => serde_json::from_str(text).map_err(|e| {
+                if e.is_syntax() || e.is_eof() {
+                    format!("not valid JSON: {e}")
+                } else {
+                    e.to_string()
+                }
+            })?,
+            FileFormat::Toml => {
+                // toml's Display draws the line with a caret over several lines; one line here.
+                let one_line = |e: toml::de::Error| {
+                    let message = e.message().trim().replace('\n', " ");
+                    match e.span() {
+                        Some(span) => {
+                            let (line, column) = line_column(text, span.start);
+                            format!("{message} at line {line} column {column}")
+                        }
+                        None => message,
+                    }
+                };
+                // Syntax first, so that a file that is not TOML at all says so.
+                text.parse::<toml::Table>()
+                    .map_err(|e| format!("not valid TOML: {}", one_line(e)))?;
+                toml::from_str(text).map_err(one_line)?
+            }
+        };
+        config.validate()?;
+        Ok(config)
     }
 
     /// The checks that need no KVM and no files (the command line makes them while parsing; a

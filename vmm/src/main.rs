@@ -6,7 +6,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use vmm::vcpu::VmExit;
 
 fn main() -> ExitCode {
@@ -26,8 +25,15 @@ fn main() -> ExitCode {
     )
     .format_timestamp_millis()
     .init();
-    let cli = vmm::cli::Cli::parse();
-    let result = vmm::Vmm::build(&cli.to_config()).and_then(|mut vmm| {
+    let cli = vmm::cli::Cli::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let config = match cli.vm_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("canto: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = vmm::Vmm::build(&config).and_then(|mut vmm| {
         if cli.print_devices {
             for device in vmm.pci_devices() {
                 println!("{device}");
