@@ -301,6 +301,113 @@ mod tests {
         assert_eq!(off.devices.sound, SoundSetting::Off);
     }
 
+    /// A `--config` file in a temporary directory, removed on drop.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("canto-cli-{}-{name}", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+        fn arg(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn args(list: &[&str]) -> Cli {
+        Cli::parse_args(std::iter::once("canto").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn a_config_file_is_the_vm_and_given_options_override_it() {
+        let file = TempFile::new(
+            "override.toml",
+            r#"
+                kernel = "/file/kernel"
+                cmdline = "from-file"
+                cpus = 2
+                memory = "128M"
+                serial = "null"
+                [devices]
+                rng = false
+                sound = "off"
+            "#,
+        );
+        let config = args(&["--config", file.arg()]).vm_config().unwrap();
+        assert_eq!(config.kernel, std::path::PathBuf::from("/file/kernel"));
+        assert_eq!((config.cpus, config.memory), (2, 128 << 20));
+        assert_eq!(config.cmdline, "from-file");
+        assert_eq!(config.serial, SerialConfig::Null);
+        assert_eq!(config.devices.sound, SoundSetting::Off);
+        assert!(!config.devices.rng);
+        // Defaults on the command line do not override the file; given options do.
+        let config = args(&["--config", file.arg(), "--cpus", "1", "--cmdline", "x"])
+            .vm_config()
+            .unwrap();
+        assert_eq!((config.cpus, config.memory), (1, 128 << 20));
+        assert_eq!(config.cmdline, "x");
+        assert_eq!(config.serial, SerialConfig::Null);
+        let config = args(&[
+            "--config",
+            file.arg(),
+            "--kernel",
+            "/cli/kernel",
+            "--initramfs",
+            "/cli/initrd",
+            "--memory",
+            "1G",
+            "--serial",
+            "stdio",
+            "--sound",
+            "backend=null",
+        ])
+        .vm_config()
+        .unwrap();
+        assert_eq!(config.kernel, std::path::PathBuf::from("/cli/kernel"));
+        assert_eq!(config.initramfs, Some("/cli/initrd".into()));
+        assert_eq!(config.memory, 1 << 30);
+        assert_eq!(config.serial, SerialConfig::Stdio);
+        assert!(matches!(config.devices.sound, SoundSetting::Device(_)));
+        assert!(!config.devices.rng, "rng stays as the file says");
+    }
+
+    #[test]
+    fn no_rng_and_no_sound_override_a_file_that_has_them() {
+        let file = TempFile::new("devices.json", r#"{"kernel": "/k"}"#);
+        let config = args(&["--config", file.arg()]).vm_config().unwrap();
+        assert!(config.devices.rng);
+        assert_eq!(config.devices.sound, SoundSetting::Auto);
+        let config = args(&["--config", file.arg(), "--no-rng", "--no-sound"])
+            .vm_config()
+            .unwrap();
+        assert!(!config.devices.rng);
+        assert_eq!(config.devices.sound, SoundSetting::Off);
+    }
+
+    #[test]
+    fn kernel_is_needed_unless_a_config_file_is_given() {
+        let e = Cli::parse_args(["canto", "--cpus", "2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--kernel"), "{e}");
+        assert!(Cli::parse_args(["canto", "--config", "/x.toml"]).is_ok());
+        // Without --config the command line is the VM, as before.
+        let cli = args(&["--kernel", "k", "--memory", "1G"]);
+        assert_eq!(cli.vm_config(), Ok(cli.to_config()));
+        let e = args(&["--config", "/nonexistent/vm.toml"])
+            .vm_config()
+            .unwrap_err();
+        assert!(e.contains("cannot read the config file"), "{e}");
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("4096"), Ok(4096));

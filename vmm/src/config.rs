@@ -395,6 +395,127 @@ mod tests {
     }
 
     #[test]
+    fn toml_and_json_give_the_same_config() {
+        let toml = r#"
+            kernel = "/boot/vmlinux"
+            initramfs = "/boot/initramfs.cpio"
+            cmdline = "quiet"
+            cpus = 2
+            memory = "1G"
+            serial = { file = { path = "/tmp/console" } }
+
+            [devices]
+            rng = false
+
+            [devices.sound.device]
+            backend = { wav = { path = "/tmp/o.wav" } }
+            outputs = 2
+            inputs = 0
+        "#;
+        let json = r#"{
+            "kernel": "/boot/vmlinux",
+            "initramfs": "/boot/initramfs.cpio",
+            "cmdline": "quiet",
+            "cpus": 2,
+            "memory": 1073741824,
+            "serial": {"file": {"path": "/tmp/console"}},
+            "devices": {
+                "rng": false,
+                "sound": {"device": {"backend": {"wav": {"path": "/tmp/o.wav"}}, "outputs": 2, "inputs": 0}}
+            }
+        }"#;
+        let from_toml = VmConfig::from_text(toml, FileFormat::Toml).unwrap();
+        let from_json = VmConfig::from_text(json, FileFormat::Json).unwrap();
+        assert_eq!(from_toml, from_json);
+        assert_eq!(from_toml.memory, 1 << 30);
+        assert_eq!(from_toml.cpus, 2);
+        assert!(!from_toml.devices.rng);
+        let minimal = VmConfig::from_text("kernel = \"/k\"", FileFormat::Toml).unwrap();
+        assert_eq!(minimal, VmConfig::new("/k"));
+    }
+
+    #[test]
+    fn memory_takes_bytes_or_a_size() {
+        let memory = |doc: &str| VmConfig::from_text(doc, FileFormat::Json).map(|c| c.memory);
+        assert_eq!(
+            memory(r#"{"kernel": "/k", "memory": "512M"}"#),
+            Ok(512 << 20)
+        );
+        assert_eq!(memory(r#"{"kernel": "/k", "memory": "2GiB"}"#), Ok(2 << 30));
+        assert_eq!(memory(r#"{"kernel": "/k", "memory": 4096}"#), Ok(4096));
+        assert!(memory(r#"{"kernel": "/k", "memory": "12Q"}"#)
+            .unwrap_err()
+            .contains("unknown size suffix"));
+        assert!(memory(r#"{"kernel": "/k", "memory": -1}"#)
+            .unwrap_err()
+            .contains("negative"));
+        assert!(memory(r#"{"kernel": "/k", "memory": true}"#)
+            .unwrap_err()
+            .contains("a number of bytes or a size"));
+    }
+
+    #[test]
+    fn file_errors_are_one_line_naming_the_problem() {
+        let err = |doc: &str, format| {
+            let e = VmConfig::from_text(doc, format).unwrap_err();
+            assert!(!e.contains('\n'), "not one line: {e}");
+            e
+        };
+        let e = err("kernel = \"/k\"\nvcpus = 2\n", FileFormat::Toml);
+        assert!(
+            e.contains("unknown field `vcpus`") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"kernel": "/k", "devices": {"rgn": true}}"#,
+            FileFormat::Json,
+        );
+        assert!(e.contains("unknown field `rgn`"), "{e}");
+        let e = err("[devices]\nrgn = true\n", FileFormat::Toml);
+        assert!(e.contains("unknown field `rgn`"), "{e}");
+        let e = err("kernel = \"/k\"\ncpus = \"two\"\n", FileFormat::Toml);
+        assert!(e.contains("invalid type") && e.contains("line 2"), "{e}");
+        let e = err(r#"{"kernel": "/k", "cpus": "two"}"#, FileFormat::Json);
+        assert!(e.contains("invalid type"), "{e}");
+        assert!(err("this is = = not", FileFormat::Toml).starts_with("not valid TOML"));
+        assert!(err("{ nope", FileFormat::Json).starts_with("not valid JSON"));
+        assert!(err("", FileFormat::Json).starts_with("not valid JSON"));
+        assert!(err("cpus = 2", FileFormat::Toml).contains("missing field `kernel`"));
+        assert!(err("kernel = \"/k\"\ncpus = 0", FileFormat::Toml).contains("at least 1 vCPU"));
+    }
+
+    #[test]
+    fn the_format_comes_from_the_extension_or_the_text() {
+        assert_eq!(FileFormat::of(Path::new("vm.json"), ""), FileFormat::Json);
+        assert_eq!(FileFormat::of(Path::new("vm.TOML"), "{"), FileFormat::Toml);
+        assert_eq!(
+            FileFormat::of(Path::new("vm.conf"), " {\"kernel\": 1}"),
+            FileFormat::Json
+        );
+        assert_eq!(
+            FileFormat::of(Path::new("vm"), "kernel = 1"),
+            FileFormat::Toml
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_one_line() {
+        let e = VmConfig::from_file(Path::new("/nonexistent/vm.toml")).unwrap_err();
+        assert!(
+            e.starts_with("cannot read the config file '/nonexistent/vm.toml'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn line_and_column() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é\n", 1), (1, 1));
+        assert_eq!(line_column("x", 99), (1, 2));
+    }
+
+    #[test]
     fn sound_configs_convert_both_ways() {
         for spec in [
             "backend=alsa,device=hw:1,0",
