@@ -61,6 +61,11 @@ struct Ended {
 impl ConsoleRun {
     /// Starts Canto and waits for the guest to say it is ready (None: no KVM or toolchain).
     fn start() -> Option<Self> {
+        Self::start_with("test=serial-echo")
+    }
+
+    /// [`ConsoleRun::start`] with this guest command line.
+    fn start_with(cmdline: &str) -> Option<Self> {
         let elf = driver_guest_to_run()?;
         let (mut master, mut slave) = (-1, -1);
         // SAFETY: openpty writes two descriptors it opened into the two ints; no name, no
@@ -83,7 +88,7 @@ impl ConsoleRun {
         let mut child = Command::new(canto_bin())
             .args(["--kernel", elf.to_str().unwrap(), "--memory", "64M"])
             .args(["--serial", "stdio", "--no-sound", "--no-rng"])
-            .args(["--cmdline", "test=serial-echo"])
+            .args(["--cmdline", cmdline])
             .stdin(Stdio::from(slave))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -138,13 +143,28 @@ impl ConsoleRun {
         self.master.write_all(keys).expect("write to the pty");
     }
 
-    /// The bytes the guest reported receiving, in order.
+    /// The bytes the guest reported receiving, in order (complete lines only: the last may be
+    /// still arriving).
     fn guest_received(&self) -> Vec<u8> {
         Self::text(&self.stdout)
-            .lines()
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
             .filter_map(|l| l.trim_end().strip_prefix("DG serial-echo: byte 0x"))
             .map(|hex| u8::from_str_radix(hex, 16).expect("a hex byte"))
             .collect()
+    }
+
+    /// The CPU time Canto has used so far (user + system), from /proc/PID/stat.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // The fields after the command name, which is in parentheses: utime and stime are the
+        // 14th and 15th fields of the line, the 12th and 13th after the name.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a system setting.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
     }
 
     /// Waits for Canto to end (killing it after [`PATIENCE`]).
@@ -253,6 +273,45 @@ fn ctrl_a_h_prints_the_keys() {
     // The help keys reach the guest as nothing; the VM runs on.
     run.type_keys(b"z");
     run.wait_until("the guest to get 'z'", |r| r.guest_received() == b"z");
+    run.type_keys(b"\x01x");
+    run.wait_end().check_ctrl_a_x();
+}
+
+/// A paste much longer than the UART's 64-byte FIFO reaches the guest whole, in order, with no
+/// further key pressed.
+#[test]
+fn a_long_paste_arrives_whole() {
+    let Some(mut run) = ConsoleRun::start() else {
+        return;
+    };
+    let paste: Vec<u8> = (0..1500u32).map(|i| b'a' + (i % 26) as u8).collect();
+    run.type_keys(&paste);
+    run.wait_until("the guest to get the whole paste", |r| {
+        r.guest_received().len() >= paste.len()
+    });
+    assert_eq!(run.guest_received(), paste);
+    run.type_keys(b"\x01x");
+    run.wait_end().check_ctrl_a_x();
+}
+
+/// The guest never reads COM1: its 64-byte FIFO fills with typed-ahead input, and Canto still
+/// reads the terminal (no busy loop on a readable stdin), so Ctrl-A x still ends it.
+#[test]
+fn a_guest_that_never_reads_neither_blocks_ctrl_a_x_nor_makes_canto_spin() {
+    let Some(mut run) = ConsoleRun::start_with("test=serial-echo read=0") else {
+        return;
+    };
+    run.type_keys(&[b'a'; 1000]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu_before, wall) = (run.cpu_time(), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = run.cpu_time() - cpu_before;
+    let elapsed = wall.elapsed();
+    // A spinning event loop takes a whole core; an idle VM a few percent.
+    assert!(
+        used < elapsed / 4,
+        "canto used {used:?} of CPU in {elapsed:?} while the guest's FIFO was full"
+    );
     run.type_keys(b"\x01x");
     run.wait_end().check_ctrl_a_x();
 }

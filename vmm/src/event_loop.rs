@@ -2,7 +2,6 @@
 //! input for the serial console (with the console escape keys).
 
 use std::collections::VecDeque;
-use std::io::Read;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,6 +72,18 @@ impl MutEventSubscriber for StopSignalWatcher {
 /// How much typed-ahead input waits for the guest's receive FIFO before more is dropped.
 const INPUT_BACKLOG_MAX: usize = 4096;
 
+/// How much of stdin one event reads.
+const STDIN_CHUNK: usize = 256;
+
+/// Reads file descriptor 0 itself. Not through `std::io::stdin()`, whose 8 KiB buffer would take
+/// a whole paste off the terminal at once and hold it where epoll cannot see it: the rest (and any
+/// Ctrl-A x in it) would then wait for the next key.
+fn read_stdin_fd(buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; fd 0 stays open for the process.
+    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
 /// How soon a full receive FIFO is tried again.
 const FIFO_RETRY: Duration = Duration::from_millis(10);
 
@@ -133,13 +144,14 @@ impl StdinToSerial {
     }
 
     fn read_stdin(&mut self, events: Events, ops: &mut EventOps) {
-        let mut buf = [0u8; 64];
-        let n = match std::io::stdin().lock().read(&mut buf) {
+        let mut buf = [0u8; STDIN_CHUNK];
+        let n = match read_stdin_fd(&mut buf) {
             Ok(0) => {
                 let _ = ops.remove(events);
                 return;
             }
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return,
             Err(e) => {
                 log::warn!("cannot read stdin: {e}");
                 return;
