@@ -304,12 +304,13 @@ fn a_guest_that_never_reads_neither_blocks_ctrl_a_x_nor_makes_canto_spin() {
     run.type_keys(&[b'a'; 1000]);
     std::thread::sleep(Duration::from_millis(500));
     let (cpu_before, wall) = (run.cpu_time(), Instant::now());
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
     let used = run.cpu_time() - cpu_before;
     let elapsed = wall.elapsed();
-    // A spinning event loop takes a whole core; an idle VM a few percent.
+    // Measured here: idle, about 1% of a core; a loop spinning on the readable stdin, 30-100%
+    // depending on what else runs.
     assert!(
-        used < elapsed / 4,
+        used < elapsed / 10,
         "canto used {used:?} of CPU in {elapsed:?} while the guest's FIFO was full"
     );
     run.type_keys(b"\x01x");
