@@ -302,7 +302,7 @@ mod tests {
     }
 
     /// A `--config` file in a temporary directory, removed on drop.
-    struct TempFile(std::path::PathBuf);
+    struct TempFile(PathBuf);
 
     impl TempFile {
         fn new(name: &str, text: &str) -> Self {
@@ -342,7 +342,7 @@ mod tests {
             "#,
         );
         let config = args(&["--config", file.arg()]).vm_config().unwrap();
-        assert_eq!(config.kernel, std::path::PathBuf::from("/file/kernel"));
+        assert_eq!(config.kernel, PathBuf::from("/file/kernel"));
         assert_eq!((config.cpus, config.memory), (2, 128 << 20));
         assert_eq!(config.cmdline, "from-file");
         assert_eq!(config.serial, SerialConfig::Null);
@@ -371,7 +371,7 @@ mod tests {
         ])
         .vm_config()
         .unwrap();
-        assert_eq!(config.kernel, std::path::PathBuf::from("/cli/kernel"));
+        assert_eq!(config.kernel, PathBuf::from("/cli/kernel"));
         assert_eq!(config.initramfs, Some("/cli/initrd".into()));
         assert_eq!(config.memory, 1 << 30);
         assert_eq!(config.serial, SerialConfig::Stdio);
