@@ -141,7 +141,10 @@ fn an_unknown_key_is_named() {
         "unknown.json",
         r#"{"kernel": "/k", "devices": {"sound": {"device": {"backend": "null", "streams": 2}}}}"#,
     );
-    one_line_error(&["--config", json.path()], &["unknown field `streams`"]);
+    one_line_error(
+        &["--config", json.path()],
+        &["devices.sound.device.streams: unknown field `streams`"],
+    );
 }
 
 #[test]
@@ -149,8 +152,11 @@ fn a_wrong_type() {
     let toml = ConfigFile::new("type.toml", "kernel = \"/k\"\ncpus = \"two\"\n");
     one_line_error(
         &["--config", toml.path()],
-        &["invalid type: string \"two\"", "line 2"],
+        &["cpus: invalid type: string \"two\"", "line 2"],
     );
     let json = ConfigFile::new("type.json", r#"{"kernel": "/k", "memory": "lots"}"#);
-    one_line_error(&["--config", json.path()], &["'lots' is not a size"]);
+    one_line_error(
+        &["--config", json.path()],
+        &["memory: 'lots' is not a size"],
+    );
 }

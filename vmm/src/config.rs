@@ -90,6 +90,16 @@ impl FileFormat {
     }
 }
 
+/// `message` prefixed with the key it is about (`devices.sound: ...`), unless that is the
+/// document itself.
+fn at_key(path: &str, message: String) -> String {
+    if path.is_empty() || path == "." {
+        message
+    } else {
+        format!("{path}: {message}")
+    }
+}
+
 /// Line and column (from 1) of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let mut end = offset.min(text.len());
@@ -130,13 +140,20 @@ impl VmConfig {
     /// Parses a configuration document and [validates](Self::validate) it.
     pub fn from_text(text: &str, format: FileFormat) -> Result<Self, String> {
         let config: Self = match format {
-            FileFormat::Json => serde_json::from_str(text).map_err(|e| {
-                if e.is_syntax() || e.is_eof() {
-                    format!("not valid JSON: {e}")
-                } else {
-                    e.to_string()
-                }
-            })?,
+            FileFormat::Json => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                let config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                    let (path, e) = (e.path().to_string(), e.into_inner());
+                    if e.is_syntax() || e.is_eof() {
+                        format!("not valid JSON: {e}")
+                    } else {
+                        at_key(&path, e.to_string())
+                    }
+                })?;
+                // Text after the document is a syntax error too.
+                de.end().map_err(|e| format!("not valid JSON: {e}"))?;
+                config
+            }
             FileFormat::Toml => {
                 // toml's Display draws the line with a caret over several lines; one line here.
                 let one_line = |e: toml::de::Error| {
@@ -150,9 +167,12 @@ impl VmConfig {
                     }
                 };
                 // Syntax first, so that a file that is not TOML at all says so.
-                text.parse::<toml::Table>()
+                let de = toml::de::Deserializer::parse(text)
                     .map_err(|e| format!("not valid TOML: {}", one_line(e)))?;
-                toml::from_str(text).map_err(one_line)?
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    let path = e.path().to_string();
+                    at_key(&path, one_line(e.into_inner()))
+                })?
             }
         };
         config.validate()?;
@@ -474,9 +494,21 @@ mod tests {
         let e = err("[devices]\nrgn = true\n", FileFormat::Toml);
         assert!(e.contains("unknown field `rgn`"), "{e}");
         let e = err("kernel = \"/k\"\ncpus = \"two\"\n", FileFormat::Toml);
-        assert!(e.contains("invalid type") && e.contains("line 2"), "{e}");
+        assert!(
+            e.starts_with("cpus: invalid type") && e.contains("line 2"),
+            "{e}"
+        );
         let e = err(r#"{"kernel": "/k", "cpus": "two"}"#, FileFormat::Json);
-        assert!(e.contains("invalid type"), "{e}");
+        assert!(e.starts_with("cpus: invalid type"), "{e}");
+        let e = err(
+            "kernel = \"/k\"\n[devices.sound.device]\nbackend = \"jack\"\n",
+            FileFormat::Toml,
+        );
+        assert!(
+            e.starts_with("devices.sound.device.backend: unknown variant `jack`"),
+            "{e}"
+        );
+        assert!(err(r#"{"kernel": "/k"} x"#, FileFormat::Json).starts_with("not valid JSON"));
         assert!(err("this is = = not", FileFormat::Toml).starts_with("not valid TOML"));
         assert!(err("{ nope", FileFormat::Json).starts_with("not valid JSON"));
         assert!(err("", FileFormat::Json).starts_with("not valid JSON"));
