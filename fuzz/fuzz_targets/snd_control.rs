@@ -26,7 +26,7 @@ const MAX_OPS: usize = 96;
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);
     let mut pauses = Pauses::new();
-    let mut rig = SoundRig::from_input(&mut r);
+    let mut rig = rig_from_input(&mut r);
     let mut deferred = false;
     for _ in 0..MAX_OPS {
         if r.is_empty() {
@@ -71,13 +71,13 @@ fuzz_target!(|data: &[u8]| {
             6 => {
                 let code = PCM_CODES[usize::from(r.u8() % 4)];
                 let stream = u32::from(r.u8() % 4);
-                rig.pcm(code, stream);
+                rig.try_pcm(code, stream);
                 deferred = false;
             }
             _ => {
                 let stream = u32::from(r.u8() % 4);
                 let params = ParamsChoice::read(&mut r);
-                rig.control(&params.request(stream), 4);
+                rig.try_control(&params.request(stream), 4);
                 deferred = false;
             }
         }

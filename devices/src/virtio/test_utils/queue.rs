@@ -50,7 +50,8 @@ impl Desc {
         Desc::new(addr, len, WRITE, 0)
     }
 
-    fn encode(&self) -> [u8; 16] {
+    /// The descriptor's 16 bytes as they lie in a table.
+    pub fn encode(&self) -> [u8; 16] {
         let mut raw = [0u8; 16];
         raw[0..8].copy_from_slice(&self.addr.to_le_bytes());
         raw[8..12].copy_from_slice(&self.len.to_le_bytes());
@@ -81,6 +82,13 @@ pub struct ChainOpts {
     /// Descriptor `.0` (modulo the chain's length) gets NEXT and next index `.1`, whatever it
     /// points at.
     pub wild_next: Option<(u8, u16)>,
+    /// With `indirect`: the table length the ring's INDIRECT descriptor announces, if not the
+    /// exact 16 bytes per descriptor written (longer, shorter, not a multiple of 16, zero or
+    /// huge: VIRTIO 1.2 §2.7.5.3.1 forbids all but exact).
+    pub table_len: Option<u32>,
+    /// With `indirect`: the ring's INDIRECT descriptor also has NEXT, to the slot after it
+    /// (also forbidden by §2.7.5.3.1).
+    pub table_next: bool,
 }
 
 /// A bump allocator for buffers in guest RAM that wraps around (old buffers get reused, as a
@@ -355,7 +363,12 @@ impl DriverQueue {
                 .map(|(i, d)| link(i, d, (i + 1) as u16))
                 .collect();
             Self::write_table(mem, table, 0, &linked);
-            let ring = Desc::new(table, (16 * n) as u32, INDIRECT, 0);
+            let len = opts.table_len.unwrap_or((16 * n) as u32);
+            let mut ring = Desc::new(table, len, INDIRECT, 0);
+            if opts.table_next {
+                ring.flags |= NEXT;
+                ring.next = (head + 1) % self.size;
+            }
             self.write_descs(mem, head, &[ring]);
             self.next_desc = (head + 1) % self.size;
         } else {
@@ -463,6 +476,28 @@ impl DriverQueue {
         let mut out = Vec::new();
         self.take_used_into(mem, &mut out);
         out
+    }
+
+    /// The used entries `(id, len)` as the device wrote them (ids not cut to 16 bits) since the
+    /// last look, at most a ring's worth: the newest ones, the rest only counted. For a used
+    /// index that may have been written by hand (a fuzz input) and jumped by up to 65535; reads
+    /// outside RAM give `u32::MAX`.
+    pub fn take_used_raw(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+        let idx = mem.read_obj(GuestAddress(self.used + 2)).unwrap_or(0u16);
+        let new = idx.wrapping_sub(self.used_seen);
+        let shown = new.min(self.size);
+        let entries = (0..shown)
+            .map(|i| {
+                let slot = self.used_seen.wrapping_add(new - shown + i) % self.size;
+                let at = self.used + 4 + 8 * u64::from(slot);
+                let id: u32 = mem.read_obj(GuestAddress(at)).unwrap_or(u32::MAX);
+                let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap_or(u32::MAX);
+                (id, len)
+            })
+            .collect();
+        self.used_seen = idx;
+        self.returned += u64::from(new);
+        entries
     }
 
     /// [`DriverQueue::take_used`], appended to `out` (no allocation once `out` is large enough).
