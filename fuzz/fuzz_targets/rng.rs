@@ -268,14 +268,7 @@ fuzz_target!(|data: &[u8]| {
                 let what = r.u8();
                 let value = r.u16();
                 let q = &rig.queue;
-                let at = match what % 4 {
-                    // avail.flags, avail.idx, used_event, used.idx
-                    0 => q.avail,
-                    1 => q.avail + 2,
-                    2 => q.avail + 4 + 2 * u64::from(q.size),
-                    _ => q.used + 2,
-                };
-                let _ = rig.mem.write_obj(value, GuestAddress(at));
+                let _ = rig.mem.write_obj(value, GuestAddress(ring_field(q, what)));
                 rig.tampered = true;
             }
             5 => {

@@ -173,6 +173,17 @@ impl IndirectShape {
     }
 }
 
+/// The ring field a tampering op writes (`u8 what`, `% 4`): the available ring's flags, its
+/// index, `used_event`, or the used ring's index.
+pub fn ring_field(q: &DriverQueue, what: u8) -> u64 {
+    match what % 4 {
+        0 => q.avail,
+        1 => q.avail + 2,
+        2 => q.avail + 4 + 2 * u64::from(q.size),
+        _ => q.used + 2,
+    }
+}
+
 /// Decodes a chain layout and writes its buffers. `payload` is written to RAM once; readable
 /// "payload" descriptors cover consecutive pieces of it.
 ///
