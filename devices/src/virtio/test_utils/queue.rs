@@ -599,4 +599,63 @@ mod tests {
         assert_eq!(u16::from_le_bytes([last[14], last[15]]), head);
         assert_eq!(driver.avail_idx, 2);
     }
+
+    /// The ring's INDIRECT descriptor announces the table length asked for, and carries NEXT to
+    /// the slot after it when asked (the fuzz targets' malformed tables).
+    #[test]
+    fn an_indirect_table_descriptor_is_shaped_as_asked() {
+        let mut ram = GuestRam::new(1 << 20, 0x2_0000);
+        let (mut driver, _queue) = DriverQueue::new(0, 16);
+        let descs = [Desc::readable(0x3_0000, 4), Desc::writable(0x3_1000, 8)];
+        let ring_desc = |driver: &DriverQueue, ram: &GuestRam, head: u16| {
+            let raw: [u8; 16] = ram
+                .mem
+                .read_obj(GuestAddress(driver.desc + 16 * u64::from(head)))
+                .unwrap();
+            (
+                u32::from_le_bytes(raw[8..12].try_into().unwrap()),
+                u16::from_le_bytes([raw[12], raw[13]]),
+                u16::from_le_bytes([raw[14], raw[15]]),
+            )
+        };
+        let opts = ChainOpts {
+            indirect: true,
+            table_len: Some(u32::MAX),
+            ..ChainOpts::default()
+        };
+        let head = driver.add_with(&ram.mem, &mut ram.bump, &descs, opts);
+        assert_eq!(ring_desc(&driver, &ram, head), (u32::MAX, INDIRECT, 0));
+        let opts = ChainOpts {
+            indirect: true,
+            table_len: Some(33),
+            table_next: true,
+            ..ChainOpts::default()
+        };
+        let head = driver.add_with(&ram.mem, &mut ram.bump, &descs, opts);
+        assert_eq!(
+            ring_desc(&driver, &ram, head),
+            (33, INDIRECT | NEXT, head + 1)
+        );
+    }
+
+    /// `take_used_raw` keeps ids as the device wrote them (not cut to 16 bits) and shows at most
+    /// a ring's worth of a used index that jumped, while counting all of it.
+    #[test]
+    fn raw_used_entries_are_bounded_and_uncut() {
+        let ram = GuestRam::new(1 << 20, 0x2_0000);
+        let mut driver = DriverQueue::at(0, 16);
+        let entry = driver.used + 4;
+        ram.mem.write_obj(0x1_0003u32, GuestAddress(entry)).unwrap();
+        ram.mem.write_obj(7u32, GuestAddress(entry + 4)).unwrap();
+        ram.mem
+            .write_obj(1u16, GuestAddress(driver.used + 2))
+            .unwrap();
+        assert_eq!(driver.take_used_raw(&ram.mem), vec![(0x1_0003, 7)]);
+        ram.mem
+            .write_obj(1u16.wrapping_add(60000), GuestAddress(driver.used + 2))
+            .unwrap();
+        assert_eq!(driver.take_used_raw(&ram.mem).len(), 16);
+        assert_eq!(driver.returned, 60001);
+        assert!(driver.take_used_raw(&ram.mem).is_empty());
+    }
 }
