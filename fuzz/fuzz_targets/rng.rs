@@ -254,10 +254,7 @@ fuzz_target!(|data: &[u8]| {
         let kick = op & 0x80 == 0;
         match op % 8 {
             0..=2 => {
-                let len = usize::from(r.u8());
-                let payload = r.bytes(len).to_vec();
-                let (descs, opts) =
-                    decode_chain(&mut r, &rig.mem, MEM_SIZE, &mut rig.bump, &payload);
+                let (descs, opts) = read_raw_chain(&mut r, &rig.mem, &mut rig.bump);
                 rig.add(&descs, opts);
                 if kick {
                     rig.kick();

@@ -301,6 +301,18 @@ pub fn decode_chain(
     (descs, opts)
 }
 
+/// A raw chain as the ops that send one read it: `u8 len`, `len` payload bytes, then the chain
+/// layout ([`decode_chain`], in RAM of [`MEM_SIZE`]).
+pub fn read_raw_chain(
+    r: &mut Reader,
+    mem: &GuestMemoryMmap,
+    bump: &mut Bump,
+) -> (Vec<Desc>, ChainOpts) {
+    let len = usize::from(r.u8());
+    let payload = r.bytes(len);
+    decode_chain(r, mem, MEM_SIZE, bump, payload)
+}
+
 /// One descriptor of a chain, for [`encode_chain`].
 #[derive(Debug, Clone, Copy)]
 pub enum DescSpec {
