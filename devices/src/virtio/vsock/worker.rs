@@ -738,9 +738,9 @@ impl VsockWorker {
         let Some(conn) = self.connections.get_mut(&key) else {
             return;
         };
-        if set.intersects(
-            EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
-        ) {
+        if set
+            .intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
+        {
             conn.host_readable = true;
         }
         if set.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR) {
