@@ -9,7 +9,7 @@ use clap::Parser;
 
 use crate::config::{
     check_cpus, DevicesConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
-    SERIAL_FILE_NEEDS_PATH,
+    VsockConfig, SERIAL_FILE_NEEDS_PATH,
 };
 
 /// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...`
@@ -50,6 +50,11 @@ pub struct Cli {
     /// No virtio-rng entropy device.
     #[arg(long)]
     pub no_rng: bool,
+    /// A virtio-vsock device for a guest with CID N (3 or more), speaking Firecracker's hybrid
+    /// protocol on the Unix socket PATH: host programs connect to PATH and send
+    /// `CONNECT <port>\n`; guest connections to host port P reach the socket PATH_P.
+    #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
+    pub vsock: Option<VsockConfig>,
     /// Print the guest's PCI devices and exit after building the VM.
     #[arg(long)]
     pub print_devices: bool,
@@ -72,6 +77,7 @@ impl Cli {
                     (Some(sound), false) => SoundSetting::Device(SoundDeviceConfig::from(sound)),
                     (None, false) => SoundSetting::Auto,
                 },
+                vsock: self.vsock.clone(),
             },
         }
     }
@@ -96,6 +102,33 @@ impl FromStr for SerialConfig {
             },
         }
     }
+}
+
+/// `--vsock cid=N,socket=PATH`.
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut socket) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", n)) => {
+                cid = Some(
+                    n.parse::<u64>()
+                        .map_err(|_| format!("vsock: cid '{n}' is not a whole number"))?,
+                )
+            }
+            Some(("socket", path)) => socket = Some(PathBuf::from(path)),
+            _ => {
+                return Err(format!(
+                    "vsock: unknown setting '{part}': use cid=N,socket=PATH"
+                ))
+            }
+        }
+    }
+    let (Some(cid), Some(socket)) = (cid, socket) else {
+        return Err("vsock: both cid=N and socket=PATH are needed".into());
+    };
+    let config = VsockConfig { cid, socket };
+    config.validate()?;
+    Ok(config)
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -192,6 +225,32 @@ mod tests {
             err(&["--kernel", "k", "--sound", "backend=null", "--no-sound"])
                 .contains("cannot be used with")
         );
+    }
+
+    #[test]
+    fn vsock_option() {
+        let config = parse(&["--kernel", "k", "--vsock", "cid=3,socket=/tmp/v.sock"])
+            .unwrap()
+            .to_config();
+        assert_eq!(
+            config.devices.vsock,
+            Some(VsockConfig {
+                cid: 3,
+                socket: "/tmp/v.sock".into()
+            })
+        );
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(parse(&["--kernel", "k"]).unwrap().vsock, None);
+        let err = |spec: &str| {
+            parse(&["--kernel", "k", "--vsock", spec])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("cid=2,socket=/s").contains("not usable"));
+        assert!(err("cid=x,socket=/s").contains("not a whole number"));
+        assert!(err("cid=3").contains("both"));
+        assert!(err("cid=3,socket=/s,port=1").contains("unknown setting"));
+        assert!(err("cid=3,socket=").contains("needs a path"));
     }
 
     #[test]

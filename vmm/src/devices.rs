@@ -9,6 +9,7 @@ use canto_devices::pci::{PciDeviceInfo, PciRoot, PCI_CONFIG_IO_BASE, PCI_CONFIG_
 use canto_devices::virtio::rng::Rng;
 use canto_devices::virtio::snd::{self, BackendConfig, Sound, SoundConfig};
 use canto_devices::virtio::transport::pci::{msix_vector_count, VirtioPciDevice};
+use canto_devices::virtio::vsock::{Vsock, VsockError};
 use canto_devices::virtio::{SharedSubscriber, VirtioDevice};
 use event_manager::RemoteEndpoint;
 
@@ -28,6 +29,8 @@ pub enum DeviceError {
     Sound(#[from] snd::Error),
     #[error(transparent)]
     Bus(#[from] canto_devices::bus::BusError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
 }
 
 /// One virtio device the VMM knows: how to build it from the configuration (`None`: the
@@ -49,6 +52,13 @@ const DEVICE_LIST: &[DeviceEntry] = &[
     DeviceEntry {
         name: "rng",
         build: |config| Ok(config.rng.then(|| BuiltDevice::new(Rng::new()))),
+    },
+    DeviceEntry {
+        name: "vsock",
+        build: |config| match &config.vsock {
+            Some(v) => Ok(Some(BuiltDevice::new(Vsock::new(v.cid, &v.socket)?))),
+            None => Ok(None),
+        },
     },
 ];
 
