@@ -283,6 +283,7 @@ mod tests {
         let all = DevicesConfig {
             rng: true,
             sound: null_sound.clone(),
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &all).unwrap()),
@@ -291,6 +292,7 @@ mod tests {
         let rng_only = DevicesConfig {
             rng: true,
             sound: SoundSetting::Off,
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &rng_only).unwrap()),
@@ -299,6 +301,7 @@ mod tests {
         let sound_only = DevicesConfig {
             rng: false,
             sound: null_sound,
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &sound_only).unwrap()),
@@ -307,6 +310,7 @@ mod tests {
         let none = DevicesConfig {
             rng: false,
             sound: SoundSetting::Off,
+            vsock: None,
         };
         assert!(build_devices(DEVICE_LIST, &none).unwrap().is_empty());
         let bad_wav = DevicesConfig {
@@ -319,6 +323,7 @@ mod tests {
                 inputs: 0,
                 jacks: 0,
             }),
+            vsock: None,
         };
         #[cfg(feature = "snd-wav")]
         assert!(matches!(
@@ -327,6 +332,31 @@ mod tests {
         ));
         #[cfg(not(feature = "snd-wav"))]
         let _ = bad_wav;
+    }
+
+    #[test]
+    fn vsock_entry_builds_the_device_or_says_why_not() {
+        let dir = std::env::temp_dir().join(format!("canto-vsock-entry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let with_vsock = |socket: std::path::PathBuf| DevicesConfig {
+            rng: false,
+            sound: SoundSetting::Off,
+            vsock: Some(crate::config::VsockConfig { cid: 3, socket }),
+        };
+        let built = build_devices(DEVICE_LIST, &with_vsock(dir.join("v.sock"))).unwrap();
+        assert_eq!(names(&built), ["vsock"]);
+        let e = build_devices(DEVICE_LIST, &with_vsock(dir.join("v.sock")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("in use"), "{e}");
+        drop(built);
+        let e = build_devices(DEVICE_LIST, &with_vsock("/nonexistent-dir/v.sock".into()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("vsock: cannot create socket"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
