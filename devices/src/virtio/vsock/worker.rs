@@ -711,6 +711,12 @@ impl VsockWorker {
                 return;
             }
         };
+        // Watched for writability too from now on (it was watched for the line only).
+        if let Err(e) = ops.modify(Events::new(&client.stream, STREAM_EVENTS)) {
+            crate::error_limited!("virtio-vsock: watching a host client: {e}");
+            let _ = ops.remove(Events::empty(&client.stream));
+            return;
+        }
         let key = (self.allocate_local_port(), port);
         let mut conn = Connection::new(client.stream, ConnState::Connecting);
         conn.send_request = true;
