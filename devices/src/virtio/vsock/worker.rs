@@ -198,6 +198,10 @@ pub(super) struct VsockWorker {
     cid: u64,
     socket_path: PathBuf,
     listener: UnixListener,
+    /// The listener is not watched: accepting failed (out of file descriptors, say), and a
+    /// level-triggered listener would wake the loop again at once. Watched again when a
+    /// connection ends.
+    listener_paused: bool,
     rxq: DeviceQueue,
     txq: DeviceQueue,
     /// Rx chains the driver offered, not yet filled; at most the queue's size.
@@ -226,6 +230,7 @@ impl VsockWorker {
             cid,
             socket_path,
             listener,
+            listener_paused: false,
             rxq,
             txq,
             rx_buffers: VecDeque::new(),
@@ -443,6 +448,10 @@ impl VsockWorker {
             self.by_fd.remove(&fd);
             // Removed before the fd is closed, so a reused fd number is not mistaken for it.
             let _ = ops.remove(Events::empty(&conn.stream));
+            drop(conn);
+            if self.listener_paused && ops.add(Events::new(&self.listener, EventSet::IN)).is_ok() {
+                self.listener_paused = false;
+            }
         }
     }
 
@@ -651,7 +660,16 @@ impl VsockWorker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    crate::warn_limited!("virtio-vsock: accepting a host client: {e}");
+                    crate::warn_limited!(
+                        "virtio-vsock: accepting a host client: {e}; not accepting more until a \
+                         connection ends"
+                    );
+                    if ops
+                        .remove(Events::new(&self.listener, EventSet::IN))
+                        .is_ok()
+                    {
+                        self.listener_paused = true;
+                    }
                     return;
                 }
             };
