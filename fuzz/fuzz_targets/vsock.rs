@@ -165,7 +165,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    rig.run_events();
+    // Deferred packets (`op & 0x80`) are served now.
+    rig.kick(VSOCK_TXQ);
     if !rig.tampered {
         let mem = rig.mem.clone();
         let tx = rig.queues[VSOCK_TXQ].outstanding(&mem);
