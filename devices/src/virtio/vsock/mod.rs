@@ -22,6 +22,8 @@ use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+#[cfg(test)]
+use std::time::Duration;
 
 use crate::virtio::chain::ChainLimits;
 use crate::virtio::queue::DeviceQueue;
@@ -30,7 +32,7 @@ use crate::virtio::{
     VIRTIO_ID_VSOCK,
 };
 
-use worker::VsockWorker;
+use worker::{Timeouts, VsockWorker};
 
 /// The host's CID: where the guest connects to reach host sockets.
 pub const HOST_CID: u64 = 2;
@@ -80,6 +82,7 @@ pub struct Vsock {
     socket_path: PathBuf,
     listener: UnixListener,
     queue_max_sizes: [u16; 3],
+    timeouts: Timeouts,
     worker: Option<Arc<Mutex<VsockWorker>>>,
 }
 
@@ -106,8 +109,16 @@ impl Vsock {
             socket_path: socket_path.to_owned(),
             listener,
             queue_max_sizes: [VSOCK_QUEUE_SIZE; 3],
+            timeouts: Timeouts::default(),
             worker: None,
         })
+    }
+
+    /// Shorter waits for a host client's line and the guest's answer (tests).
+    #[cfg(test)]
+    pub(crate) fn with_timeouts(mut self, line: Duration, response: Duration) -> Vsock {
+        self.timeouts = Timeouts { line, response };
+        self
     }
 
     pub fn cid(&self) -> u64 {
@@ -213,6 +224,7 @@ impl VirtioDevice for Vsock {
             listener,
             queue(rx),
             queue(tx),
+            self.timeouts,
         )));
         self.worker = Some(worker.clone());
         Ok(vec![worker])

@@ -64,6 +64,11 @@ struct Rig {
 
 impl Rig {
     fn new(name: &str) -> Rig {
+        Rig::with(name, |v| v)
+    }
+
+    /// A rig whose device is adjusted by `adjust` before activation.
+    fn with(name: &str, adjust: impl FnOnce(Vsock) -> Vsock) -> Rig {
         let dir = socket_dir(name);
         let path = dir.join("v.sock");
         let ram = GuestRam::new(RAM, DATA_START);
@@ -74,7 +79,7 @@ impl Rig {
         let rx_kick = EventFd::new(EFD_NONBLOCK).unwrap();
         let tx_kick = EventFd::new(EFD_NONBLOCK).unwrap();
         let interrupt: Arc<dyn VirtioInterrupt> = Arc::new(InterruptRecorder::default());
-        let mut vsock = Vsock::new(CID, &path).unwrap();
+        let mut vsock = adjust(Vsock::new(CID, &path).unwrap());
         let active = |index, driver: &DriverQueue, kick: &EventFd| ActiveQueue {
             index,
             queue: driver.device_queue(),
@@ -545,6 +550,65 @@ fn bad_connect_lines_are_dropped() {
         assert_closed(&mut client, &format!("{line:?}"));
     }
     assert!(rig.received().is_empty());
+}
+
+/// Turns the event loop until `done` (at most 10 s, far past the 100 ms timeouts used).
+fn run_until(rig: &mut Rig, mut done: impl FnMut(&mut Rig) -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        rig.manager.run_with_timeout(50).unwrap();
+        if done(rig) {
+            return true;
+        }
+    }
+    false
+}
+
+fn is_closed(stream: &mut UnixStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    let closed = match stream.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
+#[test]
+fn silent_host_clients_and_silent_guests_time_out() {
+    let short = Duration::from_millis(100);
+    let mut rig = Rig::with("timeouts", |v| v.with_timeouts(short, short));
+    // A client that never finishes its line.
+    let mut silent = UnixStream::connect(&rig.path).unwrap();
+    silent.write_all(b"CONNE").unwrap();
+    // A client whose guest never answers the REQUEST.
+    let mut unanswered = UnixStream::connect(&rig.path).unwrap();
+    unanswered.write_all(b"CONNECT 52\n").unwrap();
+    let got = rig.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header.op, OP_REQUEST);
+    let host_port = got[0].header.src_port;
+    assert!(
+        run_until(&mut rig, |_| is_closed(&mut silent)),
+        "the silent client is closed"
+    );
+    assert!(
+        run_until(&mut rig, |_| is_closed(&mut unanswered)),
+        "the unanswered client is closed"
+    );
+    // The guest hears the connection is gone.
+    let got = rig.received();
+    assert!(
+        got.iter()
+            .any(|p| p.header.op == OP_RST && p.header.src_port == host_port),
+        "{got:?}"
+    );
+    // Both slots are free again: a prompt client still works.
+    let (mut host, port) = rig.host_connect(53);
+    rig.send_data(53, port, b"ok");
+    assert_eq!(read_n(&mut host, 2), b"ok");
 }
 
 #[test]

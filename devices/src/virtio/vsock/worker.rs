@@ -19,8 +19,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::packet::{
     Header, HEADER_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
@@ -50,6 +52,24 @@ const STREAM_EVENTS: EventSet = EventSet::IN
     .union(EventSet::READ_HANG_UP)
     .union(EventSet::EDGE_TRIGGERED);
 
+/// How long the device waits for a host client's `CONNECT` line, and for the guest to answer a
+/// host-initiated REQUEST (Linux answers at once, with RESPONSE or RST). Past them the host
+/// client is closed (it reads EOF), so neither a silent client nor a silent guest keeps a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Timeouts {
+    pub line: Duration,
+    pub response: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            line: Duration::from_secs(30),
+            response: Duration::from_secs(5),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
     /// Host-initiated: a REQUEST is (or will be) sent; waiting for the guest's RESPONSE.
@@ -64,6 +84,8 @@ enum ConnState {
 struct Connection {
     stream: UnixStream,
     state: ConnState,
+    /// When the state became [`ConnState::Connecting`].
+    since: Instant,
     /// Bytes for the host peer: the `OK <port>\n` line first (host-initiated), then the guest's
     /// data. Bounded by [`CONN_BUFFER_SIZE`] plus the line, since the guest may not send more
     /// than its credit.
@@ -101,6 +123,7 @@ impl Connection {
         Connection {
             stream,
             state,
+            since: Instant::now(),
             to_host: VecDeque::new(),
             line_bytes: 0,
             fwd_cnt: 0,
@@ -191,6 +214,7 @@ impl Connection {
 struct PendingClient {
     stream: UnixStream,
     line: Vec<u8>,
+    since: Instant,
 }
 
 /// The device's event-loop subscriber.
@@ -216,6 +240,11 @@ pub(super) struct VsockWorker {
     next_local_port: u32,
     /// Moves data between host sockets and guest buffers.
     scratch: Vec<u8>,
+    timeouts: Timeouts,
+    /// Ticks while a host client or a host-initiated connection is waiting (None: the timer
+    /// could not be created, and nothing times out).
+    timer: Option<TimerFd>,
+    timer_armed: bool,
 }
 
 impl VsockWorker {
@@ -225,7 +254,11 @@ impl VsockWorker {
         listener: UnixListener,
         rxq: DeviceQueue,
         txq: DeviceQueue,
+        timeouts: Timeouts,
     ) -> VsockWorker {
+        let timer = TimerFd::new()
+            .map_err(|e| crate::warn_limited!("virtio-vsock: no timer ({e}); nothing times out"))
+            .ok();
         VsockWorker {
             cid,
             socket_path,
@@ -241,6 +274,62 @@ impl VsockWorker {
             cursor: (0, 0),
             next_local_port: FIRST_LOCAL_PORT,
             scratch: vec![0; MAX_PACKET_DATA as usize],
+            timeouts,
+            timer,
+            timer_armed: false,
+        }
+    }
+
+    /// Closes the host clients whose `CONNECT` line, or whose guest's answer, is overdue.
+    fn expire(&mut self, ops: &mut EventOps) {
+        let now = Instant::now();
+        let line = self.timeouts.line;
+        let late: Vec<RawFd> = self
+            .pending
+            .iter()
+            .filter(|(_, c)| now.duration_since(c.since) >= line)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in late {
+            if let Some(client) = self.pending.remove(&fd) {
+                log::debug!("virtio-vsock: host client sent no CONNECT line in time; closed");
+                let _ = ops.remove(Events::empty(&client.stream));
+            }
+        }
+        let response = self.timeouts.response;
+        for conn in self.connections.values_mut() {
+            if conn.state == ConnState::Connecting && now.duration_since(conn.since) >= response {
+                log::debug!("virtio-vsock: the guest did not answer a connection in time");
+                // The client reads EOF now; the entry goes once the guest has its RST.
+                let _ = conn.stream.shutdown(Shutdown::Both);
+                conn.reset();
+            }
+        }
+    }
+
+    /// Arms the timer while something waits on it, disarms it otherwise.
+    fn update_timer(&mut self) {
+        let Some(timer) = self.timer.as_mut() else {
+            return;
+        };
+        let waiting = !self.pending.is_empty()
+            || self
+                .connections
+                .values()
+                .any(|c| c.state == ConnState::Connecting);
+        if waiting == self.timer_armed {
+            return;
+        }
+        let result = if waiting {
+            let tick = (self.timeouts.line.min(self.timeouts.response) / 4)
+                .clamp(Duration::from_millis(10), Duration::from_secs(1));
+            timer.reset(tick, Some(tick))
+        } else {
+            timer.clear()
+        };
+        match result {
+            Ok(()) => self.timer_armed = waiting,
+            Err(e) => crate::warn_limited!("virtio-vsock: setting the timer: {e}"),
         }
     }
 
@@ -693,6 +782,7 @@ impl VsockWorker {
                 PendingClient {
                     stream,
                     line: Vec::new(),
+                    since: Instant::now(),
                 },
             );
         }
@@ -838,6 +928,10 @@ impl MutEventSubscriber for VsockWorker {
             self.process_tx(ops);
         } else if fd == self.listener.as_raw_fd() {
             self.accept_clients(ops);
+        } else if let Some(timer) = self.timer.as_mut().filter(|t| t.as_raw_fd() == fd) {
+            // Readable: the read returns the expirations at once.
+            let _ = timer.wait();
+            self.expire(ops);
         } else if self.pending.contains_key(&fd) {
             self.read_connect_line(fd, ops);
         } else if let Some(&key) = self.by_fd.get(&fd) {
@@ -848,14 +942,19 @@ impl MutEventSubscriber for VsockWorker {
         }
         self.fill_rx();
         self.sweep(ops);
+        self.update_timer();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
+        let timer = self.timer.as_ref().map(|t| ("timer", t.as_raw_fd()));
         for (what, fd) in [
             ("rx kick", self.rxq.kick().as_raw_fd()),
             ("tx kick", self.txq.kick().as_raw_fd()),
             ("listener", self.listener.as_raw_fd()),
-        ] {
+        ]
+        .into_iter()
+        .chain(timer)
+        {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 crate::error_limited!("virtio-vsock: watching the {what}: {e}");
             }
