@@ -517,3 +517,129 @@ impl Default for Pauses {
 
 /// A mutex-protected set, for the fake ioevent registrar.
 pub type Shared<T> = Arc<Mutex<T>>;
+
+// ----- the vsock device on its queues, with host Unix sockets -----
+
+pub const VSOCK_RXQ: usize = 0;
+pub const VSOCK_TXQ: usize = 1;
+pub const VSOCK_EVENTQ: usize = 2;
+/// The guest's CID in [`VsockRig`].
+pub const VSOCK_CID: u64 = 3;
+/// The host port with a listener (`PATH_1000`) in [`VsockRig`].
+pub const VSOCK_LISTEN_PORT: u32 = 1000;
+
+/// An activated virtio-vsock device on three queues in fresh guest RAM, its Unix socket in a
+/// fresh directory, and a host listener for guest connections to port [`VSOCK_LISTEN_PORT`].
+pub struct VsockRig {
+    pub mem: GuestMemoryMmap,
+    pub vsock: Option<canto_devices::virtio::vsock::Vsock>,
+    pub queues: Vec<DriverQueue>,
+    kicks: Vec<EventFd>,
+    manager: EventManager<SharedSubscriber>,
+    pub interrupt: Arc<CountingInterrupt>,
+    pub bump: Bump,
+    /// The input wrote to the rings through a writable descriptor over them.
+    pub tampered: bool,
+    pub socket: std::path::PathBuf,
+    pub listener: std::os::unix::net::UnixListener,
+    dir: std::path::PathBuf,
+}
+
+impl VsockRig {
+    pub fn new() -> VsockRig {
+        static RUN: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "canto-fuzz-vsock-{}-{}",
+            std::process::id(),
+            RUN.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("socket directory");
+        let socket = dir.join("v.sock");
+        let listener =
+            std::os::unix::net::UnixListener::bind(dir.join(format!("v.sock_{VSOCK_LISTEN_PORT}")))
+                .expect("host listener");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let mem = GuestRam::take();
+        let mut vsock =
+            canto_devices::virtio::vsock::Vsock::new(VSOCK_CID, &socket).expect("vsock device");
+        let interrupt = Arc::new(CountingInterrupt::default());
+        let mut queues = Vec::new();
+        let mut active = Vec::new();
+        let mut kicks = Vec::new();
+        for index in 0..3u16 {
+            let (driver, queue) = DriverQueue::new(u64::from(index) * QUEUE_SPAN, QSIZE);
+            let kick = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("eventfd");
+            kicks.push(kick.try_clone().expect("eventfd clone"));
+            queues.push(driver);
+            active.push(ActiveQueue { index, queue, kick });
+        }
+        let subscribers = vsock
+            .activate(ActivateContext {
+                mem: mem.clone(),
+                interrupt: interrupt.clone(),
+                queues: active,
+                acked_features: VIRTIO_F_VERSION_1,
+            })
+            .expect("activate");
+        let mut manager = EventManager::<SharedSubscriber>::new().expect("event manager");
+        for s in subscribers {
+            manager.add_subscriber(s);
+        }
+        VsockRig {
+            mem,
+            vsock: Some(vsock),
+            queues,
+            kicks,
+            manager,
+            interrupt,
+            bump: Bump::new(DATA_START, MEM_SIZE),
+            tampered: false,
+            socket,
+            listener,
+            dir,
+        }
+    }
+
+    pub fn kick(&mut self, q: usize) {
+        let _ = self.kicks[q % 3].write(1);
+        self.run_events();
+    }
+
+    pub fn run_events(&mut self) {
+        for _ in 0..64 {
+            match self.manager.run_with_timeout(0) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Adds a chain to queue `q`; returns its head.
+    pub fn add(&mut self, q: usize, descs: &[Desc], opts: ChainOpts) -> u16 {
+        if descs
+            .iter()
+            .any(|d| d.flags & VRING_DESC_F_WRITE as u16 != 0 && d.addr < DATA_START)
+        {
+            self.tampered = true;
+        }
+        let q = &mut self.queues[q % 3];
+        q.add(&self.mem, &mut self.bump, descs, opts)
+    }
+}
+
+impl Default for VsockRig {
+    fn default() -> Self {
+        VsockRig::new()
+    }
+}
+
+impl Drop for VsockRig {
+    fn drop(&mut self) {
+        if let Some(mut vsock) = self.vsock.take() {
+            vsock.reset();
+        }
+        GuestRam::give_back(self.mem.clone(), &self.bump);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

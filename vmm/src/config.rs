@@ -194,6 +194,9 @@ impl VmConfig {
                 .validate()
                 .map_err(|e| format!("sound: {e}"))?;
         }
+        if let Some(vsock) = &self.devices.vsock {
+            vsock.validate()?;
+        }
         Ok(())
     }
 }
@@ -237,6 +240,9 @@ pub struct DevicesConfig {
     /// The virtio-snd device.
     #[serde(default)]
     pub sound: SoundSetting,
+    /// A virtio-vsock device bridged to host Unix sockets (none by default).
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
 
 fn yes() -> bool {
@@ -248,7 +254,35 @@ impl Default for DevicesConfig {
         Self {
             rng: true,
             sound: SoundSetting::default(),
+            vsock: None,
         }
+    }
+}
+
+/// A vsock device: the guest's CID and the host Unix socket of Firecracker's hybrid protocol
+/// (host clients connect to `socket`; guest connections to host port P go to `socket`_P).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub cid: u64,
+    pub socket: PathBuf,
+}
+
+impl VsockConfig {
+    /// The checks that need no files: a usable CID and a socket path.
+    pub fn validate(&self) -> Result<(), String> {
+        let min = canto_devices::virtio::vsock::MIN_GUEST_CID;
+        if self.cid < min || self.cid > u64::from(u32::MAX) {
+            return Err(format!(
+                "vsock: cid {} is not usable; use a cid from {min} to {}",
+                self.cid,
+                u32::MAX
+            ));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err("vsock: socket= needs a path".into());
+        }
+        Ok(())
     }
 }
 
@@ -367,6 +401,10 @@ mod tests {
                 inputs: 0,
                 jacks: 1,
             }),
+            vsock: Some(VsockConfig {
+                cid: 3,
+                socket: "/tmp/v.sock".into(),
+            }),
         };
         let text = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&text).unwrap(), config);
@@ -412,6 +450,29 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("at least one stream"));
+    }
+
+    #[test]
+    fn vsock_settings_are_checked() {
+        let mut config = VmConfig::new("/k");
+        for cid in [0, 1, 2, 1 << 32] {
+            config.devices.vsock = Some(VsockConfig {
+                cid,
+                socket: "/tmp/v.sock".into(),
+            });
+            let e = config.validate().unwrap_err();
+            assert!(e.contains("cid") && !e.contains('\n'), "{e}");
+        }
+        config.devices.vsock = Some(VsockConfig {
+            cid: 3,
+            socket: "".into(),
+        });
+        assert!(config.validate().unwrap_err().contains("needs a path"));
+        config.devices.vsock.as_mut().unwrap().socket = "/tmp/v.sock".into();
+        assert_eq!(config.validate(), Ok(()));
+        let doc = r#"{"kernel": "/k", "devices": {"vsock": {"cid": 7, "socket": "/s"}}}"#;
+        let parsed: VmConfig = serde_json::from_str(doc).unwrap();
+        assert_eq!(parsed.devices.vsock.unwrap().cid, 7);
     }
 
     #[test]

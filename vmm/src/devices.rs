@@ -9,6 +9,7 @@ use canto_devices::pci::{PciDeviceInfo, PciRoot, PCI_CONFIG_IO_BASE, PCI_CONFIG_
 use canto_devices::virtio::rng::Rng;
 use canto_devices::virtio::snd::{self, BackendConfig, Sound, SoundConfig};
 use canto_devices::virtio::transport::pci::{msix_vector_count, VirtioPciDevice};
+use canto_devices::virtio::vsock::{Vsock, VsockError};
 use canto_devices::virtio::{SharedSubscriber, VirtioDevice};
 use event_manager::RemoteEndpoint;
 
@@ -28,6 +29,8 @@ pub enum DeviceError {
     Sound(#[from] snd::Error),
     #[error(transparent)]
     Bus(#[from] canto_devices::bus::BusError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
 }
 
 /// One virtio device the VMM knows: how to build it from the configuration (`None`: the
@@ -49,6 +52,13 @@ const DEVICE_LIST: &[DeviceEntry] = &[
     DeviceEntry {
         name: "rng",
         build: |config| Ok(config.rng.then(|| BuiltDevice::new(Rng::new()))),
+    },
+    DeviceEntry {
+        name: "vsock",
+        build: |config| match &config.vsock {
+            Some(v) => Ok(Some(BuiltDevice::new(Vsock::new(v.cid, &v.socket)?))),
+            None => Ok(None),
+        },
     },
 ];
 
@@ -273,6 +283,7 @@ mod tests {
         let all = DevicesConfig {
             rng: true,
             sound: null_sound.clone(),
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &all).unwrap()),
@@ -281,6 +292,7 @@ mod tests {
         let rng_only = DevicesConfig {
             rng: true,
             sound: SoundSetting::Off,
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &rng_only).unwrap()),
@@ -289,6 +301,7 @@ mod tests {
         let sound_only = DevicesConfig {
             rng: false,
             sound: null_sound,
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &sound_only).unwrap()),
@@ -297,6 +310,7 @@ mod tests {
         let none = DevicesConfig {
             rng: false,
             sound: SoundSetting::Off,
+            vsock: None,
         };
         assert!(build_devices(DEVICE_LIST, &none).unwrap().is_empty());
         let bad_wav = DevicesConfig {
@@ -309,6 +323,7 @@ mod tests {
                 inputs: 0,
                 jacks: 0,
             }),
+            vsock: None,
         };
         #[cfg(feature = "snd-wav")]
         assert!(matches!(
@@ -317,6 +332,31 @@ mod tests {
         ));
         #[cfg(not(feature = "snd-wav"))]
         let _ = bad_wav;
+    }
+
+    #[test]
+    fn vsock_entry_builds_the_device_or_says_why_not() {
+        let dir = std::env::temp_dir().join(format!("canto-vsock-entry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let with_vsock = |socket: std::path::PathBuf| DevicesConfig {
+            rng: false,
+            sound: SoundSetting::Off,
+            vsock: Some(crate::config::VsockConfig { cid: 3, socket }),
+        };
+        let built = build_devices(DEVICE_LIST, &with_vsock(dir.join("v.sock"))).unwrap();
+        assert_eq!(names(&built), ["vsock"]);
+        let e = build_devices(DEVICE_LIST, &with_vsock(dir.join("v.sock")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("in use"), "{e}");
+        drop(built);
+        let e = build_devices(DEVICE_LIST, &with_vsock("/nonexistent-dir/v.sock".into()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("vsock: cannot create socket"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -360,6 +400,7 @@ mod tests {
                 inputs: 1,
                 jacks: 0,
             }),
+            vsock: None,
         };
         let built = build_sound(&config).unwrap().expect("a sound device");
         let line = (built.report.as_ref().expect("a report line"))();
