@@ -534,9 +534,9 @@ pub struct VsockRig {
     pub mem: GuestMemoryMmap,
     pub vsock: Option<canto_devices::virtio::vsock::Vsock>,
     pub queues: Vec<DriverQueue>,
-    kicks: Vec<EventFd>,
-    manager: EventManager<SharedSubscriber>,
-    pub interrupt: Arc<CountingInterrupt>,
+    kicks: Vec<vmm_sys_util::eventfd::EventFd>,
+    manager: event_manager::EventManager<canto_devices::virtio::SharedSubscriber>,
+    pub interrupt: Arc<InterruptRecorder>,
     pub bump: Bump,
     /// The input wrote to the rings through a writable descriptor over them.
     pub tampered: bool,
@@ -547,6 +547,13 @@ pub struct VsockRig {
 
 impl VsockRig {
     pub fn new() -> VsockRig {
+        use canto_devices::virtio::{
+            ActivateContext, ActiveQueue, SharedSubscriber, VirtioDevice, VIRTIO_F_VERSION_1,
+        };
+        use event_manager::{EventManager, SubscriberOps};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use vmm_sys_util::eventfd::EventFd;
+
         static RUN: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "canto-fuzz-vsock-{}-{}",
@@ -563,7 +570,7 @@ impl VsockRig {
         let mem = GuestRam::take();
         let mut vsock =
             canto_devices::virtio::vsock::Vsock::new(VSOCK_CID, &socket).expect("vsock device");
-        let interrupt = Arc::new(CountingInterrupt::default());
+        let interrupt = Arc::new(InterruptRecorder::default());
         let mut queues = Vec::new();
         let mut active = Vec::new();
         let mut kicks = Vec::new();
@@ -624,7 +631,7 @@ impl VsockRig {
             self.tampered = true;
         }
         let q = &mut self.queues[q % 3];
-        q.add(&self.mem, &mut self.bump, descs, opts)
+        q.add_with(&self.mem, &mut self.bump, descs, opts)
     }
 }
 
@@ -637,7 +644,7 @@ impl Default for VsockRig {
 impl Drop for VsockRig {
     fn drop(&mut self) {
         if let Some(mut vsock) = self.vsock.take() {
-            vsock.reset();
+            canto_devices::virtio::VirtioDevice::reset(&mut vsock);
         }
         GuestRam::give_back(self.mem.clone(), &self.bump);
         let _ = std::fs::remove_dir_all(&self.dir);
