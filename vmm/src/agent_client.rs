@@ -634,3 +634,370 @@ impl fmt::Debug for AgentClient {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canto_agent_protocol::{frame_type, write_frame, write_message};
+    use std::thread::JoinHandle;
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    /// A fake agent on the other end of a socket pair: `script` runs with its stream after it
+    /// has read the client's Hello.
+    fn fake_agent<F>(script: F) -> (UnixStream, JoinHandle<()>)
+    where
+        F: FnOnce(&mut UnixStream, &mut FrameReader) + Send + 'static,
+    {
+        let (client, mut agent) = UnixStream::pair().unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut frames = FrameReader::new();
+            if let Ok(Message::Hello { .. }) = frames.read_message(&mut agent) {
+                script(&mut agent, &mut frames);
+            }
+        });
+        (client, handle)
+    }
+
+    /// A fake agent that completes the handshake, then runs `script`.
+    fn greeting_agent<F>(script: F) -> (AgentClient, JoinHandle<()>)
+    where
+        F: FnOnce(&mut UnixStream, &mut FrameReader) + Send + 'static,
+    {
+        let (stream, handle) = fake_agent(move |agent, frames| {
+            write_message(agent, &Message::Hello { version: VERSION }).unwrap();
+            script(agent, frames);
+        });
+        (AgentClient::handshake(stream, SHORT).unwrap(), handle)
+    }
+
+    /// Reads the Exec request, answers Started, then runs `script`.
+    fn exec_agent<F>(script: F) -> (AgentClient, JoinHandle<()>)
+    where
+        F: FnOnce(&mut UnixStream) + Send + 'static,
+    {
+        greeting_agent(move |agent, frames| {
+            assert!(matches!(frames.read_message(agent), Ok(Message::Exec(_))));
+            write_message(agent, &Message::Started { pid: 1 }).unwrap();
+            script(agent);
+        })
+    }
+
+    fn run(client: &mut AgentClient, request: &ExecRequest) -> Result<ExecStatus, AgentError> {
+        client.exec(request, None, &mut io::sink(), &mut io::sink())
+    }
+
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed | 1;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    #[test]
+    fn a_well_behaved_agent_s_exchange_works() {
+        let (mut client, agent) = exec_agent(|agent| {
+            write_message(agent, &Message::Stdout(b"out\n".to_vec())).unwrap();
+            write_message(agent, &Message::Stderr(b"err\n".to_vec())).unwrap();
+            write_message(agent, &Message::Exit { code: 3 }).unwrap();
+        });
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let status = client
+            .exec(&ExecRequest::new(["sh"]), None, &mut out, &mut err)
+            .unwrap();
+        assert_eq!((status, status.code()), (ExecStatus::Exited(3), 3));
+        assert_eq!((&out[..], &err[..]), (&b"out\n"[..], &b"err\n"[..]));
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn a_signal_is_128_plus_n_and_an_absurd_one_stays_in_range() {
+        let s = ExecStatus::Signaled {
+            signal: 9,
+            timed_out: true,
+        };
+        assert_eq!(s.code(), 137);
+        let s = ExecStatus::Signaled {
+            signal: u32::MAX,
+            timed_out: false,
+        };
+        assert_eq!(s.code(), 255);
+    }
+
+    #[test]
+    fn a_4_gib_length_prefix_is_an_error_without_allocating_it() {
+        let (mut client, agent) = exec_agent(|agent| {
+            let mut header = u32::MAX.to_le_bytes().to_vec();
+            header.push(frame_type::STDOUT);
+            let _ = agent.write_all(&header);
+            // Keep the connection open: the client must not wait for the 4 GiB.
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        let e = run(&mut client, &ExecRequest::new(["x"])).unwrap_err();
+        assert!(matches!(e, AgentError::Malformed { .. }), "{e}");
+        assert!(e.to_string().contains("over the 1048576-byte limit"), "{e}");
+        // The connection is out of step now: further requests are refused.
+        assert!(matches!(
+            run(&mut client, &ExecRequest::new(["x"])),
+            Err(AgentError::Broken)
+        ));
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn endless_stdout_stops_at_the_output_limit() {
+        let (mut client, agent) = exec_agent(|agent| {
+            let chunk = Message::Stdout(vec![b'y'; DATA_CHUNK]);
+            while write_message(agent, &chunk).is_ok() {}
+        });
+        let mut request = ExecRequest::new(["yes"]);
+        request.max_output = Some(10 << 20);
+        let mut seen = CountingSink(0);
+        let e = client
+            .exec(&request, None, &mut seen, &mut io::sink())
+            .unwrap_err();
+        assert!(matches!(e, AgentError::OutputLimit { limit } if limit == 10 << 20), "{e}");
+        assert!(seen.0 <= 10 << 20);
+        drop(client);
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn endless_stdout_stops_at_the_timeout() {
+        let (mut client, agent) = exec_agent(|agent| {
+            let chunk = Message::Stdout(vec![b'y'; 1024]);
+            while write_message(agent, &chunk).is_ok() {}
+        });
+        client.set_exec_grace(Duration::from_millis(200));
+        let mut request = ExecRequest::new(["yes"]);
+        request.timeout = Some(Duration::from_millis(200));
+        let start = Instant::now();
+        let e = run(&mut client, &request).unwrap_err();
+        assert!(matches!(e, AgentError::Timeout { .. }), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(30));
+        drop(client);
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_agent_times_out_the_handshake() {
+        let (stream, agent) = fake_agent(|_, _| std::thread::sleep(Duration::from_secs(2)));
+        let start = Instant::now();
+        let e = AgentClient::handshake(stream, SHORT).unwrap_err();
+        assert!(matches!(e, AgentError::Timeout { waited, .. } if waited == SHORT), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn a_trickling_command_is_bounded_by_its_timeout() {
+        // One byte of a frame every 100 ms: each read succeeds, the deadline still holds.
+        let (mut client, agent) = exec_agent(|agent| {
+            let mut frame = Vec::new();
+            write_message(&mut frame, &Message::Stdout(vec![b'z'; 1000])).unwrap();
+            for b in frame {
+                if agent.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        client.set_exec_grace(Duration::ZERO);
+        let mut request = ExecRequest::new(["slow"]);
+        request.timeout = Some(Duration::from_millis(500));
+        let e = run(&mut client, &request).unwrap_err();
+        assert!(matches!(e, AgentError::Timeout { .. }), "{e}");
+        drop(client);
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn random_bytes_from_the_agent_are_an_error_not_a_panic() {
+        for seed in 0..200u64 {
+            let mut next = xorshift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let len = (next() % 4096) as usize;
+            let garbage: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let phase = seed % 3;
+            let (stream, agent) = fake_agent(move |agent, frames| {
+                if phase > 0 {
+                    write_message(agent, &Message::Hello { version: VERSION }).unwrap();
+                    let _ = frames.read_message(agent);
+                }
+                if phase > 1 {
+                    write_message(agent, &Message::Started { pid: 1 }).unwrap();
+                }
+                let _ = agent.write_all(&garbage);
+            });
+            // Whatever happens, it is a Result; a handshake that passes goes on to an exec.
+            if let Ok(mut client) = AgentClient::handshake(stream, SHORT) {
+                let mut request = ExecRequest::new(["x"]);
+                request.max_output = Some(1 << 20);
+                let _ = run(&mut client, &request);
+            }
+            agent.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn random_well_framed_messages_are_an_error_or_a_status_not_a_panic() {
+        for seed in 0..200u64 {
+            let mut next = xorshift(seed + 12345);
+            let frames: Vec<(u8, Vec<u8>)> = (0..20)
+                .map(|_| {
+                    let ty = match next() % 4 {
+                        0 => next() as u8,
+                        _ => 0x80 + (next() % 8) as u8,
+                    };
+                    let len = (next() % 16) as usize;
+                    (ty, (0..len).map(|_| next() as u8).collect())
+                })
+                .collect();
+            let (mut client, agent) = exec_agent(move |agent| {
+                for (ty, payload) in frames {
+                    if write_frame(agent, ty, &payload).is_err() {
+                        return;
+                    }
+                }
+            });
+            let _ = run(&mut client, &ExecRequest::new(["x"]));
+            drop(client);
+            agent.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn an_unexpected_reply_breaks_the_connection() {
+        let (mut client, agent) = exec_agent(|agent| {
+            write_message(agent, &Message::FileEnd).unwrap();
+        });
+        let e = run(&mut client, &ExecRequest::new(["x"])).unwrap_err();
+        assert!(matches!(e, AgentError::Unexpected { got: "FileEnd", .. }), "{e}");
+        agent.join().unwrap();
+        let mut sink = Vec::new();
+        assert!(matches!(
+            client.get_file(Path::new("/x"), &mut sink, 10),
+            Err(AgentError::Broken)
+        ));
+    }
+
+    #[test]
+    fn errors_during_a_command_are_notices_and_long_error_text_is_clipped() {
+        let (mut client, agent) = greeting_agent(|agent, frames| {
+            let _ = frames.read_message(agent);
+            let text = format!("\x1b[31m{}", "e".repeat(100_000));
+            write_message(agent, &Message::Error(text)).unwrap();
+        });
+        let e = run(&mut client, &ExecRequest::new(["x"])).unwrap_err();
+        let AgentError::Refused { message, .. } = &e else {
+            panic!("{e}");
+        };
+        assert!(message.len() <= MAX_ERROR_TEXT + 3 && !message.contains('\x1b'));
+        agent.join().unwrap();
+
+        let (mut client, agent) = exec_agent(|agent| {
+            write_message(agent, &Message::Error("bad signal".into())).unwrap();
+            write_message(agent, &Message::Exit { code: 0 }).unwrap();
+        });
+        assert_eq!(run(&mut client, &ExecRequest::new(["x"])).unwrap(), ExecStatus::Exited(0));
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn get_file_stops_at_its_limit() {
+        let (mut client, agent) = greeting_agent(|agent, frames| {
+            let _ = frames.read_message(agent);
+            let chunk = Message::FileData(vec![0; DATA_CHUNK]);
+            while write_message(agent, &chunk).is_ok() {}
+        });
+        let mut dest = CountingSink(0);
+        let e = client
+            .get_file(Path::new("/dev/zero"), &mut dest, 1 << 20)
+            .unwrap_err();
+        assert!(matches!(e, AgentError::FileTooLarge { limit } if limit == 1 << 20), "{e}");
+        assert!(dest.0 <= 1 << 20);
+        drop(client);
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn the_agent_closing_mid_frame_is_closed() {
+        let (mut client, agent) = exec_agent(|agent| {
+            let mut frame = Vec::new();
+            write_message(&mut frame, &Message::Stdout(b"partial".to_vec())).unwrap();
+            agent.write_all(&frame[..frame.len() - 2]).unwrap();
+        });
+        let e = run(&mut client, &ExecRequest::new(["x"])).unwrap_err();
+        assert!(matches!(e, AgentError::Closed { .. }), "{e}");
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn a_version_mismatch_is_refused() {
+        let (stream, agent) = fake_agent(|agent, _| {
+            write_message(agent, &Message::Hello { version: 99 }).unwrap();
+        });
+        let e = AgentClient::handshake(stream, SHORT).unwrap_err();
+        assert!(e.to_string().contains("version 99"), "{e}");
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn connect_vsock_speaks_the_hybrid_handshake() {
+        let dir = std::env::temp_dir().join(format!("canto-agent-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vsock.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            for answer in ["OK 1073741824\n", "NO\n"] {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while conn.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+                    line.push(byte[0]);
+                }
+                assert_eq!(line, b"CONNECT 52");
+                conn.write_all(answer.as_bytes()).unwrap();
+                let mut frames = FrameReader::new();
+                if let Ok(Message::Hello { .. }) = frames.read_message(&mut conn) {
+                    write_message(&mut conn, &Message::Hello { version: VERSION }).unwrap();
+                }
+            }
+        });
+        AgentClient::connect_vsock(&path, AGENT_VSOCK_PORT, SHORT).unwrap();
+        let e = AgentClient::connect_vsock(&path, AGENT_VSOCK_PORT, SHORT).unwrap_err();
+        assert!(matches!(e, AgentError::VsockConnect { ref answer, .. } if answer == "NO"), "{e}");
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn requests_over_the_frame_limit_are_refused_before_sending() {
+        let (mut client, agent) = greeting_agent(|agent, frames| {
+            // The next frame is the Exec that fits.
+            assert!(matches!(frames.read_message(agent), Ok(Message::Exec(_))));
+            write_message(agent, &Message::Started { pid: 1 }).unwrap();
+            write_message(agent, &Message::Exit { code: 0 }).unwrap();
+        });
+        let huge = ExecRequest::new(["echo".to_string(), "a".repeat(MAX_PAYLOAD)]);
+        let e = run(&mut client, &huge).unwrap_err();
+        assert!(matches!(e, AgentError::TooLarge { what: "Exec", .. }), "{e}");
+        assert_eq!(run(&mut client, &ExecRequest::new(["echo"])).unwrap(), ExecStatus::Exited(0));
+        agent.join().unwrap();
+    }
+
+    struct CountingSink(u64);
+
+    impl Write for CountingSink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+}
