@@ -67,7 +67,10 @@ pub fn put(
     if let (None, Some(f)) = (&failure, &file) {
         // The mode as asked, not as the umask left it.
         if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(mode)) {
-            failure = Some(format!("cannot set the mode of {}: {e}", path.to_string_lossy()));
+            failure = Some(format!(
+                "cannot set the mode of {}: {e}",
+                path.to_string_lossy()
+            ));
         }
     }
     let reply = match failure {

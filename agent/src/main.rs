@@ -20,7 +20,11 @@ const DEFAULT_VSOCK_PORT: u32 = 52;
 /// Connections served at once; a connection beyond gets an `Error` frame and is closed.
 const DEFAULT_MAX_CONNECTIONS: usize = 4;
 
-const USAGE: &str = "usage: canto-agent [--listen vsock:PORT | --listen unix:PATH] [--max-connections N]
+/// The command search path when the agent's environment has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+const USAGE: &str =
+    "usage: canto-agent [--listen vsock:PORT | --listen unix:PATH] [--max-connections N]
   --listen vsock:PORT   listen on AF_VSOCK port PORT of any CID (default vsock:52)
   --listen unix:PATH    listen on a Unix socket at PATH (for tests on the host)
   --max-connections N   serve at most N connections at once (default 4)";
@@ -42,11 +46,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             }
             "--max-connections" => {
                 let value = args.next().ok_or("--max-connections needs a value")?;
-                max_connections = value
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("--max-connections: '{value}' is not a positive number"))?;
+                max_connections = value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    format!("--max-connections: '{value}' is not a positive number")
+                })?;
             }
             other => return Err(format!("unknown argument '{other}'")),
         }
@@ -69,6 +71,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Started by a guest's init, the agent may have no PATH; commands are looked up in the
+    // usual places then. Set before any thread starts.
+    if std::env::var_os("PATH").is_none() {
+        std::env::set_var("PATH", DEFAULT_PATH);
+    }
     let listener = match Listener::bind(&args.endpoint) {
         Ok(l) => l,
         Err(e) => {
@@ -91,7 +98,10 @@ fn main() -> ExitCode {
         };
         if active.fetch_add(1, Ordering::AcqRel) >= args.max_connections {
             active.fetch_sub(1, Ordering::AcqRel);
-            session::refuse(&mut conn, "the agent serves its maximum number of connections");
+            session::refuse(
+                &mut conn,
+                "the agent serves its maximum number of connections",
+            );
             continue;
         }
         let active = active.clone();
@@ -126,7 +136,13 @@ mod tests {
             .unwrap();
         assert!(matches!(a.endpoint, Endpoint::Unix(ref p) if p.to_str() == Some("/tmp/a.sock")));
         assert_eq!(a.max_connections, 2);
-        assert!(matches!(parse(&["--listen", "vsock:1024"]).unwrap().unwrap().endpoint, Endpoint::Vsock(1024)));
+        assert!(matches!(
+            parse(&["--listen", "vsock:1024"])
+                .unwrap()
+                .unwrap()
+                .endpoint,
+            Endpoint::Vsock(1024)
+        ));
         assert!(parse(&["--help"]).unwrap().is_none());
         for bad in [
             &["--listen"][..],

@@ -275,9 +275,7 @@ impl AgentClient {
             source,
         };
         let write_half = stream.try_clone().map_err(io)?;
-        write_half
-            .set_write_timeout(Some(io_timeout))
-            .map_err(io)?;
+        write_half.set_write_timeout(Some(io_timeout)).map_err(io)?;
         let mut client = Self {
             reader: stream,
             frames: FrameReader::new(),
@@ -759,7 +757,10 @@ mod tests {
         let e = client
             .exec(&request, None, &mut seen, &mut io::sink())
             .unwrap_err();
-        assert!(matches!(e, AgentError::OutputLimit { limit } if limit == 10 << 20), "{e}");
+        assert!(
+            matches!(e, AgentError::OutputLimit { limit } if limit == 10 << 20),
+            "{e}"
+        );
         assert!(seen.0 <= 10 << 20);
         drop(client);
         agent.join().unwrap();
@@ -787,7 +788,10 @@ mod tests {
         let (stream, agent) = fake_agent(|_, _| std::thread::sleep(Duration::from_secs(2)));
         let start = Instant::now();
         let e = AgentClient::handshake(stream, SHORT).unwrap_err();
-        assert!(matches!(e, AgentError::Timeout { waited, .. } if waited == SHORT), "{e}");
+        assert!(
+            matches!(e, AgentError::Timeout { waited, .. } if waited == SHORT),
+            "{e}"
+        );
         assert!(start.elapsed() < Duration::from_secs(2));
         agent.join().unwrap();
     }
@@ -874,7 +878,10 @@ mod tests {
             write_message(agent, &Message::FileEnd).unwrap();
         });
         let e = run(&mut client, &ExecRequest::new(["x"])).unwrap_err();
-        assert!(matches!(e, AgentError::Unexpected { got: "FileEnd", .. }), "{e}");
+        assert!(
+            matches!(e, AgentError::Unexpected { got: "FileEnd", .. }),
+            "{e}"
+        );
         agent.join().unwrap();
         let mut sink = Vec::new();
         assert!(matches!(
@@ -901,7 +908,10 @@ mod tests {
             write_message(agent, &Message::Error("bad signal".into())).unwrap();
             write_message(agent, &Message::Exit { code: 0 }).unwrap();
         });
-        assert_eq!(run(&mut client, &ExecRequest::new(["x"])).unwrap(), ExecStatus::Exited(0));
+        assert_eq!(
+            run(&mut client, &ExecRequest::new(["x"])).unwrap(),
+            ExecStatus::Exited(0)
+        );
         agent.join().unwrap();
     }
 
@@ -916,7 +926,10 @@ mod tests {
         let e = client
             .get_file(Path::new("/dev/zero"), &mut dest, 1 << 20)
             .unwrap_err();
-        assert!(matches!(e, AgentError::FileTooLarge { limit } if limit == 1 << 20), "{e}");
+        assert!(
+            matches!(e, AgentError::FileTooLarge { limit } if limit == 1 << 20),
+            "{e}"
+        );
         assert!(dest.0 <= 1 << 20);
         drop(client);
         agent.join().unwrap();
@@ -969,7 +982,10 @@ mod tests {
         });
         AgentClient::connect_vsock(&path, AGENT_VSOCK_PORT, SHORT).unwrap();
         let e = AgentClient::connect_vsock(&path, AGENT_VSOCK_PORT, SHORT).unwrap_err();
-        assert!(matches!(e, AgentError::VsockConnect { ref answer, .. } if answer == "NO"), "{e}");
+        assert!(
+            matches!(e, AgentError::VsockConnect { ref answer, .. } if answer == "NO"),
+            "{e}"
+        );
         server.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -984,8 +1000,14 @@ mod tests {
         });
         let huge = ExecRequest::new(["echo".to_string(), "a".repeat(MAX_PAYLOAD)]);
         let e = run(&mut client, &huge).unwrap_err();
-        assert!(matches!(e, AgentError::TooLarge { what: "Exec", .. }), "{e}");
-        assert_eq!(run(&mut client, &ExecRequest::new(["echo"])).unwrap(), ExecStatus::Exited(0));
+        assert!(
+            matches!(e, AgentError::TooLarge { what: "Exec", .. }),
+            "{e}"
+        );
+        assert_eq!(
+            run(&mut client, &ExecRequest::new(["echo"])).unwrap(),
+            ExecStatus::Exited(0)
+        );
         agent.join().unwrap();
     }
 

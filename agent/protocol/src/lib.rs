@@ -148,7 +148,10 @@ impl fmt::Display for DecodeError {
         match self {
             Self::UnknownType(t) => write!(f, "unknown frame type {t:#04x}"),
             Self::Truncated { frame_type, field } => {
-                write!(f, "frame type {frame_type:#04x}: payload ends before {field}")
+                write!(
+                    f,
+                    "frame type {frame_type:#04x}: payload ends before {field}"
+                )
             }
             Self::TrailingBytes { frame_type, extra } => write!(
                 f,
@@ -262,7 +265,10 @@ fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 /// # Panics
 /// When `payload` is over [`MAX_PAYLOAD`] (a caller's bug: senders chunk their data).
 pub fn write_frame<W: Write + ?Sized>(w: &mut W, frame_type: u8, payload: &[u8]) -> io::Result<()> {
-    assert!(payload.len() <= MAX_PAYLOAD, "frame payload over MAX_PAYLOAD");
+    assert!(
+        payload.len() <= MAX_PAYLOAD,
+        "frame payload over MAX_PAYLOAD"
+    );
     let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     frame.push(frame_type);
@@ -512,9 +518,7 @@ impl Message {
             },
             t::FILE_DATA => Self::FileData(f.take(payload.len(), "data")?.to_vec()),
             t::FILE_END => Self::FileEnd,
-            t::STARTED => Self::Started {
-                pid: f.u32("pid")?,
-            },
+            t::STARTED => Self::Started { pid: f.u32("pid")? },
             t::STDOUT => Self::Stdout(f.take(payload.len(), "data")?.to_vec()),
             t::STDERR => Self::Stderr(f.take(payload.len(), "data")?.to_vec()),
             t::EXIT => Self::Exit {
@@ -679,7 +683,10 @@ mod tests {
                 assert_eq!(frame_type, frame_type::STDOUT);
                 assert_eq!(len, u32::MAX);
             }
-            other => panic!("expected TooLarge, got {:?}", other.map(|(t, p)| (t, p.len()))),
+            other => panic!(
+                "expected TooLarge, got {:?}",
+                other.map(|(t, p)| (t, p.len()))
+            ),
         }
         assert_eq!(cursor.position(), HEADER_LEN as u64);
         assert!(reader.payload.capacity() < MAX_PAYLOAD);
@@ -692,7 +699,9 @@ mod tests {
         let mut reader = FrameReader::new();
         let (ty, payload) = reader.read_frame(&mut Cursor::new(stream)).unwrap();
         assert_eq!((ty, payload.len()), (frame_type::STDOUT, MAX_PAYLOAD));
-        assert!(write_message(&mut Vec::new(), &Message::Stdout(vec![1; MAX_PAYLOAD + 1])).is_err());
+        assert!(
+            write_message(&mut Vec::new(), &Message::Stdout(vec![1; MAX_PAYLOAD + 1])).is_err()
+        );
     }
 
     #[test]
