@@ -405,3 +405,27 @@ fn a_closed_peer_while_reading_is_not_an_error_for_the_agent() {
     assert_eq!(run(&mut client, &sh("exit 0")).0, ExecStatus::Exited(0));
     assert!(Path::new(&agent.socket).exists());
 }
+
+#[test]
+fn stdin_waits_for_a_command_that_reads_it_late() {
+    // The agent stops taking stdin while the command does not read it; the host's writes time
+    // out meanwhile (its I/O timeout is short here) and are retried, not taken as a dead agent.
+    let agent = Agent::start("latestdin");
+    let mut client = AgentClient::connect_unix(&agent.socket, Duration::from_millis(200)).unwrap();
+    let input = vec![b'q'; 4 << 20];
+    let mut out = Vec::new();
+    // A stdin that stopped would leave wc waiting: the timeout turns that into a failure.
+    let mut request = sh("sleep 1; wc -c");
+    request.timeout = Some(Duration::from_secs(20));
+    let status = client
+        .exec(
+            &request,
+            Some(Box::new(io::Cursor::new(input))),
+            &mut out,
+            &mut io::sink(),
+        )
+        .unwrap();
+    assert_eq!(status, ExecStatus::Exited(0));
+    assert_eq!(String::from_utf8(out).unwrap().trim(), "4194304");
+    assert_eq!(run(&mut client, &sh("exit 5")).0, ExecStatus::Exited(5));
+}

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use canto_agent_protocol::{
-    Exec, FrameError, FrameReader, Message, ReadError, DATA_CHUNK, MAX_PAYLOAD, VERSION,
+    Exec, FrameError, FrameReader, Message, ReadError, DATA_CHUNK, HEADER_LEN, MAX_PAYLOAD, VERSION,
 };
 
 pub use canto_agent_protocol::VERSION as PROTOCOL_VERSION;
@@ -137,14 +137,16 @@ impl Writer {
     /// Writes a whole frame. The stream has a write timeout; a frame cut by it leaves the
     /// connection out of step, so the connection is marked broken.
     fn send(&self, message: &Message) -> Result<(), AgentError> {
-        self.send_unless(message, None).map(|_| ())
+        self.send_frame(message, None).map(|_| ())
     }
 
-    /// [`Writer::send`], unless `cancel` is set when the lock is taken; returns whether it sent.
-    fn send_unless(
+    /// Writes a whole frame, unless `stdin_done` is set when the lock is taken; returns whether
+    /// it sent. With `stdin_done` (the stdin thread), a write that times out is retried: the
+    /// agent stops taking stdin while the command does not read it, which is no failure.
+    fn send_frame(
         &self,
         message: &Message,
-        cancel: Option<&AtomicBool>,
+        stdin_done: Option<&AtomicBool>,
     ) -> Result<bool, AgentError> {
         let (frame_type, payload) = message.encode();
         if payload.len() > MAX_PAYLOAD {
@@ -153,28 +155,50 @@ impl Writer {
                 len: payload.len(),
             });
         }
-        let mut frame = Vec::with_capacity(5 + payload.len());
+        let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.push(frame_type);
         frame.extend_from_slice(&payload);
         let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
-        if cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
+        if stdin_done.is_some_and(|c| c.load(Ordering::Acquire)) {
             return Ok(false);
         }
-        if self.broken.load(Ordering::Acquire) {
-            return Err(AgentError::Broken);
-        }
-        stream.write_all(&frame).map(|()| true).map_err(|source| {
+        let mut written = 0;
+        while written < frame.len() {
+            if self.broken.load(Ordering::Acquire) {
+                return Err(AgentError::Broken);
+            }
+            let source = match stream.write(&frame[written..]) {
+                Ok(0) => io::Error::from(io::ErrorKind::WriteZero),
+                Ok(n) => {
+                    written += n;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Until the command ends; after, the agent reads all the time, and one that does
+                // not gets one write timeout.
+                Err(e)
+                    if is_timeout(&e) && stdin_done.is_some_and(|d| !d.load(Ordering::Acquire)) =>
+                {
+                    continue
+                }
+                Err(e) => e,
+            };
+            // A frame cut short leaves the connection out of step.
             self.broken.store(true, Ordering::Release);
-            let what = format!("cannot send {} to the agent", message.name());
-            match source.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => AgentError::Timeout {
+            return Err(if is_timeout(&source) {
+                AgentError::Timeout {
                     what: format!("(it stopped reading) while sending {}", message.name()),
                     waited: stream.write_timeout().ok().flatten().unwrap_or_default(),
-                },
-                _ => AgentError::Io { what, source },
-            }
-        })
+                }
+            } else {
+                AgentError::Io {
+                    what: format!("cannot send {} to the agent", message.name()),
+                    source,
+                }
+            });
+        }
+        Ok(true)
     }
 }
 
@@ -417,11 +441,13 @@ impl AgentClient {
             }
         }
         let result = self.relay_output(request, &what, stdout, stderr);
-        // Under the writer's lock, so no stdin frame starts after this (one already being
-        // written finishes; the agent drops stdin that comes after the command's end).
-        {
-            let _stream = self.writer.stream.lock().unwrap_or_else(|e| e.into_inner());
-            done.store(true, Ordering::Release);
+        // No stdin frame starts after this (the stdin thread checks under the writer's lock).
+        done.store(true, Ordering::Release);
+        if result.is_ok() {
+            // One being written finishes (the agent reads on and drops stdin that comes after
+            // the command's end) before the next request goes out. On an error the connection is
+            // broken already and nothing more is sent.
+            drop(self.writer.stream.lock().unwrap_or_else(|e| e.into_inner()));
         }
         result
     }
@@ -571,7 +597,7 @@ fn send_stdin(mut source: Box<dyn Read + Send>, writer: &Writer, done: &AtomicBo
         };
         let eof = message == Message::StdinEof;
         // `done` is checked under the writer's lock, where exec sets it.
-        match writer.send_unless(&message, Some(done)) {
+        match writer.send_frame(&message, Some(done)) {
             Ok(true) if !eof => {}
             _ => return,
         }
@@ -594,7 +620,9 @@ impl Read for TimedReader<'_> {
             }
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
-        self.stream.set_read_timeout(timeout)?;
+        // set_read_timeout refuses zero; the shortest real timeout stands for it.
+        self.stream
+            .set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1))))?;
         let mut stream = self.stream;
         stream.read(buf)
     }
