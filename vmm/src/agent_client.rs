@@ -435,9 +435,9 @@ impl AgentClient {
                 .name("agent-stdin".into())
                 .spawn(move || send_stdin(source, &writer, &done));
             if let Err(source) = spawned {
-                // The agent waits for stdin that will not come; the command still ends (its
-                // timeout, a signal), but the caller should know.
+                // Without the thread the command gets an empty stdin rather than none at all.
                 log::warn!("cannot start the thread that sends the command's stdin: {source}");
+                self.send(&Message::StdinEof)?;
             }
         }
         let result = self.relay_output(request, &what, stdout, stderr);
