@@ -411,12 +411,13 @@ fn stdin_waits_for_a_command_that_reads_it_late() {
     // The agent stops taking stdin while the command does not read it; the host's writes time
     // out meanwhile (its I/O timeout is short here) and are retried, not taken as a dead agent.
     let agent = Agent::start("latestdin");
-    let mut client = AgentClient::connect_unix(&agent.socket, Duration::from_millis(200)).unwrap();
+    let mut client = agent.client();
+    client.set_io_timeout(Duration::from_millis(200)).unwrap();
     let input = vec![b'q'; 4 << 20];
     let mut out = Vec::new();
     // A stdin that stopped would leave wc waiting: the timeout turns that into a failure.
-    let mut request = sh("sleep 1; wc -c");
-    request.timeout = Some(Duration::from_secs(20));
+    let mut request = sh("sleep 2; wc -c");
+    request.timeout = Some(Duration::from_secs(60));
     let status = client
         .exec(
             &request,

@@ -326,6 +326,19 @@ impl AgentClient {
         }
     }
 
+    /// Sets the I/O timeout (see [`DEFAULT_IO_TIMEOUT`]) from now on.
+    pub fn set_io_timeout(&mut self, timeout: Duration) -> Result<(), AgentError> {
+        let timeout = timeout.max(Duration::from_millis(1));
+        self.io_timeout = timeout;
+        let stream = self.writer.stream.lock().unwrap_or_else(|e| e.into_inner());
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|source| AgentError::Io {
+                what: "cannot set the agent connection's write timeout".into(),
+                source,
+            })
+    }
+
     /// Sets how long past a command's timeout the client waits for its end (10 s by default).
     pub fn set_exec_grace(&mut self, grace: Duration) {
         self.exec_grace = grace;
@@ -667,7 +680,10 @@ mod tests {
     use canto_agent_protocol::{frame_type, write_frame, write_message};
     use std::thread::JoinHandle;
 
+    /// For the tests of the timeouts themselves.
     const SHORT: Duration = Duration::from_millis(300);
+    /// For everything else: a loaded machine must not make a test fail.
+    const PATIENT: Duration = Duration::from_secs(30);
 
     /// A fake agent on the other end of a socket pair: `script` runs with its stream after it
     /// has read the client's Hello.
@@ -694,7 +710,7 @@ mod tests {
             write_message(agent, &Message::Hello { version: VERSION }).unwrap();
             script(agent, frames);
         });
-        (AgentClient::handshake(stream, SHORT).unwrap(), handle)
+        (AgentClient::handshake(stream, PATIENT).unwrap(), handle)
     }
 
     /// Reads the Exec request, answers Started, then runs `script`.
@@ -864,7 +880,7 @@ mod tests {
                 let _ = agent.write_all(&garbage);
             });
             // Whatever happens, it is a Result; a handshake that passes goes on to an exec.
-            if let Ok(mut client) = AgentClient::handshake(stream, SHORT) {
+            if let Ok(mut client) = AgentClient::handshake(stream, PATIENT) {
                 let mut request = ExecRequest::new(["x"]);
                 request.max_output = Some(1 << 20);
                 let _ = run(&mut client, &request);
@@ -980,7 +996,7 @@ mod tests {
         let (stream, agent) = fake_agent(|agent, _| {
             write_message(agent, &Message::Hello { version: 99 }).unwrap();
         });
-        let e = AgentClient::handshake(stream, SHORT).unwrap_err();
+        let e = AgentClient::handshake(stream, PATIENT).unwrap_err();
         assert!(e.to_string().contains("version 99"), "{e}");
         agent.join().unwrap();
     }
@@ -1008,8 +1024,8 @@ mod tests {
                 }
             }
         });
-        AgentClient::connect_vsock(&path, AGENT_VSOCK_PORT, SHORT).unwrap();
-        let e = AgentClient::connect_vsock(&path, AGENT_VSOCK_PORT, SHORT).unwrap_err();
+        AgentClient::connect_vsock(&path, AGENT_VSOCK_PORT, PATIENT).unwrap();
+        let e = AgentClient::connect_vsock(&path, AGENT_VSOCK_PORT, PATIENT).unwrap_err();
         assert!(
             matches!(e, AgentError::VsockConnect { ref answer, .. } if answer == "NO"),
             "{e}"
