@@ -11,6 +11,7 @@ mod session;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use listen::{Endpoint, Listener};
 
@@ -59,6 +60,24 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     }))
 }
 
+/// How long the agent retries listening on vsock: an init may start it before the vsock device
+/// has been probed.
+const VSOCK_BIND_RETRY: Duration = Duration::from_secs(10);
+
+fn bind(endpoint: &Endpoint) -> std::io::Result<Listener> {
+    let start = Instant::now();
+    loop {
+        match Listener::bind(endpoint) {
+            Err(_)
+                if matches!(endpoint, Endpoint::Vsock(_)) && start.elapsed() < VSOCK_BIND_RETRY =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Some(args)) => args,
@@ -76,7 +95,7 @@ fn main() -> ExitCode {
     if std::env::var_os("PATH").is_none() {
         std::env::set_var("PATH", DEFAULT_PATH);
     }
-    let listener = match Listener::bind(&args.endpoint) {
+    let listener = match bind(&args.endpoint) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("canto-agent: cannot listen on {}: {e}", args.endpoint);
@@ -92,7 +111,7 @@ fn main() -> ExitCode {
                 // A failed accept (a peer gone before it was accepted, fds exhausted) is not a
                 // reason to stop serving; a short pause keeps a persistent failure from spinning.
                 eprintln!("canto-agent: accept failed: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };

@@ -1,11 +1,11 @@
 //! The real `canto-agent` binary on a Unix socket on the host, driven by Canto's host client
 //! (`vmm::agent_client`) and, for the bad frames, by hand.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use canto_agent_protocol::{frame_type, write_frame, write_message, FrameReader, Message, VERSION};
@@ -26,19 +26,23 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_canto-agent"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_canto-agent"))
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the agent never listened"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // The agent says it listens once it does (the socket file exists a moment earlier,
+        // between bind and listen). Its later lines go on to the test's stderr.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("listening on"), "the agent said: {line}");
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        });
         Self { child, dir, socket }
     }
 
