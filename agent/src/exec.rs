@@ -62,6 +62,25 @@ fn kill_group(pgid: u32, signal: i32) {
     unsafe { libc::kill(-(pgid as libc::pid_t), signal) };
 }
 
+/// Gives the command default signal handling. An agent started in the background by a shell
+/// script (a guest's init: `canto-agent &`) ignores SIGINT and SIGQUIT, and ignored signals
+/// survive exec: without this, the host's Ctrl-C would never reach the command. (std resets
+/// the signal mask and SIGPIPE itself.)
+fn reset_signal_dispositions() -> io::Result<()> {
+    for signal in 1..libc::SIGRTMIN() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction is plain data for which all zeroes is valid; SIG_DFL with no flags.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = libc::SIG_DFL;
+        // SAFETY: a valid sigaction for a valid signal number; the old action is not wanted.
+        // A failure (a signal number the kernel refuses) is of no consequence.
+        unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
+    }
+    Ok(())
+}
+
 fn build_command(request: &Exec) -> Command {
     let mut command = Command::new(OsStr::from_bytes(&request.argv[0]));
     command
@@ -81,6 +100,11 @@ fn build_command(request: &Exec) -> Command {
         .stderr(Stdio::piped())
         // Its own process group, so signals and the timeout's kill reach what it starts too.
         .process_group(0);
+    // SAFETY: the hook runs in the forked child before exec and calls only sigaction, which is
+    // async-signal-safe; it touches no memory of the parent's but the local it builds.
+    unsafe {
+        command.pre_exec(reset_signal_dispositions);
+    }
     if let Some(cwd) = &request.cwd {
         command.current_dir(OsStr::from_bytes(cwd));
     }

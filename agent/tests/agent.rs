@@ -4,6 +4,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,12 +27,23 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("agent.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_canto-agent"))
+        let mut agent = Command::new(env!("CARGO_BIN_EXE_canto-agent"));
+        agent
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        // Started as a shell's background job is (`canto-agent &` in a guest's init): with
+        // SIGINT and SIGQUIT ignored.
+        // SAFETY: the hook runs in the forked child and calls only signal(), which is
+        // async-signal-safe.
+        unsafe {
+            agent.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let mut child = agent.spawn().unwrap();
         // The agent says it listens once it does (the socket file exists a moment earlier,
         // between bind and listen). Its later lines go on to the test's stderr.
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
@@ -134,13 +146,11 @@ fn a_signal_from_the_host_reaches_the_command() {
         rx.recv().unwrap();
         signaler.signal(2).unwrap();
     });
+    // Without the signal the timeout ends the command (SIGKILL, 137).
+    let mut request = sh("echo ready; exec sleep 60");
+    request.timeout = Some(Duration::from_secs(20));
     let status = client
-        .exec(
-            &sh("echo ready; exec sleep 60"),
-            None,
-            &mut Ready(Some(tx)),
-            &mut io::sink(),
-        )
+        .exec(&request, None, &mut Ready(Some(tx)), &mut io::sink())
         .unwrap();
     sender.join().unwrap();
     assert_eq!(status.code(), 130);
