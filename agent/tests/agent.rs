@@ -329,6 +329,9 @@ fn a_bad_frame_gets_an_error_reply_and_the_agent_keeps_serving() {
     oversized.resize(oversized.len() + big, 0x55);
     let writer = {
         let mut s = stream.try_clone().unwrap();
+        // An agent that took the payload for frames would stop reading (its replies unread):
+        // the write times out and the test fails instead of hanging.
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         std::thread::spawn(move || s.write_all(&oversized).unwrap())
     };
     let Message::Error(text) = frames.read_message(&mut stream).unwrap() else {
