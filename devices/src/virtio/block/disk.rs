@@ -228,9 +228,15 @@ impl DiskFile {
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
         let keep = libc::FALLOC_FL_KEEP_SIZE;
         let modes = if unmap {
-            [keep | libc::FALLOC_FL_PUNCH_HOLE, keep | libc::FALLOC_FL_ZERO_RANGE]
+            [
+                keep | libc::FALLOC_FL_PUNCH_HOLE,
+                keep | libc::FALLOC_FL_ZERO_RANGE,
+            ]
         } else {
-            [keep | libc::FALLOC_FL_ZERO_RANGE, keep | libc::FALLOC_FL_PUNCH_HOLE]
+            [
+                keep | libc::FALLOC_FL_ZERO_RANGE,
+                keep | libc::FALLOC_FL_PUNCH_HOLE,
+            ]
         };
         for mode in modes {
             match self.fallocate(mode, offset, len) {

@@ -266,12 +266,7 @@ impl Worker {
 }
 
 /// The worker thread: waits for kicks (or the reset's wake-up), serves what is available.
-fn serve_queue(
-    queue: &DeviceQueue,
-    disk: &DiskFile,
-    features: RequestFeatures,
-    shared: &Shared,
-) {
+fn serve_queue(queue: &DeviceQueue, disk: &DiskFile, features: RequestFeatures, shared: &Shared) {
     let mut fds = [
         libc::pollfd {
             fd: queue.kick().as_raw_fd(),

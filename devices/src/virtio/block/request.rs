@@ -67,7 +67,10 @@ pub fn serve(
     let (status, written) = execute(mem, disk, features, chain);
     if let Err(e) = chain.writable.write_at(mem, status_at, &[status]) {
         // Checked to lie in RAM by the walk; nothing the guest did can make this fail.
-        log::debug!("virtio-blk: request {}: writing the status: {e}", chain.head);
+        log::debug!(
+            "virtio-blk: request {}: writing the status: {e}",
+            chain.head
+        );
         return 0;
     }
     // Data is at most the chain, whose bytes the walk caps at u32::MAX.
@@ -158,7 +161,10 @@ fn execute(
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             let discard = kind == VIRTIO_BLK_T_DISCARD;
             if (discard && !features.discard) || (!discard && !features.write_zeroes) {
-                log::debug!("virtio-blk: request {}: type {kind} not negotiated", chain.head);
+                log::debug!(
+                    "virtio-blk: request {}: type {kind} not negotiated",
+                    chain.head
+                );
                 return (VIRTIO_BLK_S_UNSUPP, 0);
             }
             if disk.readonly() {
