@@ -8,8 +8,8 @@ use canto_devices::virtio::snd::SoundConfig;
 use clap::Parser;
 
 use crate::config::{
-    check_cpus, DevicesConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
-    SERIAL_FILE_NEEDS_PATH,
+    check_cpus, DevicesConfig, DiskConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
+    DISK_NEEDS_PATH, SERIAL_FILE_NEEDS_PATH,
 };
 
 /// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...`
@@ -50,6 +50,10 @@ pub struct Cli {
     /// No virtio-rng entropy device.
     #[arg(long)]
     pub no_rng: bool,
+    /// A virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (the id is the serial the guest
+    /// sees, at most 20 bytes). Repeatable: the guest's vda, vdb, ... in this order.
+    #[arg(long, value_name = "SPEC")]
+    pub disk: Vec<DiskConfig>,
     /// Print the guest's PCI devices and exit after building the VM.
     #[arg(long)]
     pub print_devices: bool,
@@ -72,6 +76,7 @@ impl Cli {
                     (Some(sound), false) => SoundSetting::Device(SoundDeviceConfig::from(sound)),
                     (None, false) => SoundSetting::Auto,
                 },
+                disks: self.disk.clone(),
             },
         }
     }
@@ -95,6 +100,43 @@ impl FromStr for SerialConfig {
                 )),
             },
         }
+    }
+}
+
+/// `--disk path=FILE[,readonly=on|off][,id=NAME]`.
+impl FromStr for DiskConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut disk = DiskConfig {
+            path: PathBuf::new(),
+            readonly: false,
+            id: None,
+        };
+        for part in s.split(',') {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            match key {
+                "path" => disk.path = PathBuf::from(value),
+                "readonly" => {
+                    disk.readonly = match value {
+                        "on" | "true" | "yes" => true,
+                        "off" | "false" | "no" => false,
+                        _ => return Err(format!("readonly={value}: use readonly=on or off")),
+                    }
+                }
+                "id" => disk.id = Some(value.to_string()),
+                _ => {
+                    return Err(format!(
+                        "unknown disk option '{part}': use path=FILE[,readonly=on][,id=NAME]"
+                    ))
+                }
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err(DISK_NEEDS_PATH.into());
+        }
+        disk.validate()?;
+        Ok(disk)
     }
 }
 
@@ -187,6 +229,11 @@ mod tests {
         assert!(err(&["--kernel", "k", "--serial", "tty"]).contains("unknown serial mode"));
         assert!(err(&["--kernel", "k", "--serial", "file="]).contains("needs a path"));
         assert!(err(&["--kernel", "k", "--bogus"]).contains("--bogus"));
+        assert!(err(&["--kernel", "k", "--disk", "readonly=on"]).contains("needs path=FILE"));
+        assert!(err(&["--kernel", "k", "--disk", "path=/x,ro"]).contains("unknown disk option"));
+        assert!(err(&["--kernel", "k", "--disk", "path=/x,readonly=maybe"]).contains("on or off"));
+        let long_id = "path=/x,id=123456789012345678901";
+        assert!(err(&["--kernel", "k", "--disk", long_id]).contains("longer than 20 bytes"));
         assert!(err(&["--kernel", "k", "--sound", "backend=jack"]).contains("jack"));
         assert!(
             err(&["--kernel", "k", "--sound", "backend=null", "--no-sound"])
@@ -230,6 +277,31 @@ mod tests {
             "backend=wav,path=/tmp/o.wav,streams=2:0"
         );
         assert_eq!(config.validate(), Ok(()));
+        let disks = parse(&[
+            "--kernel",
+            "k",
+            "--disk",
+            "path=/a.img",
+            "--disk",
+            "path=/b.img,readonly=on,id=data",
+        ])
+        .unwrap()
+        .to_config();
+        assert_eq!(
+            disks.devices.disks,
+            [
+                DiskConfig {
+                    path: "/a.img".into(),
+                    readonly: false,
+                    id: None
+                },
+                DiskConfig {
+                    path: "/b.img".into(),
+                    readonly: true,
+                    id: Some("data".into())
+                }
+            ]
+        );
         let off = parse(&["--kernel", "k", "--no-sound"]).unwrap().to_config();
         assert_eq!(off.devices.sound, SoundSetting::Off);
     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use canto_arch::layout;
 use canto_devices::bus::Bus;
 use canto_devices::pci::{PciDeviceInfo, PciRoot, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
+use canto_devices::virtio::block::{Block, DiskError, DiskFile};
 use canto_devices::virtio::rng::Rng;
 use canto_devices::virtio::snd::{self, BackendConfig, Sound, SoundConfig};
 use canto_devices::virtio::transport::pci::{msix_vector_count, VirtioPciDevice};
@@ -28,15 +29,17 @@ pub enum DeviceError {
     Sound(#[from] snd::Error),
     #[error(transparent)]
     Bus(#[from] canto_devices::bus::BusError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
 }
 
-/// One virtio device the VMM knows: how to build it from the configuration (`None`: the
-/// configuration leaves it out). Adding a virtio device is its folder in `devices/src/virtio/`
+/// One virtio device the VMM knows: how to build it from the configuration (none: the
+/// configuration leaves it out; several: one per disk, say). Adding a virtio device is its folder in `devices/src/virtio/`
 /// plus one entry in [`DEVICE_LIST`].
 struct DeviceEntry {
     /// What the logs call it.
     name: &'static str,
-    build: fn(&DevicesConfig) -> Result<Option<BuiltDevice>, DeviceError>,
+    build: fn(&DevicesConfig) -> Result<Vec<BuiltDevice>, DeviceError>,
 }
 
 /// The virtio devices, in PCI slot order (the first present one is 00:01.0). Teardown resets
@@ -44,11 +47,21 @@ struct DeviceEntry {
 const DEVICE_LIST: &[DeviceEntry] = &[
     DeviceEntry {
         name: "sound",
-        build: build_sound,
+        build: |config| Ok(build_sound(config)?.into_iter().collect()),
     },
     DeviceEntry {
         name: "rng",
-        build: |config| Ok(config.rng.then(|| BuiltDevice::new(Rng::new()))),
+        build: |config| {
+            Ok(config
+                .rng
+                .then(|| BuiltDevice::new(Rng::new()))
+                .into_iter()
+                .collect())
+        },
+    },
+    DeviceEntry {
+        name: "disk",
+        build: build_disks,
     },
 ];
 
@@ -86,6 +99,17 @@ fn build_sound(config: &DevicesConfig) -> Result<Option<BuiltDevice>, DeviceErro
     Ok(Some(device.with_report(move || {
         format!("sound stats: {:?}", stats.snapshot())
     })))
+}
+
+/// A virtio-blk device per configured disk, every file opened and checked first (one line
+/// naming the file for each problem, see `DiskError`).
+fn build_disks(config: &DevicesConfig) -> Result<Vec<BuiltDevice>, DeviceError> {
+    let configs: Vec<_> = config.disks.iter().map(|d| d.to_block_config()).collect();
+    let disks = DiskFile::open_all(&configs)?;
+    Ok(disks
+        .into_iter()
+        .map(|disk| BuiltDevice::new(Block::new(disk)))
+        .collect())
 }
 
 /// The sound configuration to use: the configured one, or ALSA `default` falling back to null
@@ -148,7 +172,7 @@ fn build_devices(
 ) -> Result<Vec<BuiltDevice>, DeviceError> {
     let mut devices = Vec::new();
     for entry in list {
-        if let Some(mut built) = (entry.build)(config)? {
+        for mut built in (entry.build)(config)? {
             built.name = entry.name;
             devices.push(built);
         }
@@ -273,6 +297,7 @@ mod tests {
         let all = DevicesConfig {
             rng: true,
             sound: null_sound.clone(),
+            disks: Vec::new(),
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &all).unwrap()),
@@ -281,6 +306,7 @@ mod tests {
         let rng_only = DevicesConfig {
             rng: true,
             sound: SoundSetting::Off,
+            disks: Vec::new(),
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &rng_only).unwrap()),
@@ -289,6 +315,7 @@ mod tests {
         let sound_only = DevicesConfig {
             rng: false,
             sound: null_sound,
+            disks: Vec::new(),
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &sound_only).unwrap()),
@@ -297,6 +324,7 @@ mod tests {
         let none = DevicesConfig {
             rng: false,
             sound: SoundSetting::Off,
+            disks: Vec::new(),
         };
         assert!(build_devices(DEVICE_LIST, &none).unwrap().is_empty());
         let bad_wav = DevicesConfig {
@@ -309,6 +337,7 @@ mod tests {
                 inputs: 0,
                 jacks: 0,
             }),
+            disks: Vec::new(),
         };
         #[cfg(feature = "snd-wav")]
         assert!(matches!(
