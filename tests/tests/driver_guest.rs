@@ -177,6 +177,44 @@ fn rtt_smoke() {
     );
 }
 
+// ---- virtio-blk ----------------------------------------------------------------------------
+
+/// `test=blk` on a 1 MiB temp disk: the guest writes sector 7, flushes, reads it back, and gets
+/// IOERR past the end, UNSUPP for an unknown type and its `--disk id` from GET_ID. Then the file
+/// on the host holds the guest's sector, and nothing else changed.
+#[test]
+fn blk() {
+    let Some(elf) = guest_to_run() else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("canto-dg-blk-{}.img", std::process::id()));
+    let before: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &before).unwrap();
+    let disk = format!("path={},id=dg-disk", path.display());
+    let out = canto_args(&elf, "test=blk", NULL_SOUND)
+        .arg("--disk")
+        .arg(&disk)
+        .run();
+    print_run("test=blk", &out);
+    let after = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_passed("blk", &out);
+    let mut want: Vec<u8> = (0..512u32).map(|i| (i * 3 + 0x5a) as u8).collect();
+    want[..22].copy_from_slice(b"canto driver-guest blk");
+    assert_eq!(
+        &after[7 * 512..8 * 512],
+        &want[..],
+        "sector 7 holds the guest's write"
+    );
+    assert_eq!(after.len(), before.len());
+    assert_eq!(&after[..7 * 512], &before[..7 * 512]);
+    assert_eq!(
+        &after[8 * 512..],
+        &before[8 * 512..],
+        "nothing else changed"
+    );
+}
+
 // ---- virtio-snd ----------------------------------------------------------------------------
 
 /// A file (WAV, raw capture) in the temp directory for one test, removed when dropped.

@@ -24,5 +24,6 @@ void test_snd_host_fault(void);
 void test_snd_play(void);
 void test_virtq_attacks(void);
 void test_internal_error(void);
+void test_blk(void);
 
 #endif
