@@ -349,6 +349,31 @@ mod tests {
     }
 
     #[test]
+    fn each_disk_is_a_device_after_the_others() {
+        let path = std::env::temp_dir().join(format!("canto-devices-{}.img", std::process::id()));
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let disk = |readonly| crate::config::DiskConfig {
+            path: path.clone(),
+            readonly,
+            id: None,
+        };
+        let config = DevicesConfig {
+            rng: true,
+            sound: SoundSetting::Off,
+            disks: vec![disk(true), disk(true)],
+        };
+        let built = build_devices(DEVICE_LIST, &config);
+        let twice_writable = DevicesConfig {
+            disks: vec![disk(false), disk(false)],
+            ..config.clone()
+        };
+        let refused = build_devices(DEVICE_LIST, &twice_writable);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(names(&built.unwrap()), ["rng", "disk", "disk"]);
+        assert!(matches!(refused, Err(DeviceError::Disk(_))));
+    }
+
+    #[test]
     fn teardown_resets_in_list_order_then_reports() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let recorder = |id: &'static str| {

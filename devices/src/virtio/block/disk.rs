@@ -126,7 +126,7 @@ impl DiskFile {
             how: "(size)",
             reason: reason(&e),
         })?;
-        if size % SECTOR_SIZE != 0 {
+        if !size.is_multiple_of(SECTOR_SIZE) {
             return Err(DiskError::Size { path, size });
         }
         Ok(DiskFile {

@@ -184,7 +184,7 @@ fn execute(
 
 /// The byte offset of `len` bytes at `sector`, if they are whole sectors inside the disk.
 fn checked_range(disk: &DiskFile, sector: u64, len: u64) -> Option<u64> {
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return None;
     }
     let offset = sector.checked_mul(SECTOR_SIZE)?;
@@ -214,7 +214,7 @@ fn ranges(
         log::debug!("virtio-blk: request {head}: {why}: IOERR");
         (VIRTIO_BLK_S_IOERR, 0)
     };
-    if bytes == 0 || bytes % RANGE_LEN != 0 || bytes / RANGE_LEN > u64::from(MAX_RANGES) {
+    if bytes == 0 || !bytes.is_multiple_of(RANGE_LEN) || bytes / RANGE_LEN > u64::from(MAX_RANGES) {
         return ioerr("not 1 to 16 whole ranges");
     }
     let mut raw = [0u8; (RANGE_LEN * MAX_RANGES as u64) as usize];
