@@ -215,6 +215,34 @@ fn blk() {
     );
 }
 
+/// `test=garbage` with a disk attached: garbage into every register of the block function too,
+/// garbage queues, DRIVER_OK and kicks; the guest's own checks pass and the disk file, which no
+/// well-formed write ever reached, is unchanged.
+#[test]
+fn garbage_with_a_disk() {
+    let Some(elf) = guest_to_run() else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("canto-dg-garbage-{}.img", std::process::id()));
+    let before: Vec<u8> = (0..256u32 << 10).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&path, &before).unwrap();
+    let out = canto_args(&elf, "test=garbage", NULL_SOUND)
+        .arg("--disk")
+        .arg(&format!("path={},readonly=on", path.display()))
+        .timeout(Duration::from_secs(120))
+        .run();
+    print_run("test=garbage (with a disk)", &out);
+    let after = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_passed("garbage", &out);
+    assert!(
+        out.stdout.contains("(virtio type 2)"),
+        "the block function got its garbage: {}",
+        out.stdout
+    );
+    assert!(after == before, "a read-only disk file changed");
+}
+
 // ---- virtio-snd ----------------------------------------------------------------------------
 
 /// A file (WAV, raw capture) in the temp directory for one test, removed when dropped.
