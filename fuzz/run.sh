@@ -23,7 +23,7 @@ SECONDS_PER_TARGET=${1:?usage: run.sh SECONDS [TARGET...]}
 shift
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(snd_control snd_io pci_common_config)
+    TARGETS=(snd_control snd_io pci_common_config blk_requests)
 fi
 SANITIZER=${FUZZ_SANITIZER:-none}
 TIMEOUT=${FUZZ_TIMEOUT:-30}
