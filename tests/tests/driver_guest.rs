@@ -215,6 +215,29 @@ fn blk() {
     );
 }
 
+/// `test=blk ro=1` on a `readonly=on` disk: RO offered, the guest's write gets IOERR, FLUSH
+/// and reads work, and the file is untouched.
+#[test]
+fn blk_read_only() {
+    let Some(elf) = guest_to_run() else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("canto-dg-blk-ro-{}.img", std::process::id()));
+    let before: Vec<u8> = (0..64u32 << 10).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&path, &before).unwrap();
+    let disk = format!("path={},readonly=on,id=dg-disk", path.display());
+    let out = canto_args(&elf, "test=blk ro=1", NULL_SOUND)
+        .arg("--disk")
+        .arg(&disk)
+        .run();
+    print_run("test=blk ro=1", &out);
+    let after = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_passed("blk", &out);
+    out.expect_line("DG write to a read-only disk: status 1, used len 1");
+    assert!(after == before, "the read-only disk file changed");
+}
+
 /// `test=garbage` with a disk attached: garbage into every register of the block function too,
 /// garbage queues, DRIVER_OK and kicks; the guest's own checks pass and the disk file, which no
 /// well-formed write ever reached, is unchanged.

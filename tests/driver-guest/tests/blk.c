@@ -72,6 +72,23 @@ static void expect(u32 type, u64 sector, u8 *buf, u32 len, bool device_writes, u
     dg_log("%s: status %u, used len %u", what, status, used);
 }
 
+/* ro=1: the disk is read-only (--disk ...,readonly=on): RO offered, a write IOERR, a read OK,
+ * FLUSH OK. */
+static void blk_read_only(void)
+{
+    if (!(blk.device_features & VIRTIO_BLK_F_RO))
+        dg_fail("a readonly=on disk does not offer VIRTIO_BLK_F_RO (features 0x%lx)", blk.device_features);
+    for (u32 i = 0; i < sizeof(data); i++)
+        data[i] = 0xee;
+    expect(VIRTIO_BLK_T_OUT, BLK_TEST_SECTOR, data, sizeof(data), false, VIRTIO_BLK_S_IOERR, 1,
+           "write to a read-only disk");
+    expect(VIRTIO_BLK_T_FLUSH, 0, 0, 0, false, VIRTIO_BLK_S_OK, 1, "flush");
+    memset(back, 0, sizeof(back));
+    expect(VIRTIO_BLK_T_IN, BLK_TEST_SECTOR, back, sizeof(back), true, VIRTIO_BLK_S_OK, 513, "read");
+    if (memcmp(back, data, sizeof(data)) == 0)
+        dg_fail("the refused write reached the disk");
+}
+
 void test_blk(void)
 {
     DG_CHECK(virtio_probe(&blk, BLK_DEVICE_ID));
@@ -84,6 +101,11 @@ void test_blk(void)
            capacity, blk_size);
     if (!(blk.driver_features & VIRTIO_BLK_F_FLUSH))
         dg_fail("the device does not offer VIRTIO_BLK_F_FLUSH (features 0x%lx)", blk.device_features);
+    char arg[8];
+    if (cmdline_get(dg_cmdline, "ro", arg, sizeof(arg)) && arg[0] == '1') {
+        blk_read_only();
+        return;
+    }
     if (blk.device_features & VIRTIO_BLK_F_RO)
         dg_fail("a writable disk offers VIRTIO_BLK_F_RO");
     if (capacity <= BLK_TEST_SECTOR)
