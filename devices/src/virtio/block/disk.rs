@@ -7,10 +7,15 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::virtio::chain::Segment;
+
+/// The most bytes one host I/O call moves. Between calls the worker checks whether the device is
+/// being reset, so a reset waits for at most this much I/O, however large the guest's request.
+pub const IO_CHUNK: usize = 1 << 20;
 
 /// The unit of the virtio-blk protocol: sectors are always 512 bytes (VIRTIO 1.2 §5.2.6).
 pub const SECTOR_SIZE: u64 = 512;
@@ -189,8 +194,9 @@ impl DiskFile {
         mem: &GuestMemoryMmap,
         offset: u64,
         into: &[Segment],
+        stop: &AtomicBool,
     ) -> Result<u64, (u64, io::Error)> {
-        self.vectored(mem, offset, into, Direction::Read)
+        self.vectored(mem, offset, into, Direction::Read, stop)
     }
 
     /// Writes the guest ranges `from` to the file at `offset`, all of them.
@@ -199,8 +205,9 @@ impl DiskFile {
         mem: &GuestMemoryMmap,
         offset: u64,
         from: &[Segment],
+        stop: &AtomicBool,
     ) -> Result<(), io::Error> {
-        self.vectored(mem, offset, from, Direction::Write)
+        self.vectored(mem, offset, from, Direction::Write, stop)
             .map(|_| ())
             .map_err(|(_, e)| e)
     }
@@ -225,7 +232,13 @@ impl DiskFile {
 
     /// Makes `[offset, offset + len)` read as zeros (WRITE_ZEROES), deallocating it if `unmap`:
     /// a zero range or a punched hole, or zeros written where the file system has neither.
-    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+    pub fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+        stop: &AtomicBool,
+    ) -> io::Result<()> {
         let keep = libc::FALLOC_FL_KEEP_SIZE;
         let modes = if unmap {
             [
@@ -247,6 +260,9 @@ impl DiskFile {
         let zeros = vec![0u8; 64 * 1024];
         let mut at = 0;
         while at < len {
+            if stop.load(Ordering::Acquire) {
+                return Err(stopped());
+            }
             let n = (len - at).min(zeros.len() as u64) as usize;
             std::os::unix::fs::FileExt::write_all_at(&self.file, &zeros[..n], offset + at)?;
             at += n as u64;
@@ -278,6 +294,7 @@ impl DiskFile {
         offset: u64,
         ranges: &[Segment],
         direction: Direction,
+        stop: &AtomicBool,
     ) -> Result<u64, (u64, io::Error)> {
         // The host addresses of the ranges. Each was checked to lie in guest RAM when its chain
         // was walked; a range across two memory regions gives two slices.
@@ -294,12 +311,30 @@ impl DiskFile {
         let total: u64 = iovecs.iter().map(|v| v.iov_len as u64).sum();
         let mut done = 0u64;
         let mut first = 0usize;
+        let mut batch: Vec<libc::iovec> = Vec::with_capacity(iovecs.len().min(64));
         while first < iovecs.len() {
+            if stop.load(Ordering::Acquire) {
+                return Err((done, stopped()));
+            }
             let Ok(at) = i64::try_from(offset + done) else {
                 return Err((done, io::Error::from_raw_os_error(libc::EINVAL)));
             };
-            let pending = &iovecs[first..];
-            let count = pending.len().min(libc::UIO_MAXIOV as usize) as i32;
+            // At most IO_CHUNK bytes in at most UIO_MAXIOV vectors per call.
+            batch.clear();
+            let mut room = IO_CHUNK;
+            for v in iovecs[first..].iter().take(libc::UIO_MAXIOV as usize) {
+                if room == 0 {
+                    break;
+                }
+                let len = v.iov_len.min(room);
+                batch.push(libc::iovec {
+                    iov_base: v.iov_base,
+                    iov_len: len,
+                });
+                room -= len;
+            }
+            let pending = &batch[..];
+            let count = pending.len() as i32;
             // SAFETY: every iovec points into guest RAM, which `mem` keeps mapped for this whole
             // call (the ranges were checked to lie in it); the kernel reads or writes at most
             // `iov_len` bytes at each. The guest may touch the same bytes meanwhile: that is the
@@ -344,6 +379,11 @@ impl DiskFile {
         debug_assert_eq!(done, total);
         Ok(done)
     }
+}
+
+/// The error of I/O cut short by a reset (nobody sees its status).
+fn stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "the device is being reset")
 }
 
 #[derive(Clone, Copy)]

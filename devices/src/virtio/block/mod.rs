@@ -56,9 +56,11 @@ const CHAIN_LIMITS: ChainLimits = ChainLimits {
     max_bytes: u32::MAX as u64,
     indirect: false,
 };
-/// How long a reset waits for the worker to finish the request it is carrying out. A disk file
-/// that blocks longer (a hung network file system) is left to its thread, which completes
-/// nothing once the device was reset; only that request's data may still land in its buffer.
+/// How long a reset waits for the worker to end. The worker checks for a reset between host
+/// I/O calls of at most [`disk::IO_CHUNK`] bytes, so a reset waits for one such call, not for a
+/// guest's whole request. A disk file that blocks longer (a hung network file system) is left to
+/// its thread, which completes nothing once the device was reset; only that call's data may
+/// still land in its buffer.
 pub const RESET_WAIT: Duration = Duration::from_secs(5);
 /// The size of the configuration space (`struct virtio_blk_config` up to the secure-erase
 /// fields, §5.2.4).
@@ -307,7 +309,7 @@ fn serve_queue(queue: &DeviceQueue, disk: &DiskFile, features: RequestFeatures, 
                 return;
             }
             let len = match &walk.result {
-                Ok(chain) => request::serve(queue.mem(), disk, features, chain),
+                Ok(chain) => request::serve(queue.mem(), disk, features, chain, &shared.stopping),
                 // The walk refused the chain: not even its status byte can be trusted.
                 Err(e) => {
                     log::debug!("virtio-blk: request {} refused: {e}", walk.head);

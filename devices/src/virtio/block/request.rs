@@ -8,6 +8,8 @@
 //! length 0; a malformed or out-of-range one gets IOERR; a type it does not know (or a feature
 //! the driver did not negotiate) gets UNSUPP.
 
+use std::sync::atomic::AtomicBool;
+
 use vm_memory::GuestMemoryMmap;
 
 use crate::virtio::chain::{ChainBuffers, Segments};
@@ -50,12 +52,14 @@ pub struct RequestFeatures {
 }
 
 /// Serves one walked request; returns the used length: the bytes the device wrote into the
-/// chain (data and the status byte), or 0 when it has no writable byte for a status.
+/// chain (data and the status byte), or 0 when it has no writable byte for a status. Long I/O
+/// stops early once `stop` is set (a reset: nobody sees the answer).
 pub fn serve(
     mem: &GuestMemoryMmap,
     disk: &DiskFile,
     features: RequestFeatures,
     chain: &ChainBuffers,
+    stop: &AtomicBool,
 ) -> u32 {
     let Some(status_at) = chain.writable.len().checked_sub(1) else {
         log::debug!(
@@ -64,7 +68,7 @@ pub fn serve(
         );
         return 0;
     };
-    let (status, written) = execute(mem, disk, features, chain);
+    let (status, written) = execute(mem, disk, features, chain, stop);
     if let Err(e) = chain.writable.write_at(mem, status_at, &[status]) {
         // Checked to lie in RAM by the walk; nothing the guest did can make this fail.
         log::debug!(
@@ -83,6 +87,7 @@ fn execute(
     disk: &DiskFile,
     features: RequestFeatures,
     chain: &ChainBuffers,
+    stop: &AtomicBool,
 ) -> (u8, u64) {
     let ioerr = |why: &str| {
         log::debug!("virtio-blk: request {}: {why}: IOERR", chain.head);
@@ -112,7 +117,7 @@ fn execute(
             let Some(pieces) = chain.writable.pieces(0, data_in) else {
                 return ioerr("data buffers");
             };
-            match disk.read_into(mem, offset, &pieces) {
+            match disk.read_into(mem, offset, &pieces, stop) {
                 Ok(n) => (VIRTIO_BLK_S_OK, n),
                 Err((n, e)) => {
                     crate::warn_limited!("virtio-blk: reading '{}': {e}", disk.path().display());
@@ -133,7 +138,7 @@ fn execute(
             let Some(pieces) = readable.pieces(HEADER_LEN, data_out) else {
                 return ioerr("data buffers");
             };
-            let result = disk.write_from(mem, offset, &pieces).and_then(|()| {
+            let result = disk.write_from(mem, offset, &pieces, stop).and_then(|()| {
                 if features.writethrough {
                     disk.sync_data()
                 } else {
@@ -173,7 +178,7 @@ fn execute(
             if data_in != 0 {
                 return ioerr("ranges with device-writable data");
             }
-            ranges(mem, disk, readable, discard, chain.head)
+            ranges(mem, disk, readable, discard, chain.head, stop)
         }
         other => {
             log::debug!("virtio-blk: request {}: unknown type {other}", chain.head);
@@ -208,6 +213,7 @@ fn ranges(
     readable: &Segments,
     discard: bool,
     head: u16,
+    stop: &AtomicBool,
 ) -> (u8, u64) {
     let bytes = readable.len() - HEADER_LEN;
     let ioerr = |why: &str| {
@@ -246,7 +252,7 @@ fn ranges(
         let result = if discard {
             disk.discard(offset, len)
         } else {
-            disk.write_zeroes(offset, len, unmap)
+            disk.write_zeroes(offset, len, unmap, stop)
         };
         if result.is_err() {
             return host_result(disk, if discard { "discarding" } else { "zeroing" }, result);

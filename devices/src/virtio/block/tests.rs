@@ -13,6 +13,9 @@ use super::*;
 use crate::virtio::test_utils::{Desc, DriverQueue, GuestRam, InterruptRecorder};
 use crate::virtio::{ActiveQueue, VirtioDevice};
 
+/// The test guest's RAM.
+const RAM: u64 = 0x100_0000;
+
 /// Sectors in the test disk; sector `s` holds bytes `(s * 7 + i) as u8`.
 const SECTORS: u64 = 64;
 
@@ -85,7 +88,7 @@ impl Rig {
 
     /// `features`: what the driver accepts (default: everything offered).
     fn with_features(disk: &TempDisk, readonly: bool, features: Option<u64>) -> Rig {
-        let ram = GuestRam::new(0x40_0000, 0x1_0000);
+        let ram = GuestRam::new(RAM, 0x1_0000);
         let driver = DriverQueue::at(0, 16);
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
         let interrupt = Arc::new(InterruptRecorder::default());
@@ -203,6 +206,57 @@ fn reads_sectors_with_the_data_length_as_used_len() {
     assert_eq!((used, status), (513, VIRTIO_BLK_S_OK));
     assert_eq!(data, pattern(SECTORS - 1));
     assert!(rig.interrupt.count(0) >= 1);
+}
+
+/// A request of several host I/O calls (`IO_CHUNK` each, the last call's vector cut inside a
+/// descriptor) moves every byte, both ways.
+#[test]
+fn requests_larger_than_one_host_call_move_every_byte() {
+    let sectors = 8 << 11; // 8 MiB
+    let disk = TempDisk::new("large", sectors * SECTOR_SIZE);
+    let mut rig = Rig::start(&disk, false);
+    let len = 3 * disk::IO_CHUNK as u64 + 512;
+    let first = (disk::IO_CHUNK + disk::IO_CHUNK / 2) as u32;
+    let h = rig.ram.alloc_with(&header(VIRTIO_BLK_T_IN, 1));
+    let a = rig.ram.alloc(u64::from(first));
+    let b = rig.ram.alloc(len - u64::from(first));
+    let st = rig.status();
+    let (used, status) = rig.submit(
+        &[
+            Desc::readable(h, 16),
+            Desc::writable(a, first),
+            Desc::writable(b, (len - u64::from(first)) as u32),
+            Desc::writable(st, 1),
+        ],
+        Some(st),
+    );
+    assert_eq!((used, status), (len as u32 + 1, Some(VIRTIO_BLK_S_OK)));
+    let file = disk.contents();
+    let want = &file[512..512 + len as usize];
+    let got = [
+        rig.read(a, first as usize),
+        rig.read(b, (len - u64::from(first)) as usize),
+    ]
+    .concat();
+    assert!(got == want, "the read differs from the file");
+    // The same bytes, written back one sector further on.
+    let h = rig.ram.alloc_with(&header(VIRTIO_BLK_T_OUT, 2));
+    let st = rig.status();
+    let (used, status) = rig.submit(
+        &[
+            Desc::readable(h, 16),
+            Desc::readable(a, first),
+            Desc::readable(b, (len - u64::from(first)) as u32),
+            Desc::writable(st, 1),
+        ],
+        Some(st),
+    );
+    assert_eq!((used, status), (1, Some(VIRTIO_BLK_S_OK)));
+    let file = disk.contents();
+    assert!(
+        &file[1024..1024 + len as usize] == want,
+        "the write differs"
+    );
 }
 
 #[test]
@@ -401,7 +455,7 @@ fn a_request_without_a_writable_status_byte_comes_back_empty() {
         &[
             Desc::readable(h, 16),
             Desc::readable(d, 512),
-            Desc::writable(0x40_0000, 1),
+            Desc::writable(RAM, 1),
         ],
         None,
     );
