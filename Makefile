@@ -6,7 +6,7 @@ CARGO ?= cargo
 GUEST := target/guest
 CANTO := target/release/canto
 
-.PHONY: all deps build guest demo test check unit guest-tests bench fuzz clean
+.PHONY: all deps build guest demo test check unit guest-tests bench fuzz soak clean
 
 all: build
 
@@ -39,11 +39,13 @@ test: deps guest check
 	$(MAKE) fuzz-smoke
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 
-# Fuzzing (docs/fuzzing.md): each cargo-fuzz target in fuzz/ for FUZZ_SECONDS, one after another,
-# on stable Rust (RUSTC_BOOTSTRAP=1, set by fuzz/run.sh); prints executions and crashes per target.
+# Fuzzing (docs/fuzzing.md): each cargo-fuzz target in fuzz/ for FUZZ_SECONDS, or until FUZZ_RUNS
+# executions if set, one after another, on stable Rust (RUSTC_BOOTSTRAP=1, set by fuzz/run.sh),
+# each input limited to FUZZ_TIMEOUT seconds (default 2); prints executions, crashes and timeouts
+# per target.
 FUZZ_SECONDS ?= 300
 fuzz:
-	bash fuzz/run.sh $(FUZZ_SECONDS)
+	bash fuzz/run.sh $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS),$(FUZZ_SECONDS))
 
 # A short run of every target (20 s each), for make test.
 .PHONY: fuzz-smoke
@@ -56,6 +58,17 @@ fuzz-smoke:
 bench: build
 	@if [ -z "$$BENCH_QUICK" ] && [ -z "$$BENCH_NO_LINUX" ]; then $(MAKE) guest; fi
 	bash resources/bench/run.sh
+
+# Soak (docs/soak.md), not part of make test: SOAK_MINUTES (default 60) of the driver-guest's
+# `soak` mode, which floods every virtio-snd and virtio-rng queue while one stream plays; canto's
+# VmRSS and CPU every SOAK_INTERVAL s (default 60) -> target/soak/soak.csv. Fails if VmRSS grows
+# more than 1 MiB after the 2-minute warm-up, CPU goes over 1.5 cores in any interval or the log
+# grows more than 64 KiB. A quick check: make soak SOAK_MINUTES=3 SOAK_INTERVAL=20. More settings:
+# resources/soak.sh.
+SOAK_MINUTES ?= 60
+SOAK_INTERVAL ?= 60
+soak: build
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_INTERVAL=$(SOAK_INTERVAL) bash resources/soak.sh
 
 clean:
 	$(CARGO) clean

@@ -152,8 +152,8 @@ impl OutputStream for UnpacedOutput {
         Ok(self.period.len() - filled)
     }
 
-    fn flush_bytes(&mut self, _len: usize) -> Result<(), BackendError> {
-        Ok(())
+    fn flush_bytes(&mut self, len: usize, _deadline: Instant) -> Result<usize, BackendError> {
+        Ok(len)
     }
 
     fn latency_bytes(&mut self) -> u32 {

@@ -1,5 +1,6 @@
-//! The report: one markdown table (printed and written to target/bench/report.md) and an SVG
-//! plot of per-period times, written by hand.
+//! The report every section fills: one markdown table, what was skipped and why, and notes
+//! (printed, and written to target/bench/report.md); and the SVG plot of per-period times,
+//! written by hand.
 
 use std::fmt::Write as _;
 
@@ -48,6 +49,72 @@ impl Table {
                     "| {} | {} | {} | {} | {} | {} |",
                     r.figure, r.canto, r.qemu, r.ratio, r.target, r.note
                 );
+            }
+        }
+        out
+    }
+}
+
+/// What one run of the harness found: the table, in section order, and the lists under it.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub table: Table,
+    /// What did not run, with the reason.
+    pub skipped: Vec<String>,
+    /// Failures and observations that are not figures.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// Starts a new section of the table; the rows that follow go into it.
+    pub fn section(&mut self, title: &str) {
+        self.table.section(title);
+    }
+
+    pub fn row(&mut self, row: Row) {
+        self.table.row(row);
+    }
+
+    pub fn skip(&mut self, why: impl Into<String>) {
+        self.skipped.push(why.into());
+    }
+
+    pub fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+
+    /// What the harness prints at the end: the table, then the skipped list and the notes.
+    pub fn console(&self) -> String {
+        let mut out = format!("\n{}\n", self.table.markdown());
+        if !self.skipped.is_empty() {
+            out.push_str("Skipped:\n");
+            for s in &self.skipped {
+                let _ = writeln!(out, "- {s}");
+            }
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "Note: {n}");
+        }
+        out
+    }
+
+    /// target/bench/report.md: a title, `host` (the list host::summary gives), the table, how to
+    /// read it, then the skipped list and the notes.
+    pub fn markdown(&self, host: &str) -> String {
+        let mut out = String::from("# Canto benchmark report\n\n");
+        out.push_str(host);
+        out.push_str(&self.table.markdown());
+        out.push_str("\nTimes are medians (min–max, n runs) measured in this one run; ratios are QEMU ÷ Canto of the medians (above 1: Canto is faster or smaller). See docs/benchmarks.md for what each figure means.\n\n![per-period times](pacing.svg)\n");
+        if !self.skipped.is_empty() {
+            out.push_str("\n## Skipped\n\n");
+            for s in &self.skipped {
+                let _ = writeln!(out, "- {s}");
+            }
+        }
+        if !self.notes.is_empty() {
+            out.push_str("\n## Notes\n\n");
+            for n in &self.notes {
+                let _ = writeln!(out, "- {n}");
             }
         }
         out
@@ -262,6 +329,21 @@ mod tests {
         let q = Summary::of(&[4.0]);
         assert_eq!(fmt_ratio(c, q), "2.00×");
         assert_eq!(fmt_summary(c, 1e3, "ms", 0), "2000 ms (1000–3000, n=3)");
+        let mut report = Report::default();
+        report.section("boot");
+        report.row(Row {
+            figure: "y".into(),
+            ..Row::default()
+        });
+        report.skip("QEMU: not found");
+        report.note("a run failed");
+        let md = report.markdown("- host: here\n\n");
+        assert!(md.starts_with("# Canto benchmark report\n\n- host: here\n\n| figure |"));
+        assert!(md.contains("| **boot** | | | | | |\n| y |"));
+        assert!(md.contains("\n## Skipped\n\n- QEMU: not found\n"));
+        assert!(md.contains("\n## Notes\n\n- a run failed\n"));
+        let console = report.console();
+        assert!(console.contains("Skipped:\n- QEMU: not found\nNote: a run failed\n"));
         let svg = Plot {
             title: "t <1>",
             x_label: "x",

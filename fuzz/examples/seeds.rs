@@ -1,5 +1,6 @@
 //! Writes the seed corpora: `cargo run --example seeds -- [DIR]` (default `corpus`, relative to the
-//! fuzz/ directory) creates `DIR/<target>/<name>` for snd_control, snd_io and pci_common_config.
+//! fuzz/ directory) creates `DIR/<target>/<name>` for snd_control, snd_io, pci_common_config and
+//! rng.
 //! Every seed is a valid driver session in the target's input format (see each target's header
 //! and `canto_fuzz`), so the fuzzer starts from requests the device accepts: every control request
 //! code, valid SET_PARAMS, TX and RX messages, and a full virtio-pci bring-up.
@@ -7,7 +8,13 @@
 use std::path::{Path, PathBuf};
 
 use canto_devices::virtio::snd::wire::*;
-use canto_fuzz::{encode_chain, DescSpec, ParamsChoice, Writer, DATA_START, MEM_SIZE};
+use canto_fuzz::{
+    encode_chain, encode_chain_with, raw_descs, DescSpec, IndirectShape, ParamsChoice, Writer,
+    DATA_START, MEM_SIZE,
+};
+use virtio_bindings::bindings::virtio_ring::{
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 
 /// S16 (index 2 in PcmFormat::ALL) stereo at 48 kHz (rate index 6), 48-frame (1 ms) periods,
 /// 4 periods per buffer: 192-byte periods.
@@ -70,6 +77,128 @@ impl Out {
         std::fs::write(dir.join(name), bytes).expect("write seed");
         self.count += 1;
     }
+}
+
+// ----- indirect descriptors, for every target -----
+
+const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+
+/// A chain layout with indirect descriptors somewhere, and the payload it goes with (the
+/// payload's bytes are an indirect table when a payload descriptor has the INDIRECT flag).
+struct IndirectCase {
+    name: &'static str,
+    payload: Vec<u8>,
+    descs: Vec<(DescSpec, bool)>,
+    shape: Option<IndirectShape>,
+}
+
+/// Every shape of indirect descriptor no device may follow (none offers
+/// VIRTIO_F_INDIRECT_DESC): the whole chain in a table of the exact, a longer, a shorter, an odd,
+/// zero and a 65535- or 65536-entry length, or with NEXT on the ring's descriptor; a nested
+/// indirect descriptor; the payload as a table of well-formed or indirect entries; a table
+/// outside RAM or across its end; an indirect descriptor with NEXT in the middle of a chain.
+/// `readable` is the request the device reads (empty for virtio-rng), `writable` its response.
+fn indirect_cases(request: &[u8], writable: u16) -> Vec<IndirectCase> {
+    let plain = |payload: &[u8]| {
+        let mut descs = Vec::new();
+        if !payload.is_empty() {
+            descs.push((DescSpec::Payload(payload.len() as u16), false));
+        }
+        descs.push((DescSpec::Writable(writable), false));
+        descs
+    };
+    let whole = |name, shape: u8| IndirectCase {
+        name,
+        payload: request.to_vec(),
+        descs: plain(request),
+        shape: Some(IndirectShape(shape)),
+    };
+    let table = raw_descs(&[
+        (DATA_START + 0x4_0000, 64, WRITE | NEXT, 1),
+        (DATA_START + 0x4_1000, 64, WRITE, 0),
+    ]);
+    let nested_table = raw_descs(&[(DATA_START + 0x4_0000, 32, INDIRECT, 0)]);
+    let with_table = |name, payload: Vec<u8>| IndirectCase {
+        name,
+        descs: vec![(DescSpec::Payload(payload.len() as u16), true)],
+        payload,
+        shape: None,
+    };
+    let mut cases = vec![
+        whole("exact", 0),
+        whole("longer", 1 | 3 << 2),
+        whole("shorter", 2 | 8 << 2),
+        whole("odd", 1 | 1 << 2),
+        whole("zero", 3),
+        whole("entries_65535", 3 | 1 << 2),
+        whole("entries_65536", 3 | 2 << 2),
+        whole("u32_max", 3 | 3 << 2),
+        whole("with_next", 0x80),
+        with_table("payload_table", table.clone()),
+        with_table("payload_nested_table", nested_table),
+    ];
+    // Nested: the chain's own table holds an indirect descriptor (the payload as its table).
+    let mut nested = plain(request);
+    nested[0].1 = true;
+    cases.push(IndirectCase {
+        name: "nested",
+        payload: if request.is_empty() {
+            table.clone()
+        } else {
+            request.to_vec()
+        },
+        descs: if request.is_empty() {
+            vec![(DescSpec::Payload(table.len() as u16), true)]
+        } else {
+            nested
+        },
+        shape: Some(IndirectShape(0)),
+    });
+    let mut mid = plain(request);
+    mid.insert(
+        mid.len() - 1,
+        (
+            DescSpec::Anywhere {
+                addr: DATA_START,
+                len: 16 * 65535,
+                write: false,
+            },
+            true,
+        ),
+    );
+    cases.push(IndirectCase {
+        name: "huge_table_mid_chain",
+        payload: request.to_vec(),
+        descs: mid,
+        shape: None,
+    });
+    for (name, addr, len) in [
+        ("table_outside_ram", 0xffff_ffff_ffff_0000u64, 32u32),
+        ("table_across_ram_end", MEM_SIZE - 16, 32),
+        ("table_odd_len", DATA_START, 17),
+    ] {
+        let mut descs = plain(request);
+        descs.insert(
+            0,
+            (
+                DescSpec::Anywhere {
+                    addr,
+                    len,
+                    write: false,
+                },
+                true,
+            ),
+        );
+        cases.push(IndirectCase {
+            name,
+            payload: request.to_vec(),
+            descs,
+            shape: None,
+        });
+    }
+    cases
 }
 
 // ----- snd_control -----
@@ -204,6 +333,15 @@ fn snd_control(out: &mut Out) {
         true,
     );
     out.put(t, "indirect_and_loop", &w.out);
+
+    // Every shape of indirect descriptor, each followed by a well-formed request.
+    let mut w = header(topo(1, 1, 0), 0);
+    for case in indirect_cases(&req, 68) {
+        w.u8(0).u8(case.payload.len() as u8).bytes(&case.payload);
+        encode_chain_with(&mut w, &case.descs, case.shape, false);
+        simple_request(&mut w, &pcm_hdr(R_PCM_PREPARE, 0), 4);
+    }
+    out.put(t, "indirect_shapes", &w.out);
 
     // Responses that cannot be written: read-only, too short, outside RAM, straddling its end;
     // requests outside RAM.
@@ -551,6 +689,51 @@ fn snd_io(out: &mut Out) {
         true,
     );
     out.put(t, "indirect_and_loop", &w.out);
+
+    // Every shape of indirect descriptor as a raw control request, then TX and RX messages
+    // with indirect descriptors, then a well-formed message each.
+    let mut w = io_header(one_one, &[S16_48K_1MS, S16_48K_1MS], 0b11);
+    let req = query(R_PCM_INFO, 0, 2, 32);
+    for case in indirect_cases(&req, 68) {
+        w.u8(7).u8(case.payload.len() as u8).bytes(&case.payload);
+        encode_chain_with(&mut w, &case.descs, case.shape, false);
+    }
+    for shape in [0, 1 | 1 << 2, 3 | 1 << 2, 0x80] {
+        w.u8(0).u8(0).u16(192);
+        encode_chain_with(
+            &mut w,
+            &[
+                (DescSpec::Payload(4), false),
+                (DescSpec::Payload(192), false),
+                (DescSpec::Writable(8), false),
+            ],
+            Some(IndirectShape(shape)),
+            false,
+        );
+        w.u8(1).u8(1);
+        encode_chain_with(
+            &mut w,
+            &[
+                (DescSpec::Payload(4), false),
+                (DescSpec::Writable(200), false),
+            ],
+            Some(IndirectShape(shape)),
+            false,
+        );
+    }
+    for flagged in 0..3 {
+        w.u8(0).u8(0).u16(192);
+        let mut descs = vec![
+            (DescSpec::Payload(4), false),
+            (DescSpec::Payload(192), false),
+            (DescSpec::Writable(8), false),
+        ];
+        descs[flagged].1 = true;
+        encode_chain_with(&mut w, &descs, None, false);
+    }
+    tx_simple(&mut w, 0, 192);
+    rx_simple(&mut w, 1, 192);
+    out.put(t, "indirect_shapes", &w.out);
 }
 
 // ----- pci_common_config -----
@@ -713,6 +896,162 @@ fn pci(out: &mut Out) {
     out.put(t, "bar_moves_and_cfg_window", &w.out);
 }
 
+// ----- rng -----
+
+/// A request of the rng target (op 0, kicked unless `deferred`) with the given layout.
+fn rng_request(w: &mut Writer, payload: &[u8], descs: &[DescSpec], deferred: bool) {
+    w.u8(if deferred { 0x80 } else { 0 })
+        .u8(payload.len() as u8)
+        .bytes(payload);
+    encode_chain(w, descs, false, false);
+}
+
+/// A raw descriptor in slot `slot`, made available and kicked (rng op 7).
+fn rng_raw(w: &mut Writer, slot: u8, addr: u64, len: u32, flags: u16, next: u16) {
+    w.u8(7).u8(slot).u64(addr).u32(len).u16(flags).u16(next);
+}
+
+fn rng(out: &mut Out) {
+    let t = "rng";
+    // Well-formed requests: one buffer, several, the 64 KiB cap, with and without EVENT_IDX.
+    for (name, flags) in [("requests", 0u8), ("requests_event_idx", 1)] {
+        let mut w = Writer::new();
+        w.u8(flags);
+        rng_request(&mut w, &[], &[DescSpec::Writable(64)], false);
+        rng_request(&mut w, &[], &[DescSpec::Writable(1)], false);
+        rng_request(
+            &mut w,
+            &[],
+            &[DescSpec::Writable(16), DescSpec::Writable(4096)],
+            false,
+        );
+        rng_request(
+            &mut w,
+            &[],
+            &[DescSpec::Writable(u16::MAX), DescSpec::Writable(u16::MAX)],
+            false,
+        );
+        rng_request(&mut w, &[], &[DescSpec::Writable(4096); 16], false);
+        rng_request(&mut w, &[], &[DescSpec::Writable(0)], false);
+        // Deferred, then one kick for all.
+        for _ in 0..4 {
+            rng_request(&mut w, &[], &[DescSpec::Writable(32)], true);
+        }
+        w.u8(3);
+        out.put(t, name, &w.out);
+    }
+
+    // Malformed: a read-only buffer, readable after writable, outside RAM, across its end,
+    // 17 descriptors, a loop, a wild next.
+    let mut w = Writer::new();
+    w.u8(0);
+    rng_request(&mut w, &[1, 2, 3, 4], &[DescSpec::Payload(4)], false);
+    rng_request(
+        &mut w,
+        &[1, 2, 3, 4],
+        &[DescSpec::Writable(8), DescSpec::Payload(4)],
+        false,
+    );
+    rng_request(
+        &mut w,
+        &[],
+        &[DescSpec::Anywhere {
+            addr: MEM_SIZE,
+            len: 64,
+            write: true,
+        }],
+        false,
+    );
+    rng_request(
+        &mut w,
+        &[],
+        &[DescSpec::Anywhere {
+            addr: u64::MAX - 7,
+            len: 64,
+            write: true,
+        }],
+        false,
+    );
+    rng_request(
+        &mut w,
+        &[],
+        &[DescSpec::RamEnd {
+            len: 64,
+            write: true,
+        }],
+        false,
+    );
+    rng_request(&mut w, &[], &[DescSpec::Writable(8); 16], false);
+    // 16 + 2 repeats of the last: 18 descriptors.
+    w.u8(0).u8(0).u8(0x1f);
+    for _ in 0..16 {
+        w.u8(1).u16(8);
+    }
+    w.u8(1);
+    w.u8(0).u8(0);
+    encode_chain(&mut w, &[DescSpec::Writable(8); 3], false, true);
+    w.u8(0)
+        .u8(0)
+        .u8(0x81)
+        .u8(1)
+        .u16(8)
+        .u8(1)
+        .u16(8)
+        .u8(0)
+        .u16(200);
+    rng_request(&mut w, &[], &[DescSpec::Writable(64)], false);
+    out.put(t, "malformed", &w.out);
+
+    // Every shape of indirect descriptor, each followed by a well-formed request.
+    let mut w = Writer::new();
+    w.u8(1);
+    for case in indirect_cases(&[], 64) {
+        w.u8(0).u8(case.payload.len() as u8).bytes(&case.payload);
+        encode_chain_with(&mut w, &case.descs, case.shape, false);
+        rng_request(&mut w, &[], &[DescSpec::Writable(64)], false);
+    }
+    out.put(t, "indirect_shapes", &w.out);
+    for case in indirect_cases(&[], 64) {
+        let mut w = Writer::new();
+        w.u8(0)
+            .u8(0)
+            .u8(case.payload.len() as u8)
+            .bytes(&case.payload);
+        encode_chain_with(&mut w, &case.descs, case.shape, false);
+        rng_request(&mut w, &[], &[DescSpec::Writable(64)], false);
+        out.put(t, &format!("indirect_{}", case.name), &w.out);
+    }
+
+    // One 65535-entry indirect table behind every head of the ring (the walk must not follow
+    // it), a ring's worth and then one more than a ring's worth (a broken ring), then a reset
+    // and a request.
+    let mut w = Writer::new();
+    w.u8(0);
+    rng_raw(&mut w, 0, DATA_START, 16 * 65535, INDIRECT, 0);
+    w.u8(5).u8(0).u8(254);
+    rng_raw(&mut w, 1, DATA_START, 16 * 65535, INDIRECT, 0);
+    w.u8(0x85).u8(1).u8(255);
+    w.u8(5).u8(1).u8(1);
+    w.u8(6).u8(1);
+    rng_request(&mut w, &[], &[DescSpec::Writable(64)], false);
+    out.put(t, "one_table_many_heads", &w.out);
+
+    // Raw descriptors: well-formed, chained to each other, out-of-range next, then resets.
+    let mut w = Writer::new();
+    w.u8(0);
+    rng_raw(&mut w, 9, DATA_START + 0x1000, 128, WRITE, 0);
+    rng_raw(&mut w, 10, DATA_START + 0x2000, 128, WRITE | NEXT, 11);
+    rng_raw(&mut w, 12, DATA_START + 0x3000, 128, WRITE | NEXT, 0xffff);
+    rng_request(&mut w, &[], &[DescSpec::Writable(64)], true);
+    w.u8(6).u8(1);
+    rng_request(&mut w, &[], &[DescSpec::Writable(64)], false);
+    w.u8(5).u8(0).u8(3);
+    w.u8(4).u8(1).u16(300);
+    w.u8(3);
+    w.u8(6).u8(0);
+    rng_request(&mut w, &[], &[DescSpec::Writable(64)], false);
+    out.put(t, "raw_descriptors_and_resets", &w.out);
+
 /// blk_requests: a write, a flush, a read back, GET_ID, ranges, refusals, a reset in flight.
 fn blk(out: &mut Out) {
     let t = "blk_requests";
@@ -779,6 +1118,7 @@ fn main() {
     snd_control(&mut out);
     snd_io(&mut out);
     pci(&mut out);
+    rng(&mut out);
     blk(&mut out);
     println!("wrote {} seeds under {}", out.count, out.dir.display());
 }

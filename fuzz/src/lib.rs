@@ -225,6 +225,37 @@ pub struct ChainOpts {
     pub loop_back: bool,
     /// Descriptor `.0` gets NEXT and next index `.1`, whatever it points at.
     pub wild_next: Option<(u8, u16)>,
+    /// With `indirect`: the length and flags of the ring's INDIRECT descriptor (see
+    /// [`IndirectShape`]).
+    pub table: IndirectShape,
+}
+
+/// How the ring's descriptor for an indirect table is written: the table's length may be exact
+/// (16 bytes per descriptor written), longer, shorter, not a multiple of 16, zero or huge, and the
+/// descriptor may also carry NEXT (both forbidden by VIRTIO 1.2 §2.7.5.3.1).
+///
+/// Format (one input byte `t`), with `k = (t >> 2) & 0x1f`: `t & 3` = 0: exact; 1: exact plus
+/// `k` bytes; 2: exact minus `k` bytes (down to 0); 3: `[0, 16 * 65535, 16 * 65536,
+/// u32::MAX][k & 3]`. `t & 0x80`: the ring descriptor also has NEXT, to the slot after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndirectShape(pub u8);
+
+impl IndirectShape {
+    /// The table length the ring descriptor announces for `n` descriptors written.
+    pub fn len(self, n: usize) -> u32 {
+        let exact = 16 * n as u32;
+        let k = u32::from(self.0 >> 2) & 0x1f;
+        match self.0 & 3 {
+            0 => exact,
+            1 => exact + k,
+            2 => exact.saturating_sub(k),
+            _ => [0, 16 * 65535, 16 * 65536, u32::MAX][(k & 3) as usize],
+        }
+    }
+
+    pub fn next(self) -> bool {
+        self.0 & 0x80 != 0
+    }
 }
 
 /// The driver's side of one split queue in guest RAM.
@@ -330,12 +361,16 @@ impl DriverQueue {
                 .map(|(i, d)| link(i, d, (i + 1) as u16))
                 .collect();
             self.write_descs(mem, table, 0, &linked);
-            let ring = Desc {
+            let mut ring = Desc {
                 addr: table,
-                len: (16 * n) as u32,
+                len: opts.table.len(n),
                 flags: VRING_DESC_F_INDIRECT as u16,
                 next: 0,
             };
+            if opts.table.next() {
+                ring.flags |= VRING_DESC_F_NEXT as u16;
+                ring.next = (head + 1) % self.size;
+            }
             self.write_descs(mem, self.desc, head, &[ring]);
             self.next_desc = (head + 1) % self.size;
         } else {
@@ -389,6 +424,26 @@ impl DriverQueue {
         u64::from(new)
     }
 
+    /// The used entries `(id, len)` added since the last call (counted like
+    /// [`DriverQueue::collect_used`]); at most a ring's worth, the rest only counted.
+    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+        let idx = self.used_idx(mem);
+        let new = idx.wrapping_sub(self.used_seen);
+        let shown = new.min(self.size);
+        let entries = (0..shown)
+            .map(|i| {
+                let slot = self.used_seen.wrapping_add(new - shown + i) % self.size;
+                let at = self.used + 4 + 8 * u64::from(slot);
+                let id: u32 = mem.read_obj(GuestAddress(at)).unwrap_or(u32::MAX);
+                let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap_or(u32::MAX);
+                (id, len)
+            })
+            .collect();
+        self.used_seen = idx;
+        self.returned += u64::from(new);
+        entries
+    }
+
     /// Chains made available and not (yet) returned.
     pub fn outstanding(&mut self, mem: &GuestMemoryMmap) -> i64 {
         self.collect_used(mem);
@@ -400,14 +455,21 @@ impl DriverQueue {
 /// "payload" descriptors cover consecutive pieces of it.
 ///
 /// Format: `u8 h` — `(h & 0x0f) + 1` descriptors follow; `0x10` repeat the last descriptor
-/// `2 * u8` more times; `0x20` indirect; `0x40` loop back to the first; `0x80` wild next
-/// (`u8 j, u16 next`). Each descriptor is `u8 k` then:
+/// `2 * u8` more times; `0x20` indirect (the chain in an indirect table, `u8` [`IndirectShape`]);
+/// `0x40` loop back to the first; `0x80` wild next (`u8 j, u16 next`). Each descriptor is `u8 k`
+/// then:
 /// - `k & 3 == 0`: readable, the next `u16` bytes of the payload;
 /// - `k & 3 == 1`: writable buffer of `u16` bytes (pre-filled with 0xAA);
 /// - `k & 3 == 2`: anywhere: `u64 addr, u32 len`, writable if `k & 4`;
-/// - `k & 3 == 3`: straddling the end of RAM: `u16 len`, writable if `k & 4`.
+/// - `k & 3 == 3`: straddling the end of RAM: `u16 len`, writable if `k & 4`;
 ///
-/// Trailing fields come after the descriptors, repeat count first.
+/// and `k & 8` adds VRING_DESC_F_INDIRECT to the descriptor: a payload descriptor then makes
+/// the input's payload bytes an indirect table of any size (whose entries may be indirect again),
+/// an "anywhere" one points at a table anywhere; inside the chain's own indirect table it is a
+/// nested indirect descriptor. No device offers VIRTIO_F_INDIRECT_DESC, so each must refuse them.
+///
+/// Trailing fields come after the descriptors: repeat count, wild next, then the indirect
+/// shape.
 pub fn decode_chain(
     r: &mut Reader,
     mem: &GuestMemoryMmap,
@@ -474,6 +536,10 @@ pub fn decode_chain(
                 d
             }
         };
+        let mut d = d;
+        if k & 8 != 0 {
+            d.flags |= VRING_DESC_F_INDIRECT as u16;
+        }
         descs.push(d);
     }
     if h & 0x10 != 0 {
@@ -486,10 +552,17 @@ pub fn decode_chain(
     } else {
         None
     };
+    let indirect = h & 0x20 != 0;
+    let table = if indirect {
+        IndirectShape(r.u8())
+    } else {
+        IndirectShape::default()
+    };
     let opts = ChainOpts {
-        indirect: h & 0x20 != 0,
+        indirect,
         loop_back: h & 0x40 != 0,
         wild_next,
+        table,
     };
     (descs, opts)
 }
@@ -503,27 +576,62 @@ pub enum DescSpec {
     RamEnd { len: u16, write: bool },
 }
 
-/// Encodes a chain layout for [`decode_chain`] (1 to 16 descriptors).
+/// Encodes a chain layout for [`decode_chain`] (1 to 16 descriptors); an indirect one gets the
+/// exact table length.
 pub fn encode_chain(w: &mut Writer, descs: &[DescSpec], indirect: bool, loop_back: bool) {
+    let shape = indirect.then_some(IndirectShape::default());
+    let plain: Vec<(DescSpec, bool)> = descs.iter().map(|d| (*d, false)).collect();
+    encode_chain_with(w, &plain, shape, loop_back);
+}
+
+/// Encodes a chain layout for [`decode_chain`] (1 to 16 descriptors), each descriptor with
+/// whether it carries VRING_DESC_F_INDIRECT itself, in an indirect table of `shape` if given.
+pub fn encode_chain_with(
+    w: &mut Writer,
+    descs: &[(DescSpec, bool)],
+    shape: Option<IndirectShape>,
+    loop_back: bool,
+) {
     assert!(!descs.is_empty() && descs.len() <= 16);
     let mut h = (descs.len() - 1) as u8;
-    if indirect {
+    if shape.is_some() {
         h |= 0x20;
     }
     if loop_back {
         h |= 0x40;
     }
     w.u8(h);
-    for d in descs {
-        match *d {
-            DescSpec::Payload(len) => w.u8(0).u16(len),
-            DescSpec::Writable(len) => w.u8(1).u16(len),
-            DescSpec::Anywhere { addr, len, write } => {
-                w.u8(2 | if write { 4 } else { 0 }).u64(addr).u32(len)
-            }
-            DescSpec::RamEnd { len, write } => w.u8(3 | if write { 4 } else { 0 }).u16(len),
+    for &(d, indirect_flag) in descs {
+        let flag = if indirect_flag { 8 } else { 0 };
+        match d {
+            DescSpec::Payload(len) => w.u8(flag).u16(len),
+            DescSpec::Writable(len) => w.u8(1 | flag).u16(len),
+            DescSpec::Anywhere { addr, len, write } => w
+                .u8(2 | flag | if write { 4 } else { 0 })
+                .u64(addr)
+                .u32(len),
+            DescSpec::RamEnd { len, write } => w.u8(3 | flag | if write { 4 } else { 0 }).u16(len),
         };
     }
+    if let Some(shape) = shape {
+        w.u8(shape.0);
+    }
+}
+
+/// The bytes of raw descriptors `(addr, len, flags, next)`, for a payload that serves as an
+/// indirect table.
+pub fn raw_descs(descs: &[(u64, u32, u16, u16)]) -> Vec<u8> {
+    descs
+        .iter()
+        .flat_map(|&(addr, len, flags, next)| {
+            DriverQueue::encode_desc(&Desc {
+                addr,
+                len,
+                flags,
+                next,
+            })
+        })
+        .collect()
 }
 
 // ----- the sound device on its queues -----

@@ -538,6 +538,28 @@ fn snd_flood_memory_stays_bounded() {
     assert_counter_wav(&stream1.0, periods * 960);
 }
 
+/// The soak mode behind `make soak` (docs/soak.md, tests/driver-guest/tests/soak.c), for 3 s
+/// instead of an hour: stream 1 plays while every virtio-snd and virtio-rng queue is flooded,
+/// stream 0 cycles through its lifecycle and virtio-rng is reset; every message comes back with the
+/// status it must have. Keeps the mode working between soak runs.
+#[test]
+fn soak_mode_runs() {
+    let Some(out) = expect_pass_with(
+        "soak",
+        "secs=3 report=1 rng_reset=1",
+        "backend=null,streams=2:1",
+    ) else {
+        return;
+    };
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("DG soak: 3 s: stream 1 ")),
+        "no final progress line: {}",
+        out.stdout
+    );
+}
+
 /// The host's sound device disappears mid-stream and comes back (tests/driver-guest/tests/
 /// snd_fault.c): canto plays through ALSA into a private PulseAudio server, which this test kills
 /// with SIGKILL once the guest says it is playing and starts again once the guest says PREPARE

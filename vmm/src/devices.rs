@@ -97,7 +97,7 @@ fn build_sound(config: &DevicesConfig) -> Result<Option<BuiltDevice>, DeviceErro
     let stats = sound.stats_handle();
     let device = BuiltDevice::new(sound);
     Ok(Some(device.with_report(move || {
-        format!("sound stats: {:?}", stats.snapshot())
+        format!("sound stats: {}", stats.snapshot())
     })))
 }
 
@@ -401,6 +401,32 @@ mod tests {
                 r#"second saw ["first", "second", "third"]"#,
                 r#"third saw ["first", "second", "third"]"#,
             ]
+        );
+    }
+
+    #[test]
+    fn the_sound_report_line_is_key_value_pairs() {
+        let config = DevicesConfig {
+            rng: false,
+            sound: SoundSetting::Device(SoundDeviceConfig {
+                backend: SoundBackend::Null,
+                outputs: 1,
+                inputs: 1,
+                jacks: 0,
+            }),
+        };
+        let built = build_sound(&config).unwrap().expect("a sound device");
+        let line = (built.report.as_ref().expect("a report line"))();
+        // canto-bench reads this line back (bench/src/kv.rs): `key=value` words only.
+        let pairs = line
+            .strip_prefix("sound stats: ")
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(pairs.starts_with("tx_bytes_copied=0 "), "{line}");
+        assert!(
+            pairs.split(' ').all(|word| word
+                .split_once('=')
+                .is_some_and(|(k, v)| !k.is_empty() && v.parse::<u64>().is_ok())),
+            "{line}"
         );
     }
 }

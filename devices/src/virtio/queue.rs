@@ -13,7 +13,7 @@
 //! a device's I/O, so a completing thread never waits on the event loop's work or the reverse.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use std::sync::Arc;
 
@@ -50,6 +50,9 @@ pub struct DeviceQueue {
     limits: ChainLimits,
     /// The driver broke the ring: nothing more is popped until the device is reset.
     broken: AtomicBool,
+    /// Set at device reset: a device thread that outlives the reset (it was in a host I/O call
+    /// the reset does not wait for) touches neither the guest's buffers nor the used ring.
+    revoked: RwLock<bool>,
     /// Completions held while DMA was not allowed (Bus Master Enable clear), written once it is.
     /// Only chains popped before DMA stopped can complete, so this holds at most a queue's worth
     /// of in-flight chains.
@@ -82,6 +85,7 @@ impl DeviceQueue {
                 ..limits
             },
             broken: AtomicBool::new(false),
+            revoked: RwLock::new(false),
             deferred: Mutex::new(Vec::new()),
             on_completed: None,
         }
@@ -174,13 +178,42 @@ impl DeviceQueue {
         walks
     }
 
-    /// Writes the completions held while DMA was not allowed; returns whether DMA is allowed.
+    /// Guest memory for a device thread's access to the queue's buffers, until the queue is
+    /// revoked (device reset): None from then on. [`DeviceQueue::revoke`] waits while a returned
+    /// guard lives, so hold one only across copies and ring updates, never across host I/O or a
+    /// wait, and never take a second one (or call [`DeviceQueue::complete`]) while holding one.
+    pub fn dma(&self) -> Option<Dma<'_>> {
+        let revoked = self.revoked.read().unwrap_or_else(PoisonError::into_inner);
+        if *revoked {
+            return None;
+        }
+        Some(Dma {
+            _not_revoked: revoked,
+            mem: &self.mem,
+        })
+    }
+
+    /// Device reset: no device thread reads or writes the queue's buffers or used ring any more.
+    /// Waits only for a copy or ring update in progress.
+    pub fn revoke(&self) {
+        *self.revoked.write().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+
+    /// Writes the completions held while DMA was not allowed; returns whether DMA is allowed
+    /// (never once the queue is revoked).
     fn complete_deferred(&self) -> bool {
+        match self.dma() {
+            Some(dma) => self.complete_deferred_with(&dma),
+            None => false,
+        }
+    }
+
+    fn complete_deferred_with(&self, dma: &Dma<'_>) -> bool {
         if !self.dma_allowed() {
             return false;
         }
         let deferred = std::mem::take(&mut *self.lock_deferred());
-        self.complete_now(&deferred);
+        self.complete_now(dma, &deferred);
         true
     }
 
@@ -189,22 +222,31 @@ impl DeviceQueue {
     }
 
     /// Puts the entries on the used ring and raises the queue's interrupt if the driver wants
-    /// one. While DMA is not allowed they are held, and written (in order) once it is.
+    /// one. While DMA is not allowed they are held, and written (in order) once it is; once the
+    /// queue is revoked, nothing is written.
     pub fn complete(&self, done: &[Completion]) {
+        if let Some(dma) = self.dma() {
+            self.complete_with(&dma, done);
+        }
+    }
+
+    /// [`DeviceQueue::complete`] for a caller that holds the queue's [`Dma`] guard already.
+    pub fn complete_with(&self, dma: &Dma<'_>, done: &[Completion]) {
         if done.is_empty() {
             return;
         }
-        if !self.complete_deferred() {
+        if !self.complete_deferred_with(dma) {
             self.lock_deferred().extend_from_slice(done);
             // DMA may have come back meanwhile, after the transport's kick was served: look
             // again, so nothing stays held until the next kick.
-            self.complete_deferred();
+            self.complete_deferred_with(dma);
             return;
         }
-        self.complete_now(done);
+        self.complete_now(dma, done);
     }
 
-    fn complete_now(&self, done: &[Completion]) {
+    /// Writes used-ring entries: only under the queue's [`Dma`] guard.
+    fn complete_now(&self, _dma: &Dma<'_>, done: &[Completion]) {
         if done.is_empty() {
             return;
         }
@@ -239,5 +281,19 @@ impl DeviceQueue {
                 );
             }
         }
+    }
+}
+
+/// Guest memory while a [`DeviceQueue`] is not revoked; see [`DeviceQueue::dma`].
+pub struct Dma<'a> {
+    _not_revoked: RwLockReadGuard<'a, bool>,
+    mem: &'a GuestMemoryMmap,
+}
+
+impl std::ops::Deref for Dma<'_> {
+    type Target = GuestMemoryMmap;
+
+    fn deref(&self) -> &GuestMemoryMmap {
+        self.mem
     }
 }

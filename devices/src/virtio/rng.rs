@@ -27,6 +27,14 @@ pub const RNG_QUEUE_SIZE: u16 = 256;
 pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
 /// Random bytes are produced and copied in pieces of this size.
 const CHUNK_SIZE: usize = 4096;
+/// The descriptors one kick may walk, so at most this many requests: 1 MiB of random bytes at
+/// most (16 x [`MAX_BYTES_PER_REQUEST`], about 2 ms of getrandom), where the shared budget of
+/// 2048 descriptors let a full ring of 64 KiB requests cost 16 MiB (tens of ms) per kick. The
+/// rest waits for the re-kick, after the event loop has served the other devices.
+const DESCRIPTORS_PER_KICK: usize = 16;
+
+#[cfg(test)]
+mod kick_budget_tests;
 /// What the device accepts of one request: 16 descriptors (Linux sends one).
 const CHAIN_LIMITS: ChainLimits = ChainLimits {
     max_descriptors: 16,
@@ -130,7 +138,7 @@ impl RngWorker {
     /// Serves the available chains the kick's budget allows; the queue raises one interrupt at
     /// the end if the driver wants it.
     fn process_queue(&mut self) {
-        let mut budget = KickBudget::new();
+        let mut budget = KickBudget::with_descriptors(DESCRIPTORS_PER_KICK);
         let walks = self.queue.pop_available(&mut budget);
         let mem = self.queue.mem();
         let mut done = Vec::with_capacity(walks.len());

@@ -23,6 +23,7 @@ void test_snd_flood(void);
 void test_snd_host_fault(void);
 void test_snd_play(void);
 void test_virtq_attacks(void);
+void test_soak(void);
 void test_internal_error(void);
 void test_blk(void);
 

@@ -15,9 +15,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::backend::{alsa::AlsaBackend, BackendError, PcmParams};
+use super::backend::{
+    alsa::AlsaBackend, null, BackendError, InputStream, OutputStream, PcmParams, Readiness,
+};
 use super::stats::SoundStats;
 use super::stream::PcmState;
+use super::waker::Waker;
 use super::wire::*;
 use super::*;
 use crate::virtio::test_utils::sound::{fast_params, null_config, pattern, Sent, SoundRig};
@@ -398,6 +401,346 @@ fn a_host_xrun_is_recovered_and_the_stream_continues() {
     eprintln!("{stats:?}");
     // Every message completed OK (checked one by one above).
     assert_eq!(stats.io_errors, 0, "{stats:?}");
+}
+
+// ----- 2b. a host device with no room at RELEASE -----
+
+/// The null backend, except that its output streams take nothing during a RELEASE flush: each
+/// `flush_bytes` waits for room until its deadline and gets none, like a paced device whose
+/// buffer is full of seconds of audio.
+struct NoRoomOnFlushBackend;
+
+impl Backend for NoRoomOnFlushBackend {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+
+    fn formats(&self) -> u64 {
+        null::NullBackend.formats()
+    }
+
+    fn open_output(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        Ok(Box::new(NoRoomOnFlush {
+            inner: null::NullBackend.open_output(stream_id, params, stats)?,
+        }))
+    }
+
+    fn open_input(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        null::NullBackend.open_input(stream_id, params, stats)
+    }
+}
+
+struct NoRoomOnFlush {
+    inner: Box<dyn OutputStream>,
+}
+
+impl OutputStream for NoRoomOnFlush {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.inner.start()
+    }
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.inner.stop()
+    }
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        self.inner.wait_ready(waker)
+    }
+    fn period_buffer(&mut self) -> &mut [u8] {
+        self.inner.period_buffer()
+    }
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        self.inner.play_period(filled)
+    }
+    fn flush_bytes(&mut self, _len: usize, deadline: Instant) -> Result<usize, BackendError> {
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        Ok(0)
+    }
+    fn latency_bytes(&mut self) -> u32 {
+        self.inner.latency_bytes()
+    }
+    fn finish(&mut self) -> Result<(), BackendError> {
+        self.inner.finish()
+    }
+    fn close(self: Box<Self>, drain: Option<&Waker>) {
+        self.inner.close(drain)
+    }
+}
+
+/// RELEASE on a host device that takes nothing more: answered OK within the flush's time bound,
+/// every message back with status OK, every byte counted as dropped, none as played or failed.
+#[test]
+fn a_release_the_host_device_has_no_room_for_is_answered_ok_in_time() {
+    let sound = Sound::with_backend(null_config(), Arc::new(NoRoomOnFlushBackend)).unwrap();
+    let mut h = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
+    let params = SetParams {
+        period_bytes: 1920,
+        buffer_bytes: 1920 * 8,
+        ..fast_params(0)
+    };
+    h.prepare(params);
+    // Twice the buffer: as much as the device holds for a stream.
+    let sent: Vec<Sent> = (0..16).map(|i| h.tx(0, &pattern(1920, i))).collect();
+    let start = Instant::now();
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    let elapsed = start.elapsed();
+    assert!(elapsed >= period::RELEASE_FLUSH_TIME, "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "RELEASE took {elapsed:?}");
+    let used = h.take_used(TXQ);
+    assert_eq!(used.len(), sent.len(), "RELEASE must return every message");
+    for message in &sent {
+        assert_eq!(h.status_of(message).0, S_OK);
+        assert!(
+            used.contains(&(message.head, 8)),
+            "{} missing",
+            message.head
+        );
+    }
+    let stats = h.sound.stats();
+    assert_eq!(stats.tx_bytes_dropped_on_release, 16 * 1920, "{stats:?}");
+    assert_eq!(stats.tx_bytes_played, 0, "{stats:?}");
+    assert_eq!(stats.io_errors, 0, "{stats:?}");
+    // The stream works again at once.
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+}
+
+// ----- 2c. a host call that does not return (a hung sound server) -----
+
+/// The null backend, except that one period's hand-over hangs for `hang` (a sound server that
+/// stopped answering), deaf to the stream's waker.
+struct HangingBackend {
+    hang: Duration,
+    /// Hang in `start` (the first START) instead of the third period.
+    in_start: bool,
+    /// Set when the hang begins, cleared when it ends.
+    hanging: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the hang has ended.
+    returned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Backend for HangingBackend {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+
+    fn formats(&self) -> u64 {
+        null::NullBackend.formats()
+    }
+
+    fn open_output(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        Ok(Box::new(HangingOutput {
+            inner: null::NullBackend.open_output(stream_id, params, stats)?,
+            periods: 0,
+            hang: self.hang,
+            in_start: self.in_start,
+            hanging: self.hanging.clone(),
+            returned: self.returned.clone(),
+        }))
+    }
+
+    fn open_input(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        null::NullBackend.open_input(stream_id, params, stats)
+    }
+}
+
+struct HangingOutput {
+    inner: Box<dyn OutputStream>,
+    periods: u64,
+    hang: Duration,
+    in_start: bool,
+    hanging: Arc<std::sync::atomic::AtomicBool>,
+    returned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HangingOutput {
+    fn hang_once(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.returned.load(SeqCst) {
+            return;
+        }
+        self.hanging.store(true, SeqCst);
+        std::thread::sleep(self.hang);
+        self.hanging.store(false, SeqCst);
+        self.returned.store(true, SeqCst);
+    }
+}
+
+impl OutputStream for HangingOutput {
+    fn start(&mut self) -> Result<(), BackendError> {
+        if self.in_start {
+            self.hang_once();
+        }
+        self.inner.start()
+    }
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.inner.stop()
+    }
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        self.inner.wait_ready(waker)
+    }
+    fn period_buffer(&mut self) -> &mut [u8] {
+        self.inner.period_buffer()
+    }
+    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
+        self.periods += 1;
+        if self.periods == 3 && !self.in_start {
+            self.hang_once();
+        }
+        self.inner.play_period(filled)
+    }
+    fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError> {
+        self.inner.flush_bytes(len, deadline)
+    }
+    fn latency_bytes(&mut self) -> u32 {
+        self.inner.latency_bytes()
+    }
+    fn finish(&mut self) -> Result<(), BackendError> {
+        self.inner.finish()
+    }
+    fn close(self: Box<Self>, drain: Option<&Waker>) {
+        self.inner.close(drain)
+    }
+}
+
+/// A device reset while the period thread hangs in a host call (a sound server that stopped
+/// answering) returns at once, not when the call does: a vCPU writing device_status = 0 never
+/// waits for the host. The thread, once back, writes nothing into guest memory (its queue was
+/// revoked) and is joined later.
+#[test]
+fn a_reset_does_not_wait_for_a_host_call_that_hangs() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let hanging = Arc::new(AtomicBool::new(false));
+    let returned = Arc::new(AtomicBool::new(false));
+    let backend = HangingBackend {
+        hang: Duration::from_secs(3),
+        in_start: false,
+        hanging: hanging.clone(),
+        returned: returned.clone(),
+    };
+    let sound = Sound::with_backend(null_config(), Arc::new(backend)).unwrap();
+    let mut h = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
+    let params = SetParams {
+        period_bytes: 1920,
+        buffer_bytes: 1920 * 8,
+        ..fast_params(0)
+    };
+    h.prepare(params);
+    let sent: Vec<Sent> = (0..8).map(|i| h.tx(0, &pattern(1920, i))).collect();
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hanging.load(SeqCst) {
+        assert!(Instant::now() < deadline, "the backend never hung");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let used_before = h.queues[usize::from(TXQ)].used_idx(&h.mem);
+    let start = Instant::now();
+    h.sound.reset();
+    let reset = start.elapsed();
+    eprintln!("reset with a hung host call: {reset:?}");
+    assert!(
+        !returned.load(SeqCst),
+        "the hang ended before the reset did"
+    );
+    assert!(reset < Duration::from_millis(1500), "reset took {reset:?}");
+    assert_eq!(h.sound.stragglers.len(), 1);
+    // The hang ends; the thread, back from it, must not touch the revoked queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !returned.load(SeqCst) {
+        assert!(Instant::now() < deadline, "the hang never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.sound.stragglers.iter().any(|t| !t.is_finished()) {
+        assert!(Instant::now() < deadline, "the straggler never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        h.queues[usize::from(TXQ)].used_idx(&h.mem),
+        used_before,
+        "a used-ring entry after the reset"
+    );
+    // Messages 0 and 1 went back before the hang; the one in the hung period and the later ones
+    // stay the driver's, unwritten.
+    for message in &sent[2..] {
+        assert_eq!(h.status_of(message), (0xeeee_eeee, 0xeeee_eeee));
+    }
+    h.sound.reap_stragglers();
+    assert!(h.sound.stragglers.is_empty());
+}
+
+/// SET_PARAMS on a prepared stream whose thread hangs in a host call (a START that timed out):
+/// the event loop waits for the thread a bounded time, then goes on without it; the stream is
+/// prepared again and plays on a new thread, its queued messages kept.
+#[test]
+fn set_params_does_not_wait_for_a_thread_that_hangs() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let hanging = Arc::new(AtomicBool::new(false));
+    let returned = Arc::new(AtomicBool::new(false));
+    let backend = HangingBackend {
+        hang: Duration::from_secs(4),
+        in_start: true,
+        hanging: hanging.clone(),
+        returned: returned.clone(),
+    };
+    let sound = Sound::with_backend(null_config(), Arc::new(backend)).unwrap();
+    let mut h = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
+    let params = SetParams {
+        period_bytes: 1920,
+        buffer_bytes: 1920 * 8,
+        ..fast_params(0)
+    };
+    h.prepare(params);
+    let sent = h.tx(0, &pattern(1920, 1));
+    // The thread hangs in the backend's start: START times out.
+    assert_eq!(h.pcm(R_PCM_START, 0), S_IO_ERR);
+    assert!(hanging.load(SeqCst));
+    let start = Instant::now();
+    assert_eq!(h.set_params(params), S_OK);
+    let elapsed = start.elapsed();
+    eprintln!("SET_PARAMS with a hung thread: {elapsed:?}");
+    assert!(
+        !returned.load(SeqCst),
+        "the hang ended before SET_PARAMS did"
+    );
+    assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
+    // A new thread: the queued message plays (once the first hang is over, the backend's
+    // start no longer hangs).
+    assert_eq!(h.pcm(R_PCM_PREPARE, 0), S_OK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !returned.load(SeqCst) {
+        assert!(Instant::now() < deadline, "the hang never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
+    let used = h.wait_used(TXQ, 1, Duration::from_secs(5));
+    assert_eq!(used, vec![(sent.head, 8)]);
+    assert_eq!(h.status_of(&sent).0, S_OK);
+    let start = Instant::now();
+    h.sound.reset();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 // ----- 3. a WAV path that cannot be written -----

@@ -21,7 +21,8 @@ pub enum Command {
     Start,
     /// Stop consuming; queued and partly consumed messages stay.
     Stop,
-    /// Flush: hand every queued message to the backend, return them all, then end the thread.
+    /// Flush: hand the queued messages to the backend (for a bounded time, dropping what it does
+    /// not take by then), return them all, then end the thread.
     Release,
     /// End the thread, leaving queued messages queued (a partly consumed one goes back first).
     Exit,
@@ -54,7 +55,12 @@ struct Shared {
 /// be consumed, and a one-slot command mailbox.
 pub struct StreamMailbox {
     pub id: u32,
+    /// Wakes the stream's period thread for a command (and cancels its waits at reset).
     pub waker: Waker,
+    /// Cancels the drains of the stream's released threads (device reset, or too many of them
+    /// at once); nothing else wakes it. Apart from [`StreamMailbox::waker`], so that a drain
+    /// never takes a wake-up meant for the stream's next period thread.
+    pub drain_waker: Waker,
     shared: Mutex<Shared>,
     replied: Condvar,
     pending_limit: usize,
@@ -65,10 +71,28 @@ impl StreamMailbox {
         Ok(StreamMailbox {
             id,
             waker: Waker::new()?,
+            drain_waker: Waker::new()?,
             shared: Mutex::new(Shared::default()),
             replied: Condvar::new(),
             pending_limit,
         })
+    }
+
+    /// A new mailbox for the same stream, holding this one's queued messages, for a stream whose
+    /// thread would not end (stuck in a host call): that thread keeps this mailbox, its waits
+    /// cancelled, and can take neither the next thread's commands nor its messages.
+    pub fn successor(&self) -> std::io::Result<StreamMailbox> {
+        let next = StreamMailbox::new(self.id, self.pending_limit)?;
+        self.waker.cancel();
+        self.drain_waker.cancel();
+        let mut old = self.lock();
+        let mut new = next.lock();
+        new.pending = std::mem::take(&mut old.pending);
+        new.pending_bytes = std::mem::take(&mut old.pending_bytes);
+        new.byte_limit = old.byte_limit;
+        drop(new);
+        drop(old);
+        Ok(next)
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -130,14 +154,19 @@ impl StreamMailbox {
         self.replied.notify_all();
     }
 
-    /// Posts a command, wakes the period thread and waits (bounded) for its answer.
-    pub fn send(&self, command: Command) -> Result<(), CommandError> {
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
+    /// Posts a command and wakes the period thread, without waiting for its answer.
+    pub fn post(&self, command: Command) {
         let mut shared = self.lock();
         shared.command = Some(command);
         shared.reply = None;
         drop(shared);
         self.waker.wake();
+    }
+
+    /// Posts a command, wakes the period thread and waits (bounded) for its answer.
+    pub fn send(&self, command: Command) -> Result<(), CommandError> {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        self.post(command);
         let mut shared = self.lock();
         loop {
             if let Some(result) = shared.reply.take() {

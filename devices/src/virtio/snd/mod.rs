@@ -28,12 +28,18 @@
 //!   `latency_bytes` in a message's status is what the backend holds and has not played yet
 //!   (ALSA's delay; 0 for null and WAV). With nothing queued, ALSA and null get silence and WAV
 //!   records nothing.
-//! - STOP keeps queued messages. RELEASE hands every queued byte to the backend and returns every
-//!   message before it is answered; ALSA then plays out what it holds (at most 0.5 s) while the
-//!   stream is released. Device reset joins every thread and drops queued messages.
+//! - STOP keeps queued messages. RELEASE hands the queued bytes to the backend for at most
+//!   0.3 s and returns every message (status OK) before it is answered; what a paced device did
+//!   not take by then is dropped and counted (`tx_bytes_dropped_on_release`). ALSA then plays out
+//!   what it holds (at most 0.5 s, in the released thread; the next PREPARE does not wait for
+//!   it) while the stream is released. Device reset cuts every flush and drain short (what ALSA still held is
+//!   counted in `tx_bytes_dropped_at_close`), joins every thread and drops queued messages.
 //! - Locks: each stream's message queue, and the txq/rxq rings (shared by the event loop, which
-//!   pops, and the period threads, which return chains). None is held across audio I/O or a
-//!   wait, so a vCPU's notification never waits for audio.
+//!   pops, and the period threads, which return chains), and each queue's revocation lock (read
+//!   by a period thread across a copy from or into guest memory, written once at reset). None is
+//!   held across audio I/O or a wait, so a vCPU's notification never waits for audio, and a
+//!   vCPU's reset waits for no host call: stream threads are joined for at most 250 ms, and
+//!   one stuck in a host call is left behind (its queues revoked) and joined later.
 
 pub mod backend;
 pub mod config;
@@ -90,7 +96,18 @@ pub struct Sound {
     queue_sizes: [u16; NUM_QUEUES],
     stats: Arc<SoundStats>,
     worker: Option<Arc<Mutex<SoundWorker>>>,
+    /// Period threads a device reset did not wait for (stuck in a host audio call): joined once
+    /// they end. While more than [`MAX_STRAGGLERS`] are left, the device does not activate.
+    stragglers: Vec<std::thread::JoinHandle<()>>,
 }
+
+/// The most period threads stuck in host calls the device keeps while it runs again: beyond,
+/// activation fails (DEVICE_NEEDS_RESET) rather than let a guest that resets the device over
+/// and over pile up threads and host PCMs.
+const MAX_STRAGGLERS: usize = 16;
+
+/// How long dropping the device waits for stragglers (VMM exit).
+const STRAGGLER_WAIT_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Sound {
     /// Builds the device and its backend. WAV files are created here (a bad path fails now);
@@ -118,6 +135,7 @@ impl Sound {
             queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
             stats: Arc::new(SoundStats::default()),
             worker: None,
+            stragglers: Vec::new(),
         })
     }
 
@@ -148,11 +166,19 @@ impl Sound {
 
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
-            worker
+            let running = worker
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .shutdown();
+            self.stragglers.extend(running);
         }
+        self.reap_stragglers();
+    }
+
+    /// Joins the stragglers that have ended.
+    fn reap_stragglers(&mut self) {
+        let threads = std::mem::take(&mut self.stragglers);
+        self.stragglers = stream::join_within(threads, std::time::Duration::ZERO);
     }
 }
 
@@ -195,6 +221,12 @@ impl VirtioDevice for Sound {
             });
         }
         self.stop_worker();
+        if self.stragglers.len() > MAX_STRAGGLERS {
+            return Err(ActivateError::Backend(format!(
+                "{} sound threads are still stuck in host audio calls since earlier resets",
+                self.stragglers.len()
+            )));
+        }
         let mut slots: [Option<DeviceQueue>; NUM_QUEUES] = Default::default();
         for active in ctx.queues {
             let index = usize::from(active.index);
@@ -247,5 +279,15 @@ impl VirtioDevice for Sound {
 impl Drop for Sound {
     fn drop(&mut self) {
         self.stop_worker();
+        // Give the stuck ones a last chance to finish (a WAV file its header); the rest are
+        // left behind, the process being about to end.
+        let threads = std::mem::take(&mut self.stragglers);
+        let left = stream::join_within(threads, STRAGGLER_WAIT_AT_EXIT);
+        if !left.is_empty() {
+            log::warn!(
+                "virtio-snd: {} period thread(s) still stuck in host audio calls, left behind",
+                left.len()
+            );
+        }
     }
 }

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::backend::{BackendError, InputStream, OutputStream, PcmParams, Readiness};
 use super::io::{Completion, IoMessage};
@@ -30,6 +30,11 @@ use crate::virtio::queue::DeviceQueue;
 
 /// How long a stopped thread sleeps between looks at its mailbox (commands wake it anyway).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest a RELEASE spends handing queued PCM to the backend before it drops the rest:
+/// well under the mailbox's command timeout and the Linux driver's 1 s control timeout, even on
+/// a busy host.
+pub const RELEASE_FLUSH_TIME: Duration = Duration::from_millis(300);
 
 /// What a period thread works with.
 pub struct PeriodContext {
@@ -94,7 +99,7 @@ struct PeriodLoop {
     running: bool,
     /// When the stream first started (the backend's clock begins there): the origin of the
     /// pacing report.
-    first_start: Option<std::time::Instant>,
+    first_start: Option<Instant>,
     current: Option<InFlight>,
     finished: Vec<InFlight>,
     completions: Vec<Completion>,
@@ -135,7 +140,13 @@ impl PeriodLoop {
     /// Returns the finished messages to the driver. `captured` RX bytes are each message's
     /// offset; TX messages report only their status.
     fn complete_finished(&mut self, latency_bytes: u32) {
-        let mem = self.ctx.queue.mem();
+        let queue = self.ctx.queue.clone();
+        let Some(mem) = queue.dma() else {
+            // The device was reset while this thread was in a host call: the messages are the
+            // driver's again, and nothing of them may be written.
+            self.finished.clear();
+            return;
+        };
         self.completions.clear();
         for done in self.finished.drain(..) {
             let status = if done.failed {
@@ -147,9 +158,9 @@ impl PeriodLoop {
             // A failed RX message reports no captured bytes, only its status.
             let captured = if done.failed { 0 } else { done.offset };
             self.completions
-                .push(done.message.complete(mem, status, latency_bytes, captured));
+                .push(done.message.complete(&mem, status, latency_bytes, captured));
         }
-        self.ctx.queue.complete(&self.completions);
+        queue.complete_with(&mem, &self.completions);
     }
 
     /// Ends the thread's use of the queue: the message in flight goes back to the front.
@@ -176,7 +187,7 @@ impl PeriodLoop {
                     let result = stream.start();
                     self.running = result.is_ok();
                     if self.running {
-                        self.first_start.get_or_insert_with(std::time::Instant::now);
+                        self.first_start.get_or_insert_with(Instant::now);
                     }
                     self.ctx.mailbox.reply(result);
                 }
@@ -267,7 +278,7 @@ impl PacedStream for dyn InputStream {
 /// paced it in real time. Logged at RELEASE, after the backend has played out what it held.
 struct PacingReport {
     stream: u32,
-    started: Option<std::time::Instant>,
+    started: Option<Instant>,
     audio_seconds: f64,
 }
 
@@ -317,10 +328,19 @@ impl OutputThread {
                 Some(Step::FailedPeriod) => self.play_period(false),
                 Some(Step::Release) => {
                     self.flush();
-                    self.period.ctx.mailbox.reply(Ok(()));
-                    // Let the backend play what it holds; the driver has its answer.
                     let pacing = self.pacing_report();
-                    self.stream.close(Some(&self.period.ctx.mailbox.waker));
+                    let mailbox = self.period.ctx.mailbox.clone();
+                    if self.stream.latency_bytes() == 0 {
+                        // Nothing to play out: close before answering, so that the next PREPARE
+                        // finds what the stream held free (a WAV file) without waiting.
+                        self.stream.close(None);
+                        mailbox.reply(Ok(()));
+                    } else {
+                        // Let the backend play what it holds (bounded), the driver having its
+                        // answer; the next PREPARE does not wait for it.
+                        mailbox.reply(Ok(()));
+                        self.stream.close(Some(&mailbox.drain_waker));
+                    }
                     pacing.log();
                     return;
                 }
@@ -342,7 +362,11 @@ impl OutputThread {
         let buffer = self.stream.period_buffer();
         let period = period.min(buffer.len());
         let queue = period_loop.ctx.queue.clone();
-        let mem = queue.mem();
+        // Revoked (device reset): the thread is about to end, and guest memory is not its any
+        // more.
+        let Some(mem) = queue.dma() else {
+            return;
+        };
         let stream_id = period_loop.ctx.mailbox.id;
         let mut filled = 0;
         let mut copied = 0u64;
@@ -356,7 +380,7 @@ impl OutputThread {
             let piece = &mut buffer[filled..filled + n];
             if !play {
                 current.failed = true;
-            } else if let Err(e) = current.message.read_data(mem, current.offset, piece) {
+            } else if let Err(e) = current.message.read_data(&mem, current.offset, piece) {
                 log::debug!("virtio-snd: stream {stream_id}: cannot read PCM: {e}");
                 current.failed = true;
                 format.fill_silence(piece);
@@ -367,6 +391,8 @@ impl OutputThread {
             current.offset += n;
             period_loop.retire_if_done();
         }
+        // Not across the backend's I/O: a reset waits for the guard.
+        drop(mem);
         period_loop.ctx.stats.tx_copied(copied);
         if play {
             match self.stream.play_period(filled) {
@@ -412,33 +438,60 @@ impl OutputThread {
         }
     }
 
-    /// RELEASE: hands every queued byte to the backend without pacing, then returns every
-    /// message, all before the driver gets its answer.
+    /// RELEASE: hands the queued bytes to the backend without pacing, for at most
+    /// [`RELEASE_FLUSH_TIME`], then returns every message, all before the driver gets its
+    /// answer. What the backend has not taken by then (a paced device whose buffer is full
+    /// takes room only as it plays) is dropped and counted; its messages still complete OK,
+    /// since the driver is done with the stream and only the host was too slow. A cancelled
+    /// waker (device reset) ends the flush at once the same way.
     fn flush(&mut self) {
+        let deadline = Instant::now() + RELEASE_FLUSH_TIME;
         let period_loop = &mut self.period;
         let queue = period_loop.ctx.queue.clone();
-        let mem = queue.mem();
         let mut error = None;
+        let mut out_of_time = false;
+        let mut dropped = 0u64;
         for mut message in period_loop.take_all() {
-            while message.remaining() > 0 && error.is_none() && !message.failed {
+            while message.remaining() > 0 && error.is_none() && !message.failed && !out_of_time {
+                // Bus Master Enable clear: nothing more is read; the messages complete once it
+                // is set again.
+                if Instant::now() >= deadline
+                    || period_loop.ctx.mailbox.waker.is_cancelled()
+                    || !queue.dma_allowed()
+                {
+                    out_of_time = true;
+                    break;
+                }
                 let buffer = self.stream.period_buffer();
                 let n = message.remaining().min(buffer.len());
                 if n == 0 {
                     break;
                 }
+                // Only across the copy, not the backend's I/O.
+                let Some(mem) = queue.dma() else {
+                    // Device reset: nothing is returned, nothing more is read.
+                    out_of_time = true;
+                    break;
+                };
                 if message
                     .message
-                    .read_data(mem, message.offset, &mut buffer[..n])
+                    .read_data(&mem, message.offset, &mut buffer[..n])
                     .is_err()
                 {
                     message.failed = true;
                     break;
                 }
+                drop(mem);
                 period_loop.ctx.stats.tx_copied(n as u64);
-                match self.stream.flush_bytes(n) {
-                    Ok(()) => {
-                        period_loop.ctx.stats.tx_played(n as u64);
-                        self.pcm_bytes_written += n as u64;
+                match self.stream.flush_bytes(n, deadline) {
+                    Ok(taken) => {
+                        let taken = taken.min(n);
+                        period_loop.ctx.stats.tx_played(taken as u64);
+                        self.pcm_bytes_written += taken as u64;
+                        if taken < n {
+                            dropped += (n - taken) as u64;
+                            out_of_time = true;
+                        }
                     }
                     Err(e) => {
                         message.failed = true;
@@ -448,7 +501,12 @@ impl OutputThread {
                 message.offset += n;
             }
             if message.remaining() > 0 {
-                message.failed = true;
+                if out_of_time && !message.failed {
+                    dropped += message.remaining() as u64;
+                    message.offset = message.message.data_len();
+                } else {
+                    message.failed = true;
+                }
             }
             period_loop.finished.push(message);
         }
@@ -456,6 +514,19 @@ impl OutputThread {
             crate::warn_limited!(
                 "virtio-snd: stream {}: release flush: {e}",
                 period_loop.id()
+            );
+        }
+        if dropped > 0 {
+            period_loop.ctx.stats.tx_dropped_on_release(dropped);
+            // Once per RELEASE, and a RELEASE is one control request: bounded by the guest's
+            // request rate, like every control request's own work.
+            log::debug!(
+                "virtio-snd: stream {}: release flush: the backend took no more within {:?}, {} \
+                 queued bytes ({:?} of audio) dropped",
+                period_loop.id(),
+                RELEASE_FLUSH_TIME,
+                dropped,
+                period_loop.ctx.params.duration_of(dropped)
             );
         }
         if let Err(e) = self.stream.finish() {
@@ -515,7 +586,6 @@ impl InputThread {
     fn capture_period(&mut self) {
         let period_loop = &mut self.period;
         let queue = period_loop.ctx.queue.clone();
-        let mem = queue.mem();
         let stats = period_loop.ctx.stats.clone();
         let data = match self.stream.capture_period() {
             Ok(data) => {
@@ -527,6 +597,10 @@ impl InputThread {
                 self.fail_period();
                 return;
             }
+        };
+        // After the backend's I/O, and only across the copies.
+        let Some(mem) = queue.dma() else {
+            return;
         };
         let mut offset = 0;
         // Bus Master Enable clear: the captured period is dropped, no message is written.
@@ -544,7 +618,7 @@ impl InputThread {
             let n = (data.len() - offset).min(current.remaining());
             match current
                 .message
-                .write_data(mem, current.offset, &data[offset..offset + n])
+                .write_data(&mem, current.offset, &data[offset..offset + n])
             {
                 Ok(()) => stats.rx_copied(n as u64),
                 Err(_) => current.failed = true,
@@ -553,6 +627,7 @@ impl InputThread {
             current.offset += n;
             period_loop.retire_if_done();
         }
+        drop(mem);
         if !period_loop.finished.is_empty() {
             let latency = self.stream.latency_bytes();
             period_loop.complete_finished(latency);

@@ -11,6 +11,8 @@ pub struct SoundStats {
     tx_silence_bytes: AtomicU64,
     tx_underruns: AtomicU64,
     tx_messages: AtomicU64,
+    tx_bytes_dropped_on_release: AtomicU64,
+    tx_bytes_dropped_at_close: AtomicU64,
     rx_bytes_copied: AtomicU64,
     rx_overruns: AtomicU64,
     rx_messages: AtomicU64,
@@ -34,6 +36,14 @@ pub struct SoundStatsSnapshot {
     pub tx_underruns: u64,
     /// TX messages returned to the driver (any status).
     pub tx_messages: u64,
+    /// Guest PCM bytes a RELEASE dropped: queued bytes the backend did not take within the
+    /// release's time bound. Their messages still come back with status OK (the driver has
+    /// released the stream; the host device was too slow to play them in time).
+    pub tx_bytes_dropped_on_release: u64,
+    /// Bytes the backend had accepted (counted as played) but had not played yet when the
+    /// stream was closed: the bounded drain after RELEASE ran out, or a device reset or VMM exit
+    /// cut it short.
+    pub tx_bytes_dropped_at_close: u64,
     /// Captured bytes copied into guest memory (RX).
     pub rx_bytes_copied: u64,
     /// Captured periods (or parts of them) dropped because no RX message was queued.
@@ -50,6 +60,36 @@ pub struct SoundStatsSnapshot {
     pub control_requests: u64,
 }
 
+/// `key=value` pairs separated by spaces, in field order (the VMM's `sound stats:` line; the
+/// bench reads it back). The destructuring names every field, so a new counter cannot be left out.
+impl std::fmt::Display for SoundStatsSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let SoundStatsSnapshot {
+            tx_bytes_copied,
+            tx_bytes_played,
+            tx_silence_bytes,
+            tx_underruns,
+            tx_messages,
+            rx_bytes_copied,
+            rx_overruns,
+            rx_messages,
+            bad_messages,
+            io_errors,
+            backend_xruns,
+            control_requests,
+        } = self;
+        write!(
+            f,
+            "tx_bytes_copied={tx_bytes_copied} tx_bytes_played={tx_bytes_played} \
+             tx_silence_bytes={tx_silence_bytes} tx_underruns={tx_underruns} \
+             tx_messages={tx_messages} rx_bytes_copied={rx_bytes_copied} \
+             rx_overruns={rx_overruns} rx_messages={rx_messages} bad_messages={bad_messages} \
+             io_errors={io_errors} backend_xruns={backend_xruns} \
+             control_requests={control_requests}"
+        )
+    }
+}
+
 fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
@@ -63,6 +103,8 @@ impl SoundStats {
             tx_silence_bytes: get(&self.tx_silence_bytes),
             tx_underruns: get(&self.tx_underruns),
             tx_messages: get(&self.tx_messages),
+            tx_bytes_dropped_on_release: get(&self.tx_bytes_dropped_on_release),
+            tx_bytes_dropped_at_close: get(&self.tx_bytes_dropped_at_close),
             rx_bytes_copied: get(&self.rx_bytes_copied),
             rx_overruns: get(&self.rx_overruns),
             rx_messages: get(&self.rx_messages),
@@ -84,6 +126,12 @@ impl SoundStats {
     }
     pub(crate) fn tx_underrun(&self) {
         add(&self.tx_underruns, 1)
+    }
+    pub(crate) fn tx_dropped_on_release(&self, n: u64) {
+        add(&self.tx_bytes_dropped_on_release, n)
+    }
+    pub fn tx_dropped_at_close(&self, n: u64) {
+        add(&self.tx_bytes_dropped_at_close, n)
     }
     pub(crate) fn rx_copied(&self, n: u64) {
         add(&self.rx_bytes_copied, n)

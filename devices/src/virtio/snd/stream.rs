@@ -11,8 +11,11 @@
 //!
 //! Anything else is answered BAD_MSG and changes nothing. PREPARE opens the backend stream and
 //! spawns the period thread; SET_PARAMS on a prepared stream, RELEASE and device reset end it
-//! (joined, so no thread or backend stream outlives its use). Messages the guest queued stay
-//! queued across SET_PARAMS/PREPARE; RELEASE returns them all before it is answered.
+//! (joined, so no thread or backend stream outlives its use; a released thread still draining
+//! is joined once it has finished, or at reset). Messages the guest queued stay
+//! queued across SET_PARAMS/PREPARE; RELEASE returns them all before it is answered, within
+//! [`period::RELEASE_FLUSH_TIME`] whatever was queued. Device reset cancels the stream's
+//! waker first, so neither a flush nor a drain holds it up.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -35,6 +38,14 @@ pub const MAX_BUFFER_BYTES: u32 = 8 << 20;
 /// or more). A period thread wakes once a period whether or not the guest sends anything, so a
 /// floor on the period bounds what an idle started stream costs the host.
 pub const MIN_PERIOD_US: u64 = 1000;
+
+/// How many released threads of one stream may still be draining when it is prepared again.
+const MAX_DRAINING: usize = 2;
+
+/// How long a device reset waits for the streams' threads, their waits cancelled, to end. A
+/// thread that takes longer is in a host call that does not return (a hung sound server): the
+/// reset goes on without it, and it is joined later (see `Sound`).
+pub const RESET_JOIN_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What the device offers for one stream (its `virtio_snd_pcm_info`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,9 +140,9 @@ pub struct StreamControl {
     params: Option<PcmParams>,
     mailbox: Arc<StreamMailbox>,
     thread: Option<JoinHandle<()>>,
-    /// A released stream's thread, still letting the backend drain; joined at the next PREPARE
-    /// or at reset.
-    retired: Option<JoinHandle<()>>,
+    /// Released streams' threads, perhaps still letting the backend drain (bounded): joined
+    /// once finished, at a PREPARE, or at reset (their drains cut short).
+    retired: Vec<JoinHandle<()>>,
 }
 
 impl StreamControl {
@@ -143,7 +154,7 @@ impl StreamControl {
             params: None,
             mailbox: Arc::new(StreamMailbox::new(info.id, pending_limit)?),
             thread: None,
-            retired: None,
+            retired: Vec::new(),
         })
     }
 
@@ -204,7 +215,13 @@ impl StreamControl {
         let Some(params) = self.params else {
             return S_BAD_MSG;
         };
-        self.join_retired();
+        if !self.reap_retired() {
+            crate::warn_limited!(
+                "virtio-snd: stream {}: earlier threads are stuck in host audio calls",
+                self.info.id
+            );
+            return S_IO_ERR;
+        }
         self.mailbox.set_byte_limit(&params);
         let context = period::PeriodContext {
             mailbox: self.mailbox.clone(),
@@ -283,15 +300,16 @@ impl StreamControl {
         }
     }
 
-    /// Flushes and returns every queued message, then answers. The backend may go on draining
-    /// in the retired thread.
+    /// Flushes (for a bounded time, dropping what the backend does not take by then) and
+    /// returns every queued message, then answers. The backend may go on draining in the retired
+    /// thread, for a bounded time too.
     pub fn release(&mut self) -> u32 {
         if !matches!(self.state, PcmState::Prepared | PcmState::Stopped) {
             return S_BAD_MSG;
         }
         let result = self.command(Command::Release);
         // The thread ends after a release, whatever it answered.
-        self.retired = self.thread.take();
+        self.retired.extend(self.thread.take());
         self.state = PcmState::Released;
         match result {
             Ok(()) => S_OK,
@@ -302,17 +320,27 @@ impl StreamControl {
         }
     }
 
-    /// Device reset: the thread ends, queued messages are dropped (the driver reinitializes the
-    /// queues, so nothing may be written to their rings), and the stream is back to `Initial`.
-    pub fn reset(&mut self) {
-        self.end_thread();
-        // A released stream may still be draining: cut it short, the stream is going away.
+    /// Device reset: the stream's threads are told to end, queued messages are dropped (the
+    /// driver reinitializes the queues, so nothing may be written to their rings; the caller
+    /// revokes them first), and the stream is back to `Initial`. Returns the threads, for the
+    /// caller to join: nothing here waits for them, since one may be in a host call that does not
+    /// return soon (a hung sound server), and a vCPU resets the device.
+    #[must_use = "the stream's threads are to be joined"]
+    pub fn reset(&mut self) -> Vec<JoinHandle<()>> {
+        // Cut short whatever a thread of the stream waits for: a RELEASE flush, the drain after
+        // it, a pacing wait. Left cancelled: the stream is going away (the worker is dropped
+        // after a reset), and so is any thread that outlives this.
         self.mailbox.waker.cancel();
-        self.join_retired();
-        self.mailbox.waker.uncancel();
+        self.mailbox.drain_waker.cancel();
+        let mut threads = std::mem::take(&mut self.retired);
+        if let Some(thread) = self.thread.take() {
+            self.mailbox.post(Command::Exit);
+            threads.push(thread);
+        }
         drop(self.mailbox.take_all());
         self.params = None;
         self.state = PcmState::Initial;
+        threads
     }
 
     fn command(&mut self, command: Command) -> Result<(), CommandError> {
@@ -322,26 +350,55 @@ impl StreamControl {
         }
     }
 
-    /// Ends the period thread (queued messages stay queued) and joins it.
+    /// Ends the period thread (queued messages stay queued) and joins it, waiting at most
+    /// [`RESET_JOIN_WAIT`] once it was told: a thread stuck in a host call is left with the old
+    /// mailbox (see [`StreamMailbox::successor`]) among the released threads, and the event loop
+    /// goes on.
     fn end_thread(&mut self) {
-        if self.thread.is_none() {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // No answer to wait for: the thread has answered EXIT once it has ended.
+        self.mailbox.post(Command::Exit);
+        let running = join_within(vec![thread], RESET_JOIN_WAIT);
+        if running.is_empty() {
             return;
         }
-        if let Err(e) = self.command(Command::Exit) {
-            crate::warn_limited!(
-                "virtio-snd: stream {}: ending its thread: {e}",
-                self.info.id
-            );
-        }
-        if let Some(thread) = self.thread.take() {
-            join(self.info.id, thread);
+        match self.mailbox.successor() {
+            Ok(next) => {
+                crate::warn_limited!(
+                    "virtio-snd: stream {}: its thread is stuck in a host audio call; going on \
+                     without it",
+                    self.info.id
+                );
+                self.mailbox = Arc::new(next);
+                self.retired.extend(running);
+            }
+            Err(e) => {
+                crate::error_limited!(
+                    "virtio-snd: stream {}: no new mailbox ({e}): waiting for its thread",
+                    self.info.id
+                );
+                running.into_iter().for_each(|t| join(self.info.id, t));
+            }
         }
     }
 
-    fn join_retired(&mut self) {
-        if let Some(thread) = self.retired.take() {
-            join(self.info.id, thread);
+    /// Joins the released threads that have finished. A released thread still draining is left
+    /// to it (it holds its own backend stream), unless [`MAX_DRAINING`] are: then every drain is
+    /// cut short and waited for (at most [`RESET_JOIN_WAIT`]), so a guest cycling PREPARE and
+    /// RELEASE cannot pile up threads and PCMs. Returns false if that many are still running
+    /// (stuck in host calls): the stream is not to be prepared again until a reset.
+    fn reap_retired(&mut self) -> bool {
+        let threads = std::mem::take(&mut self.retired);
+        self.retired = join_within(threads, std::time::Duration::ZERO);
+        if self.retired.len() >= MAX_DRAINING {
+            self.mailbox.drain_waker.cancel();
+            let threads = std::mem::take(&mut self.retired);
+            self.retired = join_within(threads, RESET_JOIN_WAIT);
+            self.mailbox.drain_waker.uncancel();
         }
+        self.retired.len() < MAX_DRAINING
     }
 }
 
@@ -351,9 +408,35 @@ fn join(id: u32, thread: JoinHandle<()>) {
     }
 }
 
+/// Joins `threads`, waiting at most `bound` for all of them; returns the ones still running.
+pub fn join_within(
+    threads: Vec<JoinHandle<()>>,
+    bound: std::time::Duration,
+) -> Vec<JoinHandle<()>> {
+    let deadline = std::time::Instant::now() + bound;
+    let mut running = threads;
+    loop {
+        let (finished, left): (Vec<_>, Vec<_>) =
+            running.into_iter().partition(|thread| thread.is_finished());
+        for thread in finished {
+            if thread.join().is_err() {
+                log::error!("virtio-snd: a period thread panicked");
+            }
+        }
+        running = left;
+        if running.is_empty() || std::time::Instant::now() >= deadline {
+            return running;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 impl Drop for StreamControl {
     fn drop(&mut self) {
-        self.reset();
+        // After a device reset there is nothing left; otherwise (a worker dropped without one)
+        // the threads get the bound a reset gives them, then are left to end on their own.
+        let threads = self.reset();
+        drop(join_within(threads, RESET_JOIN_WAIT));
     }
 }
 

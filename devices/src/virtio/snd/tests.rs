@@ -1154,6 +1154,101 @@ fn a_paced_alsa_pcm_plays_the_guest_pcm_in_real_time() {
     assert!(elapsed >= Duration::from_millis(950), "{elapsed:?}");
 }
 
+/// Ten seconds of audio queued on a paced PCM without START: 100 ms periods, a 5 s buffer (the
+/// device holds up to twice that). Returns the harness, the messages and the bytes queued.
+fn queue_ten_seconds_unstarted(slave: &str) -> (SoundRig, Vec<Sent>, u64) {
+    let config = null_config().with_backend(BackendConfig::Alsa {
+        device: slave.to_string(),
+    });
+    let mut h = SoundRig::new(config);
+    let period = 19200; // 100 ms of S16 stereo at 48 kHz
+    let params = SetParams {
+        period_bytes: period,
+        buffer_bytes: period * 50,
+        ..fast_params(0)
+    };
+    h.prepare(params);
+    let sent: Vec<Sent> = (0..100)
+        .map(|i| h.tx(0, &pattern(period as usize, i as u8)))
+        .collect();
+    assert!(h.take_used(TXQ).is_empty(), "a message came back unplayed");
+    (h, sent, 100 * u64::from(period))
+}
+
+/// RELEASE of a stream holding 10 s of unplayed audio (paced PCM, never started) is answered OK
+/// long before the audio could have played, with every message back (status OK); what the host
+/// device could not take is dropped and counted. The next PREPARE does not wait for playback.
+#[test]
+#[ignore]
+fn a_release_with_seconds_queued_answers_at_once_and_prepare_follows() {
+    let Some(slave) = paced_alsa_pcm() else {
+        return;
+    };
+    let (mut h, sent, queued) = queue_ten_seconds_unstarted(&slave);
+    let start = Instant::now();
+    let status = h.pcm(R_PCM_RELEASE, 0);
+    let release = start.elapsed();
+    assert_eq!(status, S_OK, "RELEASE after {release:?}");
+    // The Linux driver's control timeout is 1 s; 3 s leaves a busy machine a large margin and
+    // is still far below the 10 s of audio.
+    assert!(release < Duration::from_secs(3), "RELEASE took {release:?}");
+    let used = h.take_used(TXQ);
+    assert_eq!(used.len(), sent.len(), "RELEASE must return every message");
+    for message in &sent {
+        assert_eq!(h.status_of(message).0, S_OK);
+        assert!(
+            used.contains(&(message.head, 8)),
+            "{} missing",
+            message.head
+        );
+    }
+    let stats = h.sound.stats();
+    assert!(stats.tx_bytes_dropped_on_release > 0, "{stats:?}");
+    assert_eq!(
+        stats.tx_bytes_played + stats.tx_bytes_dropped_on_release,
+        queued,
+        "{stats:?}"
+    );
+    assert_eq!(stats.io_errors, 0, "{stats:?}");
+
+    let start = Instant::now();
+    let status = h.pcm(R_PCM_PREPARE, 0);
+    let prepare = start.elapsed();
+    assert_eq!(status, S_OK);
+    assert!(prepare < Duration::from_secs(2), "PREPARE took {prepare:?}");
+    eprintln!("RELEASE {release:?}, PREPARE {prepare:?}: {stats:?}");
+    assert_eq!(h.pcm(R_PCM_RELEASE, 0), S_OK);
+    let start = Instant::now();
+    h.sound.reset();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// A device reset right after RELEASE of 10 s of unplayed audio (paced PCM) returns at once:
+/// a vCPU writing device_status = 0 never waits for the host device to play.
+#[test]
+#[ignore]
+fn a_reset_after_a_release_with_seconds_queued_does_not_wait_for_playback() {
+    let Some(slave) = paced_alsa_pcm() else {
+        return;
+    };
+    let (mut h, sent, _) = queue_ten_seconds_unstarted(&slave);
+    let start = Instant::now();
+    // Whatever RELEASE answers, the reset that follows must not wait for the audio.
+    h.pcm(R_PCM_RELEASE, 0);
+    h.sound.reset();
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "RELEASE + reset took {elapsed:?}"
+    );
+    eprintln!("RELEASE + reset {elapsed:?}: {:?}", h.sound.stats());
+    drop(sent);
+}
+
 // ----- host cost of idle streams -----
 
 /// The ids of this process's threads named `name`.

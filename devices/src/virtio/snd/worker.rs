@@ -13,6 +13,7 @@
 //!   kick's budget, and a broken ring stops its queue until reset (DEVICE_NEEDS_RESET, once).
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vm_memory::GuestMemoryMmap;
@@ -21,7 +22,7 @@ use super::backend::Backend;
 use super::control::{self, Reply, Request, Topology};
 use super::io::{Completion, Direction, IoMessage};
 use super::stats::SoundStats;
-use super::stream::{StreamControl, StreamResources};
+use super::stream::{join_within, StreamControl, StreamResources, RESET_JOIN_WAIT};
 use super::wire::{CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, TXQ};
 use crate::virtio::chain::{ChainBuffers, ChainLimits, Walk};
 use crate::virtio::drain::KickBudget;
@@ -110,13 +111,30 @@ impl SoundWorker {
         }
     }
 
-    /// Device reset: every period thread ends (joined), queued messages are dropped without
-    /// touching the rings, and later notifications are ignored.
-    pub fn shutdown(&mut self) {
+    /// Device reset: the TX and RX queues are revoked (no period thread touches them or their
+    /// buffers again), every period thread is told to end and joined if it does within
+    /// [`RESET_JOIN_WAIT`], queued messages are dropped without touching the rings, and later
+    /// notifications are ignored. Returns the threads still running: each is in a host call
+    /// that has not returned (a hung sound server), which a reset must not wait for.
+    #[must_use = "threads still running are to be joined later"]
+    pub fn shutdown(&mut self) -> Vec<JoinHandle<()>> {
         self.stopped = true;
-        for stream in &mut self.streams {
-            stream.reset();
+        self.tx.revoke();
+        self.rx.revoke();
+        let threads = self
+            .streams
+            .iter_mut()
+            .flat_map(|stream| stream.reset())
+            .collect();
+        let running = join_within(threads, RESET_JOIN_WAIT);
+        if !running.is_empty() {
+            crate::warn_limited!(
+                "virtio-snd: {} period thread(s) still in a host audio call after the device \
+                 reset; the reset goes on without them",
+                running.len()
+            );
         }
+        running
     }
 
     #[cfg(test)]
@@ -335,6 +353,8 @@ impl MutEventSubscriber for SoundWorker {
 
 impl Drop for SoundWorker {
     fn drop(&mut self) {
-        self.shutdown();
+        // Threads still running end on their own: their waits are cancelled and their queues
+        // revoked.
+        drop(self.shutdown());
     }
 }

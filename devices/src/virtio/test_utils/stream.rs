@@ -2,6 +2,7 @@
 //! plays: to record periods (the bench), or to stall the period thread (the host-fault tests).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::virtio::snd::backend::{
     Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness,
@@ -109,8 +110,8 @@ impl OutputStream for HookedOutput {
         self.inner.play_period(filled)
     }
 
-    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
-        self.inner.flush_bytes(len)
+    fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError> {
+        self.inner.flush_bytes(len, deadline)
     }
 
     fn latency_bytes(&mut self) -> u32 {

@@ -33,7 +33,7 @@ const REAL_TIME_SLACK_PERCENT: u64 = 5;
 const MAX_TRANSFER_WAIT: Duration = Duration::from_millis(500);
 /// How much longer than the audio it waits for a transfer may take.
 const TRANSFER_SLACK: Duration = Duration::from_millis(100);
-/// The longest `close` lets the PCM drain (the next PREPARE of the stream waits for it).
+/// The longest `close` lets the PCM drain (in the released stream's thread).
 const MAX_DRAIN: Duration = Duration::from_millis(500);
 /// How often a drain checks for completion.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
@@ -456,11 +456,24 @@ impl Pcm {
         &mut self,
         direction: Direction,
         len: usize,
-        mut io: impl FnMut(&PCM, usize) -> Result<usize, ::alsa::Error>,
+        io: impl FnMut(&PCM, usize) -> Result<usize, ::alsa::Error>,
     ) -> Result<(), BackendError> {
+        self.transfer_until(direction, len, None, io).map(|_| ())
+    }
+
+    /// [`Pcm::transfer`], but waiting for room or data no later than `until`: once it has
+    /// passed, returns the bytes moved so far (possibly fewer than `len`) instead of failing.
+    fn transfer_until(
+        &mut self,
+        direction: Direction,
+        len: usize,
+        until: Option<Instant>,
+        mut io: impl FnMut(&PCM, usize) -> Result<usize, ::alsa::Error>,
+    ) -> Result<usize, BackendError> {
         self.check()?;
         let frame_bytes = self.frame_bytes.max(1);
-        let deadline = Instant::now() + self.max_wait();
+        let stalled_at = Instant::now() + self.max_wait();
+        let deadline = until.map_or(stalled_at, |until| until.min(stalled_at));
         let mut done = 0;
         let mut recoveries = 0;
         while done < len {
@@ -489,13 +502,17 @@ impl Pcm {
                     return Err(alsa_error(op)(e));
                 }
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if until.is_some_and(|until| now >= until) {
+                return Ok(done.min(len));
+            }
+            if now >= deadline {
                 return Err(BackendError::Stalled(self.max_wait()));
             }
             // Room (data) comes as the device plays (captures); a failed wait just retries.
             let _ = self.pcm.wait(Some(10));
         }
-        Ok(())
+        Ok(len)
     }
 }
 
@@ -604,11 +621,20 @@ impl OutputStream for AlsaOutput {
         Ok(len - filled)
     }
 
-    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
+    fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError> {
         // After a STOP the PCM may be paused, dropped or underrun.
         self.pcm.resume()?;
-        let len = self.pad_to_frame(len.min(self.period.len()));
-        self.write(len)
+        let len = len.min(self.period.len());
+        let padded = self.pad_to_frame(len);
+        let period = &self.period;
+        // Once the PCM's buffer is full it takes room only as it plays: at the deadline, the
+        // rest is left to the caller to drop.
+        let taken =
+            self.pcm
+                .transfer_until(Direction::Playback, padded, Some(deadline), |pcm, done| {
+                    pcm.io_bytes().writei(&period[done..padded])
+                })?;
+        Ok(taken.min(len))
     }
 
     fn latency_bytes(&mut self) -> u32 {
@@ -633,20 +659,42 @@ impl OutputStream for AlsaOutput {
                 let deadline = Instant::now() + (held + TRANSFER_SLACK).min(MAX_DRAIN);
                 // A wake-up left from the RELEASE command is not a reason to stop.
                 waker.consume();
-                // Non-blocking drain: EAGAIN means still draining.
-                while matches!(pcm.pcm.state(), State::Running | State::Draining) {
-                    match pcm.pcm.drain() {
-                        Ok(()) => break,
-                        Err(e) if is_errno(&e, libc::EAGAIN) => {}
-                        Err(_) => break,
+                if held <= MAX_DRAIN {
+                    // snd_pcm_drain, non-blocking where the PCM allows (EAGAIN: still
+                    // draining). Some plugins block in it until everything is played (`pulse`
+                    // does): that is at most `held` here, and nothing waits for this thread
+                    // beyond a bound (a reset leaves it behind after 250 ms).
+                    while matches!(pcm.pcm.state(), State::Running | State::Draining) {
+                        match pcm.pcm.drain() {
+                            Ok(()) => break,
+                            Err(e) if is_errno(&e, libc::EAGAIN) => {}
+                            Err(_) => break,
+                        }
+                        if Instant::now() >= deadline || waker.is_cancelled() {
+                            break;
+                        }
+                        waker.wait_for(DRAIN_POLL);
                     }
-                    if Instant::now() >= deadline || waker.is_cancelled() {
-                        break;
+                } else {
+                    // More than the drain may take (a RELEASE flush filled the PCM's buffer):
+                    // no snd_pcm_drain, which could block for all of it. Let it play until the
+                    // deadline, watching its delay; the rest is dropped below. An xrun is not
+                    // the end: `pulse` reports one once its ring is empty while its server
+                    // still plays (a device's delay fails in an xrun, which ends the wait).
+                    while matches!(pcm.pcm.state(), State::Running | State::XRun)
+                        && pcm.latency_bytes() > 0
+                        && Instant::now() < deadline
+                        && !waker.is_cancelled()
+                    {
+                        waker.wait_for(DRAIN_POLL);
                     }
-                    waker.wait_for(DRAIN_POLL);
                 }
             }
         }
+        // What is still held is lost: the drain ran out of time, was cut short, or was not
+        // asked for.
+        let held = pcm.latency_bytes();
+        pcm.stats.tx_dropped_at_close(u64::from(held));
         let _ = pcm.pcm.drop();
     }
 }

@@ -127,9 +127,11 @@ impl<S: PeriodSink> OutputStream for ClockedOutput<S> {
         self.sink.play(data, period_bytes)
     }
 
-    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError> {
+    fn flush_bytes(&mut self, len: usize, _deadline: Instant) -> Result<usize, BackendError> {
+        // A sink never waits for room: it takes everything at once.
         let data = &self.period[..len.min(self.period.len())];
-        self.sink.flush(data)
+        self.sink.flush(data)?;
+        Ok(data.len())
     }
 
     fn latency_bytes(&mut self) -> u32 {

@@ -24,7 +24,7 @@ pub mod wav;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::config::{BackendConfig, SoundConfig};
 use super::stats::SoundStats;
@@ -172,15 +172,17 @@ pub trait OutputStream: Send {
     /// `period_bytes` means the guest had nothing more queued (underrun): ALSA and null play
     /// silence in its place, WAV records nothing. Returns the bytes of silence added.
     fn play_period(&mut self, filled: usize) -> Result<usize, BackendError>;
-    /// Hands over the first `len` bytes of the period buffer without pacing (RELEASE flush).
-    fn flush_bytes(&mut self, len: usize) -> Result<(), BackendError>;
+    /// Hands over the first `len` bytes of the period buffer without pacing (RELEASE flush),
+    /// waiting for room no later than `deadline`. Returns how many of them the backend took:
+    /// all of them, or fewer only once `deadline` has passed.
+    fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError>;
     /// Bytes handed to the backend and not played yet.
     fn latency_bytes(&mut self) -> u32;
     /// Completes the release flush, before the device replies to RELEASE (WAV finalizes its
     /// header here).
     fn finish(&mut self) -> Result<(), BackendError>;
     /// Closes the stream. With `drain`, lets the backend play what it holds first: bounded,
-    /// and cut short if that waker is cancelled (device reset).
+    /// and cut short if that waker is cancelled (device reset). Without, drops what it holds.
     fn close(self: Box<Self>, drain: Option<&Waker>);
 }
 
