@@ -22,7 +22,7 @@ if [ -e /sys/module/kvm_pvm ]; then
   echo "canto: this host's KVM is kvm_pvm (software): the guest kernel is interpreted, expect about a minute"
 fi
 start=$(date +%s.%N)
-RUST_LOG=vmm=info "$canto" --kernel "$guest/vmlinux" --initramfs "$guest/initramfs.cpio.gz" \
+RUST_LOG=vmm=info "$canto" --kernel "$guest/vmlinux" --initramfs "$guest/initramfs.cpio" \
   --memory 256M --cmdline "canto.run=play" "${sound[@]}" 2> >(grep -E 'sound stats|canto:' >&2)
 end=$(date +%s.%N)
 printf 'canto: the VM ran for %.1f s and exited 0\n' "$(echo "$end - $start" | bc)"

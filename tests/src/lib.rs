@@ -108,7 +108,7 @@ impl GuestImage {
         let dir = workspace_root().join("target/guest");
         let image = Self {
             kernel: dir.join("vmlinux"),
-            initramfs: dir.join("initramfs.cpio.gz"),
+            initramfs: dir.join("initramfs.cpio"),
             test_wav: dir.join("test.wav"),
         };
         let built = image.kernel.exists() && image.initramfs.exists();

@@ -5,24 +5,30 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use canto_devices::virtio::snd::SoundConfig;
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::config::{
     check_cpus, DevicesConfig, DiskConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
     DISK_NEEDS_PATH, SERIAL_FILE_NEEDS_PATH,
 };
 
-/// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...`
+/// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...` or `canto --config FILE [...]`
 #[derive(Debug, Parser)]
 #[command(
     name = "canto",
     version,
-    about = "A small, fast KVM virtual machine monitor whose guests have sound"
+    about = "A small, fast KVM virtual machine monitor whose guests have sound",
+    after_help = crate::console::ESCAPE_HELP
 )]
 pub struct Cli {
+    /// The whole VM from a file, JSON or TOML (docs/config.md); options given on the command
+    /// line override what it says.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    pub kernel: Option<PathBuf>,
     /// Initramfs to hand the kernel (cpio, optionally compressed; concatenated archives work).
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
@@ -57,13 +63,78 @@ pub struct Cli {
     /// Print the guest's PCI devices and exit after building the VM.
     #[arg(long)]
     pub print_devices: bool,
+    /// The arguments given on the command line (not defaulted), by id, for `--config`'s
+    /// overrides; empty unless parsed by [`Cli::parse_args`].
+    #[arg(skip)]
+    given: Vec<String>,
 }
 
 impl Cli {
-    /// The VM this command line describes (`--print-devices` is an action, not part of it).
+    /// Parses `args` (the program name first), remembering which options were given rather
+    /// than defaulted, so that they override a `--config` file.
+    pub fn parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        cli.given = matches
+            .ids()
+            .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+        Ok(cli)
+    }
+
+    fn given(&self, id: &str) -> bool {
+        self.given.iter().any(|g| g == id)
+    }
+
+    /// The VM to run: the `--config` file with the options given on the command line laid over
+    /// it, or the command line alone. Errors are one line.
+    pub fn vm_config(&self) -> Result<VmConfig, String> {
+        let Some(path) = &self.config else {
+            return Ok(self.to_config());
+        };
+        let mut config = VmConfig::from_file(path)?;
+        let line = self.to_config();
+        if self.given("kernel") {
+            config.kernel = line.kernel;
+        }
+        if self.given("initramfs") {
+            config.initramfs = line.initramfs;
+        }
+        if self.given("cmdline") {
+            config.cmdline = line.cmdline;
+        }
+        if self.given("cpus") {
+            config.cpus = line.cpus;
+        }
+        if self.given("memory") {
+            config.memory = line.memory;
+        }
+        if self.given("serial") {
+            config.serial = line.serial;
+        }
+        if self.given("sound") || self.given("no_sound") {
+            config.devices.sound = line.devices.sound;
+        }
+        if self.given("no_rng") {
+            config.devices.rng = line.devices.rng;
+        }
+        // The command line's disks replace the file's (a list has no per-entry override).
+        if self.given("disk") {
+            config.devices.disks = line.devices.disks;
+        }
+        Ok(config)
+    }
+
+    /// The VM the command line alone describes, defaults included (`--print-devices` is an
+    /// action, not part of it; `--config` is not read).
     pub fn to_config(&self) -> VmConfig {
         VmConfig {
-            kernel: self.kernel.clone(),
+            kernel: self.kernel.clone().unwrap_or_default(),
             initramfs: self.initramfs.clone(),
             cmdline: self.cmdline.clone(),
             cpus: self.cpus,
@@ -304,6 +375,113 @@ mod tests {
         );
         let off = parse(&["--kernel", "k", "--no-sound"]).unwrap().to_config();
         assert_eq!(off.devices.sound, SoundSetting::Off);
+    }
+
+    /// A `--config` file in a temporary directory, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("canto-cli-{}-{name}", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+        fn arg(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn args(list: &[&str]) -> Cli {
+        Cli::parse_args(std::iter::once("canto").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn a_config_file_is_the_vm_and_given_options_override_it() {
+        let file = TempFile::new(
+            "override.toml",
+            r#"
+                kernel = "/file/kernel"
+                cmdline = "from-file"
+                cpus = 2
+                memory = "128M"
+                serial = "null"
+                [devices]
+                rng = false
+                sound = "off"
+            "#,
+        );
+        let config = args(&["--config", file.arg()]).vm_config().unwrap();
+        assert_eq!(config.kernel, PathBuf::from("/file/kernel"));
+        assert_eq!((config.cpus, config.memory), (2, 128 << 20));
+        assert_eq!(config.cmdline, "from-file");
+        assert_eq!(config.serial, SerialConfig::Null);
+        assert_eq!(config.devices.sound, SoundSetting::Off);
+        assert!(!config.devices.rng);
+        // Defaults on the command line do not override the file; given options do.
+        let config = args(&["--config", file.arg(), "--cpus", "1", "--cmdline", "x"])
+            .vm_config()
+            .unwrap();
+        assert_eq!((config.cpus, config.memory), (1, 128 << 20));
+        assert_eq!(config.cmdline, "x");
+        assert_eq!(config.serial, SerialConfig::Null);
+        let config = args(&[
+            "--config",
+            file.arg(),
+            "--kernel",
+            "/cli/kernel",
+            "--initramfs",
+            "/cli/initrd",
+            "--memory",
+            "1G",
+            "--serial",
+            "stdio",
+            "--sound",
+            "backend=null",
+        ])
+        .vm_config()
+        .unwrap();
+        assert_eq!(config.kernel, PathBuf::from("/cli/kernel"));
+        assert_eq!(config.initramfs, Some("/cli/initrd".into()));
+        assert_eq!(config.memory, 1 << 30);
+        assert_eq!(config.serial, SerialConfig::Stdio);
+        assert!(matches!(config.devices.sound, SoundSetting::Device(_)));
+        assert!(!config.devices.rng, "rng stays as the file says");
+    }
+
+    #[test]
+    fn no_rng_and_no_sound_override_a_file_that_has_them() {
+        let file = TempFile::new("devices.json", r#"{"kernel": "/k"}"#);
+        let config = args(&["--config", file.arg()]).vm_config().unwrap();
+        assert!(config.devices.rng);
+        assert_eq!(config.devices.sound, SoundSetting::Auto);
+        let config = args(&["--config", file.arg(), "--no-rng", "--no-sound"])
+            .vm_config()
+            .unwrap();
+        assert!(!config.devices.rng);
+        assert_eq!(config.devices.sound, SoundSetting::Off);
+    }
+
+    #[test]
+    fn kernel_is_needed_unless_a_config_file_is_given() {
+        let e = Cli::parse_args(["canto", "--cpus", "2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--kernel"), "{e}");
+        assert!(Cli::parse_args(["canto", "--config", "/x.toml"]).is_ok());
+        // Without --config the command line is the VM, as before.
+        let cli = args(&["--kernel", "k", "--memory", "1G"]);
+        assert_eq!(cli.vm_config(), Ok(cli.to_config()));
+        let e = args(&["--config", "/nonexistent/vm.toml"])
+            .vm_config()
+            .unwrap_err();
+        assert!(e.contains("cannot read the config file"), "{e}");
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! The VM's configuration: what to boot and which devices the guest gets.
 //!
-//! The command line ([`crate::cli`]) builds a [`VmConfig`] today; a configuration file or an API
-//! socket will build the same struct, which is why it is serde-(de)serializable and refuses
-//! fields it does not know. Everything that can be checked without KVM is checked by
+//! The command line ([`crate::cli`]) and a configuration file ([`VmConfig::from_file`], JSON or
+//! TOML, docs/config.md) build a [`VmConfig`]; an API socket (docs/api.md) will build the same
+//! struct, which is why it is serde-(de)serializable and refuses fields it does not know. Everything that can be checked without KVM is checked by
 //! [`VmConfig::validate`], so every front end gives the same one-line errors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use canto_devices::virtio::snd::{BackendConfig, SoundConfig};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Largest vCPU count Canto accepts (what the MP table can describe, and more than a microVM needs).
 pub const MAX_VCPUS: u8 = canto_arch::mptable::MAX_CPUS;
@@ -31,8 +31,8 @@ pub struct VmConfig {
     /// Number of vCPUs, 1..=[`MAX_VCPUS`].
     #[serde(default = "default_cpus")]
     pub cpus: u8,
-    /// Guest RAM in bytes.
-    #[serde(default = "default_memory")]
+    /// Guest RAM in bytes; a file may also give a size string such as "512M" or "2G".
+    #[serde(default = "default_memory", deserialize_with = "bytes_or_size")]
     pub memory: u64,
     /// Where the guest's serial console goes.
     #[serde(default)]
@@ -50,6 +50,68 @@ fn default_memory() -> u64 {
     DEFAULT_MEMORY
 }
 
+/// A byte count as a number, or as a size string with a K/M/G/T suffix ([`crate::cli::parse_size`]).
+fn bytes_or_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct Size;
+    impl serde::de::Visitor<'_> for Size {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number of bytes or a size such as \"512M\"")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
+            crate::cli::parse_size(v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_any(Size)
+}
+
+/// The formats a configuration file can be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Json,
+    Toml,
+}
+
+impl FileFormat {
+    /// By the file's extension (`.json`, `.toml`); otherwise JSON when the text starts with `{`.
+    pub fn of(path: &Path, text: &str) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("json") => Self::Json,
+            Some(e) if e.eq_ignore_ascii_case("toml") => Self::Toml,
+            _ if text.trim_start().starts_with('{') => Self::Json,
+            _ => Self::Toml,
+        }
+    }
+}
+
+/// `message` prefixed with the key it is about (`devices.sound: ...`), unless that is the
+/// document itself.
+fn at_key(path: &str, message: String) -> String {
+    if path.is_empty() || path == "." {
+        message
+    } else {
+        format!("{path}: {message}")
+    }
+}
+
+/// Line and column (from 1) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
 impl VmConfig {
     /// A VM booting `kernel` with every other setting at its default.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
@@ -62,6 +124,59 @@ impl VmConfig {
             serial: SerialConfig::default(),
             devices: DevicesConfig::default(),
         }
+    }
+
+    /// Reads a configuration file, JSON or TOML ([`FileFormat::of`]); every error is one line
+    /// naming the file (an unknown key by its name, a wrong type by its field and place).
+    /// Relative paths in it are relative to Canto's working directory, as on the command line.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let name = path.display();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the config file '{name}': {e}"))?;
+        Self::from_text(&text, FileFormat::of(path, &text))
+            .map_err(|e| format!("config file '{name}': {e}"))
+    }
+
+    /// Parses a configuration document and [validates](Self::validate) it.
+    pub fn from_text(text: &str, format: FileFormat) -> Result<Self, String> {
+        let config: Self = match format {
+            FileFormat::Json => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                let config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                    let (path, e) = (e.path().to_string(), e.into_inner());
+                    if e.is_syntax() || e.is_eof() {
+                        format!("not valid JSON: {e}")
+                    } else {
+                        at_key(&path, e.to_string())
+                    }
+                })?;
+                // Text after the document is a syntax error too.
+                de.end().map_err(|e| format!("not valid JSON: {e}"))?;
+                config
+            }
+            FileFormat::Toml => {
+                // toml's Display draws the line with a caret over several lines; one line here.
+                let one_line = |e: toml::de::Error| {
+                    let message = e.message().trim().replace('\n', " ");
+                    match e.span() {
+                        Some(span) => {
+                            let (line, column) = line_column(text, span.start);
+                            format!("{message} at line {line} column {column}")
+                        }
+                        None => message,
+                    }
+                };
+                // Syntax first, so that a file that is not TOML at all says so.
+                let de = toml::de::Deserializer::parse(text)
+                    .map_err(|e| format!("not valid TOML: {}", one_line(e)))?;
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    let path = e.path().to_string();
+                    at_key(&path, one_line(e.into_inner()))
+                })?
+            }
+        };
+        config.validate()?;
+        Ok(config)
     }
 
     /// The checks that need no KVM and no files (the command line makes them while parsing; a
@@ -351,6 +466,139 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("at least one stream"));
+    }
+
+    #[test]
+    fn toml_and_json_give_the_same_config() {
+        let toml = r#"
+            kernel = "/boot/vmlinux"
+            initramfs = "/boot/initramfs.cpio"
+            cmdline = "quiet"
+            cpus = 2
+            memory = "1G"
+            serial = { file = { path = "/tmp/console" } }
+
+            [devices]
+            rng = false
+
+            [devices.sound.device]
+            backend = { wav = { path = "/tmp/o.wav" } }
+            outputs = 2
+            inputs = 0
+        "#;
+        let json = r#"{
+            "kernel": "/boot/vmlinux",
+            "initramfs": "/boot/initramfs.cpio",
+            "cmdline": "quiet",
+            "cpus": 2,
+            "memory": 1073741824,
+            "serial": {"file": {"path": "/tmp/console"}},
+            "devices": {
+                "rng": false,
+                "sound": {"device": {"backend": {"wav": {"path": "/tmp/o.wav"}}, "outputs": 2, "inputs": 0}}
+            }
+        }"#;
+        let from_toml = VmConfig::from_text(toml, FileFormat::Toml).unwrap();
+        let from_json = VmConfig::from_text(json, FileFormat::Json).unwrap();
+        assert_eq!(from_toml, from_json);
+        assert_eq!(from_toml.memory, 1 << 30);
+        assert_eq!(from_toml.cpus, 2);
+        assert!(!from_toml.devices.rng);
+        let minimal = VmConfig::from_text("kernel = \"/k\"", FileFormat::Toml).unwrap();
+        assert_eq!(minimal, VmConfig::new("/k"));
+    }
+
+    #[test]
+    fn memory_takes_bytes_or_a_size() {
+        let memory = |doc: &str| VmConfig::from_text(doc, FileFormat::Json).map(|c| c.memory);
+        assert_eq!(
+            memory(r#"{"kernel": "/k", "memory": "512M"}"#),
+            Ok(512 << 20)
+        );
+        assert_eq!(memory(r#"{"kernel": "/k", "memory": "2GiB"}"#), Ok(2 << 30));
+        assert_eq!(memory(r#"{"kernel": "/k", "memory": 4096}"#), Ok(4096));
+        assert!(memory(r#"{"kernel": "/k", "memory": "12Q"}"#)
+            .unwrap_err()
+            .contains("unknown size suffix"));
+        assert!(memory(r#"{"kernel": "/k", "memory": -1}"#)
+            .unwrap_err()
+            .contains("negative"));
+        assert!(memory(r#"{"kernel": "/k", "memory": true}"#)
+            .unwrap_err()
+            .contains("a number of bytes or a size"));
+    }
+
+    #[test]
+    fn file_errors_are_one_line_naming_the_problem() {
+        let err = |doc: &str, format| {
+            let e = VmConfig::from_text(doc, format).unwrap_err();
+            assert!(!e.contains('\n'), "not one line: {e}");
+            e
+        };
+        let e = err("kernel = \"/k\"\nvcpus = 2\n", FileFormat::Toml);
+        assert!(
+            e.contains("unknown field `vcpus`") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"kernel": "/k", "devices": {"rgn": true}}"#,
+            FileFormat::Json,
+        );
+        assert!(e.contains("unknown field `rgn`"), "{e}");
+        let e = err("[devices]\nrgn = true\n", FileFormat::Toml);
+        assert!(e.contains("unknown field `rgn`"), "{e}");
+        let e = err("kernel = \"/k\"\ncpus = \"two\"\n", FileFormat::Toml);
+        assert!(
+            e.starts_with("cpus: invalid type") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = err(r#"{"kernel": "/k", "cpus": "two"}"#, FileFormat::Json);
+        assert!(e.starts_with("cpus: invalid type"), "{e}");
+        let e = err(
+            "kernel = \"/k\"\n[devices.sound.device]\nbackend = \"jack\"\n",
+            FileFormat::Toml,
+        );
+        assert!(
+            e.starts_with("devices.sound.device.backend: unknown variant `jack`"),
+            "{e}"
+        );
+        assert!(err(r#"{"kernel": "/k"} x"#, FileFormat::Json).starts_with("not valid JSON"));
+        assert!(err("this is = = not", FileFormat::Toml).starts_with("not valid TOML"));
+        assert!(err("{ nope", FileFormat::Json).starts_with("not valid JSON"));
+        assert!(err("", FileFormat::Json).starts_with("not valid JSON"));
+        assert!(err("cpus = 2", FileFormat::Toml).contains("missing field `kernel`"));
+        assert!(err("kernel = \"/k\"\ncpus = 0", FileFormat::Toml).contains("at least 1 vCPU"));
+    }
+
+    #[test]
+    fn the_format_comes_from_the_extension_or_the_text() {
+        assert_eq!(FileFormat::of(Path::new("vm.json"), ""), FileFormat::Json);
+        assert_eq!(FileFormat::of(Path::new("vm.TOML"), "{"), FileFormat::Toml);
+        assert_eq!(
+            FileFormat::of(Path::new("vm.conf"), " {\"kernel\": 1}"),
+            FileFormat::Json
+        );
+        assert_eq!(
+            FileFormat::of(Path::new("vm"), "kernel = 1"),
+            FileFormat::Toml
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_one_line() {
+        let e = VmConfig::from_file(Path::new("/nonexistent/vm.toml")).unwrap_err();
+        assert!(
+            e.starts_with("cannot read the config file '/nonexistent/vm.toml'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn line_and_column() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é\n", 1), (1, 1));
+        assert_eq!(line_column("x", 99), (1, 2));
     }
 
     #[test]

@@ -414,6 +414,7 @@ mod tests {
                 inputs: 1,
                 jacks: 0,
             }),
+            disks: Vec::new(),
         };
         let built = build_sound(&config).unwrap().expect("a sound device");
         let line = (built.report.as_ref().expect("a report line"))();

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod cmdline;
 pub mod config;
+pub mod console;
 pub mod devices;
 mod event_loop;
 pub mod interrupts;
@@ -255,9 +256,12 @@ impl Vmm {
         }
         let raw_terminal = match (&serial_mode, RawTerminal::enter()) {
             (SerialConfig::Stdio, Some(raw)) => {
-                events.add_subscriber(Arc::new(Mutex::new(StdinToSerial {
-                    serial: serial.clone(),
-                })));
+                let stdin = StdinToSerial::new(serial.clone(), exit.clone(), done.clone())
+                    .map_err(|source| Error::Io {
+                        what: "cannot set up the serial input timer",
+                        source,
+                    })?;
+                events.add_subscriber(Arc::new(Mutex::new(stdin)));
                 Some(raw)
             }
             _ => None,

@@ -1,12 +1,11 @@
 //! `canto`: boot a guest on KVM from the command line.
 //!
-//! Exit status: 0 when the guest powers off or reboots; 1 with one line on stderr for any error;
+//! Exit status: 0 when the guest powers off or reboots, or the user types Ctrl-A x; 1 with one line on stderr for any error;
 //! 128 + N after stop signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), with one line naming it,
 //! once the VM is torn down.
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use vmm::vcpu::VmExit;
 
 fn main() -> ExitCode {
@@ -26,8 +25,15 @@ fn main() -> ExitCode {
     )
     .format_timestamp_millis()
     .init();
-    let cli = vmm::cli::Cli::parse();
-    let result = vmm::Vmm::build(&cli.to_config()).and_then(|mut vmm| {
+    let cli = vmm::cli::Cli::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let config = match cli.vm_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("canto: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = vmm::Vmm::build(&config).and_then(|mut vmm| {
         if cli.print_devices {
             for device in vmm.pci_devices() {
                 println!("{device}");
@@ -44,6 +50,10 @@ fn main() -> ExitCode {
                 vmm::signals::name(signal)
             );
             ExitCode::from(vmm::signals::exit_status(signal))
+        }
+        Ok(VmExit::ConsoleExit) => {
+            eprintln!("canto: ended by Ctrl-A x: the guest was halted and its devices flushed");
+            ExitCode::SUCCESS
         }
         Ok(reason) => {
             log::info!("guest ended: {reason:?}");

@@ -27,6 +27,8 @@ pub enum VmExit {
     Failed(String),
     /// A stop signal (SIGTERM, SIGINT or SIGHUP; its number) ended the VM.
     Signal(i32),
+    /// The user typed Ctrl-A x on the console ([`crate::console`]).
+    ConsoleExit,
 }
 
 /// Where vCPU threads report the VM's end: the first report wins, and the event loop is woken.

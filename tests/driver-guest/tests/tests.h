@@ -25,6 +25,7 @@ void test_snd_play(void);
 void test_virtq_attacks(void);
 void test_soak(void);
 void test_internal_error(void);
+void test_serial_echo(void);
 void test_blk(void);
 
 #endif

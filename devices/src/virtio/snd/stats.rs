@@ -70,6 +70,8 @@ impl std::fmt::Display for SoundStatsSnapshot {
             tx_silence_bytes,
             tx_underruns,
             tx_messages,
+            tx_bytes_dropped_on_release,
+            tx_bytes_dropped_at_close,
             rx_bytes_copied,
             rx_overruns,
             rx_messages,
@@ -82,7 +84,10 @@ impl std::fmt::Display for SoundStatsSnapshot {
             f,
             "tx_bytes_copied={tx_bytes_copied} tx_bytes_played={tx_bytes_played} \
              tx_silence_bytes={tx_silence_bytes} tx_underruns={tx_underruns} \
-             tx_messages={tx_messages} rx_bytes_copied={rx_bytes_copied} \
+             tx_messages={tx_messages} \
+             tx_bytes_dropped_on_release={tx_bytes_dropped_on_release} \
+             tx_bytes_dropped_at_close={tx_bytes_dropped_at_close} \
+             rx_bytes_copied={rx_bytes_copied} \
              rx_overruns={rx_overruns} rx_messages={rx_messages} bad_messages={bad_messages} \
              io_errors={io_errors} backend_xruns={backend_xruns} \
              control_requests={control_requests}"
