@@ -469,6 +469,52 @@ mod tests {
     }
 
     #[test]
+    fn disks_come_from_the_file_unless_the_command_line_gives_some() {
+        let file = TempFile::new(
+            "disks.toml",
+            r#"
+                kernel = "/k"
+                [[devices.disks]]
+                path = "/file/a.img"
+                [[devices.disks]]
+                path = "/file/b.img"
+                readonly = true
+                id = "b"
+            "#,
+        );
+        let config = args(&["--config", file.arg()]).vm_config().unwrap();
+        let paths: Vec<_> = config
+            .devices
+            .disks
+            .iter()
+            .map(|d| d.path.clone())
+            .collect();
+        assert_eq!(paths, [PathBuf::from("/file/a.img"), "/file/b.img".into()]);
+        assert!(config.devices.disks[1].readonly);
+        assert_eq!(config.devices.disks[1].id.as_deref(), Some("b"));
+        let config = args(&["--config", file.arg(), "--disk", "path=/cli.img"])
+            .vm_config()
+            .unwrap();
+        let paths: Vec<_> = config
+            .devices
+            .disks
+            .iter()
+            .map(|d| d.path.clone())
+            .collect();
+        assert_eq!(
+            paths,
+            [PathBuf::from("/cli.img")],
+            "the command line's list wins"
+        );
+        let bad = TempFile::new(
+            "disks-bad.toml",
+            "kernel = \"/k\"\n[[devices.disks]]\npath = \"/x\"\nro = true\n",
+        );
+        let e = args(&["--config", bad.arg()]).vm_config().unwrap_err();
+        assert!(e.contains("unknown field `ro`"), "{e}");
+    }
+
+    #[test]
     fn kernel_is_needed_unless_a_config_file_is_given() {
         let e = Cli::parse_args(["canto", "--cpus", "2"])
             .unwrap_err()
