@@ -1051,6 +1051,7 @@ fn rng(out: &mut Out) {
     w.u8(6).u8(0);
     rng_request(&mut w, &[], &[DescSpec::Writable(64)], false);
     out.put(t, "raw_descriptors_and_resets", &w.out);
+}
 
 /// blk_requests: a write, a flush, a read back, GET_ID, ranges, refusals, a reset in flight.
 fn blk(out: &mut Out) {
