@@ -139,28 +139,6 @@ impl Segments {
         Ok(())
     }
 
-    /// The guest ranges that hold `[offset, offset + len)` of the stream, in order (for a
-    /// device that hands them to vectored host I/O); None if that is past the end.
-    pub fn pieces(&self, offset: u64, len: u64) -> Option<Vec<Segment>> {
-        let len = usize::try_from(len).ok()?;
-        let mut out = Vec::new();
-        self.for_each_piece(
-            offset,
-            len,
-            |addr, range| {
-                out.push(Segment {
-                    addr,
-                    // A piece lies within one segment, whose length is a u32.
-                    len: range.len() as u32,
-                });
-                Ok(())
-            },
-            (),
-        )
-        .ok()?;
-        Some(out)
-    }
-
     /// Copies `dst.len()` bytes starting `offset` bytes into the ranges.
     pub fn read_at(
         &self,

@@ -1,6 +1,6 @@
 //! The host side of a disk: the image file, opened and checked once at start-up, and the I/O the
-//! request handler does on it (vectored reads and writes straight between the file and guest
-//! memory, fdatasync, hole punching). Only the disk's worker thread calls the I/O functions.
+//! request handler does on it (positional reads and writes of the worker's buffer, fdatasync,
+//! hole punching). Only the disk's worker thread calls the I/O functions.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -9,12 +9,10 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
-
-use crate::virtio::chain::Segment;
-
-/// The most bytes one host I/O call moves. Between calls the worker checks whether the device is
-/// being reset, so a reset waits for at most this much I/O, however large the guest's request.
+/// The most bytes one host I/O call moves, the size of the worker's buffer. Data goes file ->
+/// buffer -> guest (and back) a chunk at a time: guest memory is touched only in copies under the
+/// queue's DMA guard, never during a host call, and between chunks the worker checks whether the
+/// device is being reset.
 pub const IO_CHUNK: usize = 1 << 20;
 
 /// The unit of the virtio-blk protocol: sectors are always 512 bytes (VIRTIO 1.2 §5.2.6).
@@ -187,29 +185,14 @@ impl DiskFile {
         &self.id
     }
 
-    /// Reads the file from `offset` into the guest ranges `into`, all of it; returns the bytes
-    /// read (fewer only on an error, which comes with them).
-    pub fn read_into(
-        &self,
-        mem: &GuestMemoryMmap,
-        offset: u64,
-        into: &[Segment],
-        stop: &AtomicBool,
-    ) -> Result<u64, (u64, io::Error)> {
-        self.vectored(mem, offset, into, Direction::Read, stop)
+    /// Reads `buf.len()` bytes at `offset` (a short file is an error).
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
     }
 
-    /// Writes the guest ranges `from` to the file at `offset`, all of them.
-    pub fn write_from(
-        &self,
-        mem: &GuestMemoryMmap,
-        offset: u64,
-        from: &[Segment],
-        stop: &AtomicBool,
-    ) -> Result<(), io::Error> {
-        self.vectored(mem, offset, from, Direction::Write, stop)
-            .map(|_| ())
-            .map_err(|(_, e)| e)
+    /// Writes all of `buf` at `offset`.
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)
     }
 
     /// Data written so far reaches the file's storage (VIRTIO_BLK_T_FLUSH).
@@ -286,110 +269,11 @@ impl DiskFile {
             }
         }
     }
-
-    /// preadv/pwritev of the whole of `ranges` at `offset`, resuming after short transfers.
-    fn vectored(
-        &self,
-        mem: &GuestMemoryMmap,
-        offset: u64,
-        ranges: &[Segment],
-        direction: Direction,
-        stop: &AtomicBool,
-    ) -> Result<u64, (u64, io::Error)> {
-        // The host addresses of the ranges. Each was checked to lie in guest RAM when its chain
-        // was walked; a range across two memory regions gives two slices.
-        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            for slice in GuestMemoryBackend::get_slices(mem, range.addr, range.len as usize) {
-                let slice = slice.map_err(|e| (0, io::Error::other(e)))?;
-                iovecs.push(libc::iovec {
-                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                    iov_len: slice.len(),
-                });
-            }
-        }
-        let total: u64 = iovecs.iter().map(|v| v.iov_len as u64).sum();
-        let mut done = 0u64;
-        let mut first = 0usize;
-        let mut batch: Vec<libc::iovec> = Vec::with_capacity(iovecs.len().min(64));
-        while first < iovecs.len() {
-            if stop.load(Ordering::Acquire) {
-                return Err((done, stopped()));
-            }
-            let Ok(at) = i64::try_from(offset + done) else {
-                return Err((done, io::Error::from_raw_os_error(libc::EINVAL)));
-            };
-            // At most IO_CHUNK bytes in at most UIO_MAXIOV vectors per call.
-            batch.clear();
-            let mut room = IO_CHUNK;
-            for v in iovecs[first..].iter().take(libc::UIO_MAXIOV as usize) {
-                if room == 0 {
-                    break;
-                }
-                let len = v.iov_len.min(room);
-                batch.push(libc::iovec {
-                    iov_base: v.iov_base,
-                    iov_len: len,
-                });
-                room -= len;
-            }
-            let pending = &batch[..];
-            let count = pending.len() as i32;
-            // SAFETY: every iovec points into guest RAM, which `mem` keeps mapped for this whole
-            // call (the ranges were checked to lie in it); the kernel reads or writes at most
-            // `iov_len` bytes at each. The guest may touch the same bytes meanwhile: that is the
-            // guest's race, as on real hardware, and no Rust reference covers that memory.
-            let ret = unsafe {
-                match direction {
-                    Direction::Read => {
-                        libc::preadv(self.file.as_raw_fd(), pending.as_ptr(), count, at)
-                    }
-                    Direction::Write => {
-                        libc::pwritev(self.file.as_raw_fd(), pending.as_ptr(), count, at)
-                    }
-                }
-            };
-            if ret < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err((done, err));
-            }
-            if ret == 0 {
-                // The file shrank under us (or a write made no progress).
-                return Err((done, io::Error::from(io::ErrorKind::UnexpectedEof)));
-            }
-            let mut moved = ret as usize;
-            done += moved as u64;
-            while moved > 0 {
-                let v = &mut iovecs[first];
-                if moved >= v.iov_len {
-                    moved -= v.iov_len;
-                    first += 1;
-                } else {
-                    // SAFETY: still inside the same iovec's range (moved < iov_len).
-                    v.iov_base = unsafe { v.iov_base.cast::<u8>().add(moved) }.cast();
-                    v.iov_len -= moved;
-                    moved = 0;
-                }
-            }
-            // Zero-length iovecs left at the front are skipped by the next call anyway.
-        }
-        debug_assert_eq!(done, total);
-        Ok(done)
-    }
 }
 
 /// The error of I/O cut short by a reset (nobody sees its status).
 fn stopped() -> io::Error {
     io::Error::new(io::ErrorKind::Interrupted, "the device is being reset")
-}
-
-#[derive(Clone, Copy)]
-enum Direction {
-    Read,
-    Write,
 }
 
 /// The file's size: its length, or for a block device where its end is.

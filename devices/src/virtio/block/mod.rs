@@ -7,7 +7,8 @@
 //!   eventfd wakes it, it pops the walked chains through [`DeviceQueue`] (with the device's
 //!   [`ChainLimits`] and a [`KickBudget`]), serves each and completes it at once. A reset stops
 //!   the worker and waits for it, but not forever: a file stuck in the kernel cannot hang the
-//!   vCPU that wrote the reset (see [`RESET_WAIT`]).
+//!   vCPU that wrote the reset (see [`RESET_WAIT`]). Guest memory is touched only in copies under
+//!   the queue's DMA guard, never during host I/O (docs/architecture.md, the lock rules).
 //!
 //! docs/virtio-blk.md maps the spec's clauses to this code and its tests.
 
@@ -19,7 +20,7 @@ mod tests;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -56,12 +57,12 @@ const CHAIN_LIMITS: ChainLimits = ChainLimits {
     max_bytes: u32::MAX as u64,
     indirect: false,
 };
-/// How long a reset waits for the worker to end. The worker checks for a reset between host
-/// I/O calls of at most [`disk::IO_CHUNK`] bytes, so a reset waits for one such call, not for a
-/// guest's whole request. A disk file that blocks longer (a hung network file system) is left to
-/// its thread, which completes nothing once the device was reset; only that call's data may
-/// still land in its buffer.
-pub const RESET_WAIT: Duration = Duration::from_secs(5);
+/// How long a reset (on the vCPU that wrote it) waits for the worker to end. The reset revokes
+/// the queue first, so from then on the worker touches neither guest memory nor the used ring;
+/// it checks for the reset between host I/O calls of at most [`disk::IO_CHUNK`] bytes. A disk
+/// file that blocks longer (a hung network file system) leaves its thread in that call: the
+/// thread is kept aside and joined once it has ended (at a later reset or when the device goes).
+pub const RESET_WAIT: Duration = Duration::from_millis(250);
 /// The size of the configuration space (`struct virtio_blk_config` up to the secure-erase
 /// fields, §5.2.4).
 const CONFIG_LEN: usize = 72;
@@ -76,6 +77,8 @@ pub struct Block {
     queue_max_sizes: [u16; 1],
     config: [u8; CONFIG_LEN],
     worker: Option<Worker>,
+    /// Worker threads a reset did not wait for (stuck in a host call), joined once they end.
+    stuck: Vec<JoinHandle<()>>,
 }
 
 impl Block {
@@ -86,6 +89,7 @@ impl Block {
             queue_max_sizes: [BLOCK_QUEUE_SIZE],
             config,
             worker: None,
+            stuck: Vec::new(),
         }
     }
 
@@ -184,7 +188,19 @@ impl VirtioDevice for Block {
 impl Block {
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
-            worker.stop(RESET_WAIT);
+            if let Some(thread) = worker.stop(RESET_WAIT) {
+                self.stuck.push(thread);
+            }
+        }
+        // Join those that have ended since; the others stay (bounded: one per reset the host's
+        // file held up).
+        let (ended, stuck): (Vec<_>, Vec<_>) = self
+            .stuck
+            .drain(..)
+            .partition(|thread| thread.is_finished());
+        self.stuck = stuck;
+        for thread in ended {
+            let _ = thread.join();
         }
     }
 }
@@ -197,10 +213,7 @@ impl Drop for Block {
 
 /// What the device and its worker thread share.
 struct Shared {
-    /// Set (under the lock) by a reset: from then on the worker completes nothing. A completion
-    /// holds the lock, so once `stop` has set it no used entry or interrupt follows.
-    stopped: Mutex<bool>,
-    /// Fast check between requests, mirrors `stopped`.
+    /// Set by a reset (after the queue was revoked): the worker ends at its next check.
     stopping: AtomicBool,
     /// Wakes the worker for a reset.
     wake: EventFd,
@@ -209,6 +222,8 @@ struct Shared {
 /// The running worker thread of one activated device.
 struct Worker {
     shared: Arc<Shared>,
+    /// Revoked at reset: from then on nothing touches the guest's buffers or used ring.
+    queue: Arc<DeviceQueue>,
     thread: Option<JoinHandle<()>>,
     /// Disconnected when the thread ends.
     ended: mpsc::Receiver<()>,
@@ -220,34 +235,34 @@ impl Worker {
         disk: Arc<DiskFile>,
         features: RequestFeatures,
     ) -> Result<Worker, ActivateError> {
+        let queue = Arc::new(queue);
         let shared = Arc::new(Shared {
-            stopped: Mutex::new(false),
             stopping: AtomicBool::new(false),
             wake: EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?,
         });
         let (ended_tx, ended) = mpsc::channel::<()>();
         let thread_shared = shared.clone();
+        let thread_queue = queue.clone();
         let thread = std::thread::Builder::new()
             .name("virtio-blk".into())
             .spawn(move || {
                 let _ended = ended_tx;
-                serve_queue(&queue, &disk, features, &thread_shared);
+                serve_queue(&thread_queue, &disk, features, &thread_shared);
             })
             .map_err(ActivateError::Worker)?;
         Ok(Worker {
             shared,
+            queue,
             thread: Some(thread),
             ended,
         })
     }
 
-    /// Stops the thread: no completion after this returns. Waits up to `wait` for it to end.
-    fn stop(mut self, wait: Duration) {
-        *self
-            .shared
-            .stopped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = true;
+    /// Stops the thread: nothing touches guest memory or the used ring after this returns.
+    /// Waits up to `wait` for it to end; returns it if it has not (stuck in a host call).
+    fn stop(mut self, wait: Duration) -> Option<JoinHandle<()>> {
+        // Waits only for a copy or ring update in progress, never for host I/O.
+        self.queue.revoke();
         self.shared.stopping.store(true, Ordering::Release);
         if let Err(e) = self.shared.wake.write(1) {
             crate::error_limited!("virtio-blk: waking the worker for a reset: {e}");
@@ -257,12 +272,16 @@ impl Worker {
                 if let Some(thread) = self.thread.take() {
                     let _ = thread.join();
                 }
+                None
             }
             // Nothing is ever sent; a timeout means the disk is stuck in the kernel.
-            _ => crate::warn_limited!(
-                "virtio-blk: the worker did not finish its request within {wait:?} of a reset; \
-                 left to end on its own (it completes nothing more)"
-            ),
+            _ => {
+                crate::warn_limited!(
+                    "virtio-blk: the worker is still in a host I/O call {wait:?} after a reset; \
+                     it ends on its own and touches the guest no more"
+                );
+                self.thread.take()
+            }
         }
     }
 }
@@ -281,6 +300,8 @@ fn serve_queue(queue: &DeviceQueue, disk: &DiskFile, features: RequestFeatures, 
             revents: 0,
         },
     ];
+    // Data moves file <-> this buffer <-> guest memory, a chunk at a time.
+    let mut buf = vec![0u8; disk::IO_CHUNK];
     loop {
         if shared.stopping.load(Ordering::Acquire) {
             return;
@@ -309,20 +330,16 @@ fn serve_queue(queue: &DeviceQueue, disk: &DiskFile, features: RequestFeatures, 
                 return;
             }
             let len = match &walk.result {
-                Ok(chain) => request::serve(queue.mem(), disk, features, chain, &shared.stopping),
+                Ok(chain) => {
+                    request::serve(queue, disk, features, chain, &mut buf, &shared.stopping)
+                }
                 // The walk refused the chain: not even its status byte can be trusted.
                 Err(e) => {
                     log::debug!("virtio-blk: request {} refused: {e}", walk.head);
                     0
                 }
             };
-            let stopped = shared
-                .stopped
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if *stopped {
-                return;
-            }
+            // Nothing once the queue is revoked (a reset).
             queue.complete(&[Completion {
                 head: walk.head,
                 len,

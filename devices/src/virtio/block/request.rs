@@ -1,5 +1,6 @@
 //! One virtio-blk request (VIRTIO 1.2 §5.2.6): checked, carried out on the disk, and answered
-//! with its status byte. The request is read as byte streams (§2.6.4, message framing): the
+//! with its status byte. Guest memory is read and written only in copies under the queue's DMA
+//! guard (`DeviceQueue::dma`), never during a host I/O call. The request is read as byte streams (§2.6.4, message framing): the
 //! 16-byte header first in the device-readable part, the status byte last in the
 //! device-writable part, the data in between, however the driver split them into descriptors.
 //!
@@ -8,11 +9,10 @@
 //! length 0; a malformed or out-of-range one gets IOERR; a type it does not know (or a feature
 //! the driver did not negotiate) gets UNSUPP.
 
-use std::sync::atomic::AtomicBool;
-
-use vm_memory::GuestMemoryMmap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::virtio::chain::{ChainBuffers, Segments};
+use crate::virtio::queue::DeviceQueue;
 
 use super::disk::{DiskFile, ID_BYTES, SECTOR_SIZE};
 
@@ -51,14 +51,17 @@ pub struct RequestFeatures {
     pub write_zeroes: bool,
 }
 
-/// Serves one walked request; returns the used length: the bytes the device wrote into the
-/// chain (data and the status byte), or 0 when it has no writable byte for a status. Long I/O
-/// stops early once `stop` is set (a reset: nobody sees the answer).
+/// Serves one walked request of `queue`; returns the used length: the bytes the device wrote into
+/// the chain (data and the status byte), or 0 when it has no writable byte for a status. Data
+/// moves through `buf` (`disk::IO_CHUNK` bytes) a chunk at a time, guest memory only under the
+/// queue's DMA guard; long I/O stops early once `stop` is set or the queue is revoked (a reset:
+/// nobody sees the answer).
 pub fn serve(
-    mem: &GuestMemoryMmap,
+    queue: &DeviceQueue,
     disk: &DiskFile,
     features: RequestFeatures,
     chain: &ChainBuffers,
+    buf: &mut [u8],
     stop: &AtomicBool,
 ) -> u32 {
     let Some(status_at) = chain.writable.len().checked_sub(1) else {
@@ -68,8 +71,11 @@ pub fn serve(
         );
         return 0;
     };
-    let (status, written) = execute(mem, disk, features, chain, stop);
-    if let Err(e) = chain.writable.write_at(mem, status_at, &[status]) {
+    let (status, written) = execute(queue, disk, features, chain, buf, stop);
+    let Some(dma) = queue.dma() else {
+        return 0;
+    };
+    if let Err(e) = chain.writable.write_at(&dma, status_at, &[status]) {
         // Checked to lie in RAM by the walk; nothing the guest did can make this fail.
         log::debug!(
             "virtio-blk: request {}: writing the status: {e}",
@@ -83,10 +89,11 @@ pub fn serve(
 
 /// Carries a request out: its status, and the data bytes written into the guest's buffers.
 fn execute(
-    mem: &GuestMemoryMmap,
+    queue: &DeviceQueue,
     disk: &DiskFile,
     features: RequestFeatures,
     chain: &ChainBuffers,
+    buf: &mut [u8],
     stop: &AtomicBool,
 ) -> (u8, u64) {
     let ioerr = |why: &str| {
@@ -100,9 +107,13 @@ fn execute(
         return ioerr("the header is not 16 device-readable bytes at the start");
     }
     let mut header = [0u8; HEADER_LEN as usize];
-    if readable.read_at(mem, 0, &mut header).is_err() {
+    let Some(dma) = queue.dma() else {
+        return (VIRTIO_BLK_S_IOERR, 0);
+    };
+    if readable.read_at(&dma, 0, &mut header).is_err() {
         return ioerr("cannot read the header");
     }
+    drop(dma);
     let kind = u32::from_le_bytes(header[0..4].try_into().unwrap());
     let sector = u64::from_le_bytes(header[8..16].try_into().unwrap());
     let data_out = readable.len() - HEADER_LEN;
@@ -114,16 +125,22 @@ fn execute(
             let Some(offset) = checked_range(disk, sector, data_in) else {
                 return ioerr("a read outside the disk, or not whole sectors");
             };
-            let Some(pieces) = chain.writable.pieces(0, data_in) else {
-                return ioerr("data buffers");
-            };
-            match disk.read_into(mem, offset, &pieces, stop) {
-                Ok(n) => (VIRTIO_BLK_S_OK, n),
-                Err((n, e)) => {
+            let mut done = 0u64;
+            while done < data_in {
+                let n = (data_in - done).min(buf.len() as u64) as usize;
+                if let Err(e) = disk.read_exact_at(&mut buf[..n], offset + done) {
                     crate::warn_limited!("virtio-blk: reading '{}': {e}", disk.path().display());
-                    (VIRTIO_BLK_S_IOERR, n)
+                    return (VIRTIO_BLK_S_IOERR, done);
                 }
+                let Some(dma) = queue.dma().filter(|_| !stop.load(Ordering::Acquire)) else {
+                    return (VIRTIO_BLK_S_IOERR, done);
+                };
+                if chain.writable.write_at(&dma, done, &buf[..n]).is_err() {
+                    return (VIRTIO_BLK_S_IOERR, done);
+                }
+                done += n as u64;
             }
+            (VIRTIO_BLK_S_OK, done)
         }
         VIRTIO_BLK_T_OUT => {
             if disk.readonly() {
@@ -135,17 +152,31 @@ fn execute(
             let Some(offset) = checked_range(disk, sector, data_out) else {
                 return ioerr("a write outside the disk, or not whole sectors");
             };
-            let Some(pieces) = readable.pieces(HEADER_LEN, data_out) else {
-                return ioerr("data buffers");
-            };
-            let result = disk.write_from(mem, offset, &pieces, stop).and_then(|()| {
-                if features.writethrough {
-                    disk.sync_data()
-                } else {
-                    Ok(())
+            let mut done = 0u64;
+            while done < data_out {
+                let n = (data_out - done).min(buf.len() as u64) as usize;
+                {
+                    let Some(dma) = queue.dma().filter(|_| !stop.load(Ordering::Acquire)) else {
+                        return (VIRTIO_BLK_S_IOERR, 0);
+                    };
+                    if readable
+                        .read_at(&dma, HEADER_LEN + done, &mut buf[..n])
+                        .is_err()
+                    {
+                        return ioerr("data buffers");
+                    }
                 }
-            });
-            host_result(disk, "writing", result)
+                if let Err(e) = disk.write_all_at(&buf[..n], offset + done) {
+                    return host_result(disk, "writing", Err(e));
+                }
+                done += n as u64;
+            }
+            let synced = if features.writethrough {
+                disk.sync_data()
+            } else {
+                Ok(())
+            };
+            host_result(disk, "syncing", synced)
         }
         VIRTIO_BLK_T_FLUSH => {
             if disk.readonly() {
@@ -158,7 +189,10 @@ fn execute(
                 return ioerr("GET_ID with device-readable data");
             }
             let n = data_in.min(ID_BYTES as u64) as usize;
-            match chain.writable.write_at(mem, 0, &disk.id()[..n]) {
+            let Some(dma) = queue.dma() else {
+                return (VIRTIO_BLK_S_IOERR, 0);
+            };
+            match chain.writable.write_at(&dma, 0, &disk.id()[..n]) {
                 Ok(()) => (VIRTIO_BLK_S_OK, n as u64),
                 Err(_) => ioerr("the id buffer"),
             }
@@ -178,7 +212,7 @@ fn execute(
             if data_in != 0 {
                 return ioerr("ranges with device-writable data");
             }
-            ranges(mem, disk, readable, discard, chain.head, stop)
+            ranges(queue, disk, readable, discard, chain.head, stop)
         }
         other => {
             log::debug!("virtio-blk: request {}: unknown type {other}", chain.head);
@@ -208,7 +242,7 @@ fn host_result(disk: &DiskFile, what: &str, result: std::io::Result<()>) -> (u8,
 
 /// DISCARD or WRITE_ZEROES: every range is checked before any is carried out.
 fn ranges(
-    mem: &GuestMemoryMmap,
+    queue: &DeviceQueue,
     disk: &DiskFile,
     readable: &Segments,
     discard: bool,
@@ -225,9 +259,13 @@ fn ranges(
     }
     let mut raw = [0u8; (RANGE_LEN * MAX_RANGES as u64) as usize];
     let raw = &mut raw[..bytes as usize];
-    if readable.read_at(mem, HEADER_LEN, raw).is_err() {
+    let Some(dma) = queue.dma() else {
+        return (VIRTIO_BLK_S_IOERR, 0);
+    };
+    if readable.read_at(&dma, HEADER_LEN, raw).is_err() {
         return ioerr("cannot read the ranges");
     }
+    drop(dma);
     let mut checked = [(0u64, 0u64, false); MAX_RANGES as usize];
     let count = raw.len() / RANGE_LEN as usize;
     for (i, range) in raw.chunks_exact(RANGE_LEN as usize).enumerate() {
