@@ -72,7 +72,9 @@ pub fn serve(
         return 0;
     };
     let (status, written) = execute(queue, disk, features, chain, buf, stop);
-    let Some(dma) = queue.dma() else {
+    // Bus Master Enable cleared meanwhile (or a reset): nothing more is written; the queue holds
+    // the completion until DMA is allowed again.
+    let Some(dma) = guest(queue, stop) else {
         return 0;
     };
     if let Err(e) = chain.writable.write_at(&dma, status_at, &[status]) {
@@ -107,7 +109,7 @@ fn execute(
         return ioerr("the header is not 16 device-readable bytes at the start");
     }
     let mut header = [0u8; HEADER_LEN as usize];
-    let Some(dma) = queue.dma() else {
+    let Some(dma) = guest(queue, stop) else {
         return (VIRTIO_BLK_S_IOERR, 0);
     };
     if readable.read_at(&dma, 0, &mut header).is_err() {
@@ -132,7 +134,7 @@ fn execute(
                     crate::warn_limited!("virtio-blk: reading '{}': {e}", disk.path().display());
                     return (VIRTIO_BLK_S_IOERR, done);
                 }
-                let Some(dma) = queue.dma().filter(|_| !stop.load(Ordering::Acquire)) else {
+                let Some(dma) = guest(queue, stop) else {
                     return (VIRTIO_BLK_S_IOERR, done);
                 };
                 if chain.writable.write_at(&dma, done, &buf[..n]).is_err() {
@@ -156,7 +158,7 @@ fn execute(
             while done < data_out {
                 let n = (data_out - done).min(buf.len() as u64) as usize;
                 {
-                    let Some(dma) = queue.dma().filter(|_| !stop.load(Ordering::Acquire)) else {
+                    let Some(dma) = guest(queue, stop) else {
                         return (VIRTIO_BLK_S_IOERR, 0);
                     };
                     if readable
@@ -189,7 +191,7 @@ fn execute(
                 return ioerr("GET_ID with device-readable data");
             }
             let n = data_in.min(ID_BYTES as u64) as usize;
-            let Some(dma) = queue.dma() else {
+            let Some(dma) = guest(queue, stop) else {
                 return (VIRTIO_BLK_S_IOERR, 0);
             };
             match chain.writable.write_at(&dma, 0, &disk.id()[..n]) {
@@ -219,6 +221,15 @@ fn execute(
             (VIRTIO_BLK_S_UNSUPP, 0)
         }
     }
+}
+
+/// Guest memory for one copy: under the queue's DMA guard, while Bus Master Enable is set and no
+/// reset is under way.
+fn guest<'q>(queue: &'q DeviceQueue, stop: &AtomicBool) -> Option<crate::virtio::queue::Dma<'q>> {
+    if stop.load(Ordering::Acquire) || !queue.dma_allowed() {
+        return None;
+    }
+    queue.dma()
 }
 
 /// The byte offset of `len` bytes at `sector`, if they are whole sectors inside the disk.
@@ -259,7 +270,7 @@ fn ranges(
     }
     let mut raw = [0u8; (RANGE_LEN * MAX_RANGES as u64) as usize];
     let raw = &mut raw[..bytes as usize];
-    let Some(dma) = queue.dma() else {
+    let Some(dma) = guest(queue, stop) else {
         return (VIRTIO_BLK_S_IOERR, 0);
     };
     if readable.read_at(&dma, HEADER_LEN, raw).is_err() {

@@ -629,6 +629,45 @@ fn reset_stops_the_worker_and_nothing_is_served_after() {
     assert_eq!(disk.contents(), before);
 }
 
+/// With Bus Master Enable clear the device neither reads the ring nor touches the file or the
+/// guest's buffers; once it is set again the request is served.
+#[test]
+fn nothing_happens_while_bus_master_is_clear() {
+    let disk = TempDisk::new("bme", SECTORS * SECTOR_SIZE);
+    let before = disk.contents();
+    let mut rig = Rig::start(&disk, false);
+    rig.interrupt.set_dma_allowed(false);
+    let h = rig.ram.alloc_with(&header(VIRTIO_BLK_T_OUT, 3));
+    let d = rig.ram.alloc_with(&[6; 512]);
+    let st = rig.status();
+    rig.driver.add(
+        &rig.ram.mem,
+        &[
+            Desc::readable(h, 16),
+            Desc::readable(d, 512),
+            Desc::writable(st, 1),
+        ],
+    );
+    rig.kick.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(rig.driver.pop_used(&rig.ram.mem), None);
+    assert_eq!(rig.read(st, 1), [0xff], "no status written");
+    assert_eq!(disk.contents(), before, "the file untouched");
+    rig.interrupt.set_dma_allowed(true);
+    rig.kick.write(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let used = loop {
+        if let Some(used) = rig.driver.pop_used(&rig.ram.mem) {
+            break used;
+        }
+        assert!(Instant::now() < deadline, "not served after BME was set");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(used.1, 1);
+    assert_eq!(rig.read(st, 1), [VIRTIO_BLK_S_OK]);
+    assert_eq!(disk.sector(3), vec![6; 512]);
+}
+
 #[test]
 fn config_space_describes_the_disk() {
     let disk = TempDisk::new("config", SECTORS * SECTOR_SIZE);
