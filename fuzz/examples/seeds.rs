@@ -1,6 +1,6 @@
 //! Writes the seed corpora: `cargo run --example seeds -- [DIR]` (default `corpus`, relative to the
-//! fuzz/ directory) creates `DIR/<target>/<name>` for snd_control, snd_io, pci_common_config and
-//! rng.
+//! fuzz/ directory) creates `DIR/<target>/<name>` for snd_control, snd_io, pci_common_config,
+//! rng and vsock.
 //! Every seed is a valid driver session in the target's input format (see each target's header
 //! and `canto_fuzz`), so the fuzzer starts from requests the device accepts: every control request
 //! code, valid SET_PARAMS, TX and RX messages, and a full virtio-pci bring-up.
@@ -1109,6 +1109,51 @@ fn blk(out: &mut Out) {
     request(&mut w, 0, 0, 0, &zeros, 512);
     out.put(t, "read_only", &w.out);
 }
+// ----- vsock -----
+
+/// Offers 8 rx buffers of 4 KiB.
+fn vsock_rx(w: &mut Writer) {
+    w.u8(1).u8(7);
+    for _ in 0..8 {
+        encode_chain(w, &[DescSpec::Writable(4096)], false, false);
+    }
+}
+
+/// A tx packet: `dst` is the target's port selector (0: the listening port 1000, 0x80: the first
+/// host-initiated connection's port).
+fn vsock_tx(w: &mut Writer, opcode: u8, src: u8, dst: u8, flags: u8, data: u16) {
+    w.u8(0).u8(opcode).u8(src).u8(dst).u8(0).u16(data).u8(flags);
+    w.u32(64 * 1024).u32(0).u16(data);
+    encode_chain(w, &[DescSpec::Payload(44 + data)], false, false);
+}
+
+fn vsock(out: &mut Out) {
+    let t = "vsock";
+    // Guest to host: REQUEST, accept, data both ways, SHUTDOWN, RST.
+    let mut w = Writer::new();
+    vsock_rx(&mut w);
+    vsock_tx(&mut w, 1, 5, 0, 0, 0);
+    w.u8(6);
+    vsock_tx(&mut w, 5, 5, 0, 0, 16);
+    w.u8(3).u8(0).u16(5).bytes(b"hello");
+    w.u8(4).u8(0);
+    vsock_tx(&mut w, 7, 5, 0, 0, 0);
+    vsock_tx(&mut w, 4, 5, 0, 3, 0);
+    vsock_tx(&mut w, 3, 5, 0, 0, 0);
+    out.put(t, "guest_connects", &w.out);
+    // Host to guest: CONNECT 52, RESPONSE, data both ways, host half-close.
+    let mut w = Writer::new();
+    vsock_rx(&mut w);
+    w.u8(2).u8(1).u8(52);
+    vsock_tx(&mut w, 2, 52, 0x80, 0, 0);
+    w.u8(3).u8(0).u16(3).bytes(b"abc");
+    vsock_tx(&mut w, 5, 52, 0x80, 0, 100);
+    w.u8(4).u8(0);
+    w.u8(0x85).u8(0);
+    vsock_rx(&mut w);
+    vsock_tx(&mut w, 4, 52, 0x80, 3, 0);
+    out.put(t, "host_connects", &w.out);
+}
 
 fn main() {
     let dir = std::env::args()
@@ -1121,5 +1166,6 @@ fn main() {
     pci(&mut out);
     rng(&mut out);
     blk(&mut out);
+    vsock(&mut out);
     println!("wrote {} seeds under {}", out.count, out.dir.display());
 }

@@ -43,7 +43,7 @@ struct Rig {
     mem: GuestMemoryMmap,
     bump: Bump,
     block: Block,
-    interrupt: Arc<CountingInterrupt>,
+    interrupt: Arc<InterruptRecorder>,
     driver: DriverQueue,
     kick: EventFd,
     acked: u64,
@@ -113,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
         mem: GuestRam::take(),
         bump: Bump::new(DATA_START, MEM_SIZE),
         block,
-        interrupt: Arc::new(CountingInterrupt::default()),
+        interrupt: Arc::new(InterruptRecorder::default()),
         driver,
         kick: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
         acked,
@@ -161,7 +161,7 @@ fuzz_target!(|data: &[u8]| {
                 {
                     rig.tampered = true;
                 }
-                rig.driver.add(&rig.mem, &mut rig.bump, &descs, opts);
+                rig.driver.add_with(&rig.mem, &mut rig.bump, &descs, opts);
                 if op & 0x80 == 0 {
                     rig.kick();
                 }
@@ -188,13 +188,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     rig.kick();
-    if !rig.tampered
-        && rig
-            .interrupt
-            .needs_reset
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0
-    {
+    if !rig.tampered && rig.interrupt.needs_reset_count() == 0 {
         let returned = rig.wait_all_returned(Duration::from_secs(1));
         assert!(
             returned,

@@ -219,3 +219,51 @@ fn disk_same_file_twice_writable() {
         out.stdout
     );
 }
+#[test]
+fn vsock_bad_cid_and_unusable_socket_paths() {
+    let err = run_err(&["--kernel", "k", "--vsock", "cid=2,socket=/tmp/x.sock"]);
+    // clap's line, then its "try --help".
+    assert!(
+        err.lines().next().unwrap().contains("cid 2 is not usable"),
+        "{err}"
+    );
+    // The device is built after the VM: these need the real kernel and /dev/kvm.
+    let Some(image) = canto_tests::GuestImage::find() else {
+        return;
+    };
+    if !canto_tests::kvm_available() {
+        return;
+    }
+    let kernel = image.kernel.to_str().unwrap();
+    let vm = |socket: &str| {
+        let spec = format!("cid=3,socket={socket}");
+        run_err(&[
+            "--kernel",
+            kernel,
+            "--memory",
+            "64M",
+            "--no-sound",
+            "--vsock",
+            &spec,
+            "--print-devices",
+        ])
+    };
+    let err = vm("/nonexistent-dir/v.sock");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {err}");
+    assert!(
+        lines[0].contains("cannot create socket /nonexistent-dir/v.sock"),
+        "{err}"
+    );
+    // A socket a running program listens on.
+    let dir = std::env::temp_dir().join(format!("canto-cli-vsock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("busy.sock");
+    let _busy = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let err = vm(path.to_str().unwrap());
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {err}");
+    assert!(lines[0].contains("is in use"), "{err}");
+    assert!(path.exists(), "the other program's socket is left alone");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,6 +3,7 @@
 //! so each test here is one short `canto` run that must end with `DG PASS <name>`.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use canto_tests::{vm_rss_kib, Canto, PulseServer, RunOutput};
@@ -733,4 +734,90 @@ fn kvm_internal_error_is_reported() {
             "insn={insn}: the guest went on after the instruction: {out:#?}"
         );
     }
+}
+
+/// The host's side of the `vsock` test: Firecracker's hybrid protocol on the device's Unix socket.
+/// Connects, sends `CONNECT 52`, expects `OK <port>`, sends `message`, reads the echo, closes its
+/// write half and reads to EOF (the guest's SHUTDOWN, then the device's RST).
+fn vsock_echo_client(socket: &Path, message: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let mut stream = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"CONNECT 52\n")
+        .map_err(|e| format!("CONNECT: {e}"))?;
+    // Byte at a time up to the newline, so the echo is not read into a buffer here.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        stream
+            .read_exact(&mut byte)
+            .map_err(|e| format!("reading the OK line (got {line:?}): {e}"))?;
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let port = line
+        .strip_prefix("OK ")
+        .and_then(|p| p.trim_end().parse::<u32>().ok())
+        .ok_or_else(|| format!("expected `OK <port>`, got {line:?}"))?;
+    stream
+        .write_all(message)
+        .map_err(|e| format!("send: {e}"))?;
+    let mut echo = vec![0u8; message.len()];
+    stream
+        .read_exact(&mut echo)
+        .map_err(|e| format!("reading the echo (host port {port}): {e}"))?;
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .map_err(|e| format!("waiting for the end: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the echo", rest.len()));
+    }
+    Ok(echo)
+}
+
+/// virtio-vsock through real KVM: the guest echoes on port 52, a host program reaches it
+/// through the Unix socket with `CONNECT 52`.
+#[test]
+fn vsock_echo_through_the_hybrid_socket() {
+    let Some(elf) = guest_to_run() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("canto-dg-vsock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("v.sock");
+    // More than one rx buffer's worth (4 KiB in the guest), so several packets and credit.
+    let message: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let result = Arc::new(Mutex::new(None));
+    let mut client = None;
+    let out = canto_args(&elf, "test=vsock", NULL_SOUND)
+        .arg("--vsock")
+        .arg(&format!("cid=3,socket={}", socket.display()))
+        .timeout(Duration::from_secs(60))
+        .run_interacting(|_, serial| {
+            if client.is_none() && serial.contains("listening on port 52") {
+                let (socket, message, result) = (socket.clone(), message.clone(), result.clone());
+                client = Some(std::thread::spawn(move || {
+                    let got = vsock_echo_client(&socket, &message);
+                    *result.lock().unwrap() = Some(got);
+                }));
+            }
+        });
+    if let Some(client) = client {
+        client.join().unwrap();
+    }
+    print_run("test=vsock", &out);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_passed("vsock", &out);
+    let got = result.lock().unwrap().take().expect("the host client ran");
+    assert_eq!(got.expect("the host client"), message, "the echo");
+    out.expect_line("DG vsock: echoed 20000 bytes; RST after our SHUTDOWN");
+    assert!(!socket.exists(), "canto removed its socket");
 }

@@ -10,7 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::config::{
     check_cpus, DevicesConfig, DiskConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
-    DISK_NEEDS_PATH, SERIAL_FILE_NEEDS_PATH,
+    VsockConfig, DISK_NEEDS_PATH, SERIAL_FILE_NEEDS_PATH,
 };
 
 /// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...` or `canto --config FILE [...]`
@@ -60,6 +60,11 @@ pub struct Cli {
     /// sees, at most 20 bytes). Repeatable: the guest's vda, vdb, ... in this order.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<DiskConfig>,
+    /// A virtio-vsock device for a guest with CID N (3 or more), speaking Firecracker's hybrid
+    /// protocol on the Unix socket PATH: host programs connect to PATH and send
+    /// `CONNECT <port>\n`; guest connections to host port P reach the socket PATH_P.
+    #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
+    pub vsock: Option<VsockConfig>,
     /// Print the guest's PCI devices and exit after building the VM.
     #[arg(long)]
     pub print_devices: bool,
@@ -127,6 +132,9 @@ impl Cli {
         if self.given("disk") {
             config.devices.disks = line.devices.disks;
         }
+        if self.given("vsock") {
+            config.devices.vsock = line.devices.vsock;
+        }
         Ok(config)
     }
 
@@ -148,6 +156,7 @@ impl Cli {
                     (None, false) => SoundSetting::Auto,
                 },
                 disks: self.disk.clone(),
+                vsock: self.vsock.clone(),
             },
         }
     }
@@ -209,6 +218,32 @@ impl FromStr for DiskConfig {
         disk.validate()?;
         Ok(disk)
     }
+}
+/// `--vsock cid=N,socket=PATH`.
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut socket) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", n)) => {
+                cid = Some(
+                    n.parse::<u64>()
+                        .map_err(|_| format!("vsock: cid '{n}' is not a whole number"))?,
+                )
+            }
+            Some(("socket", path)) => socket = Some(PathBuf::from(path)),
+            _ => {
+                return Err(format!(
+                    "vsock: unknown setting '{part}': use cid=N,socket=PATH"
+                ))
+            }
+        }
+    }
+    let (Some(cid), Some(socket)) = (cid, socket) else {
+        return Err("vsock: both cid=N and socket=PATH are needed".into());
+    };
+    let config = VsockConfig { cid, socket };
+    config.validate()?;
+    Ok(config)
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -310,6 +345,32 @@ mod tests {
             err(&["--kernel", "k", "--sound", "backend=null", "--no-sound"])
                 .contains("cannot be used with")
         );
+    }
+
+    #[test]
+    fn vsock_option() {
+        let config = parse(&["--kernel", "k", "--vsock", "cid=3,socket=/tmp/v.sock"])
+            .unwrap()
+            .to_config();
+        assert_eq!(
+            config.devices.vsock,
+            Some(VsockConfig {
+                cid: 3,
+                socket: "/tmp/v.sock".into()
+            })
+        );
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(parse(&["--kernel", "k"]).unwrap().vsock, None);
+        let err = |spec: &str| {
+            parse(&["--kernel", "k", "--vsock", spec])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("cid=2,socket=/s").contains("not usable"));
+        assert!(err("cid=x,socket=/s").contains("not a whole number"));
+        assert!(err("cid=3").contains("both"));
+        assert!(err("cid=3,socket=/s,port=1").contains("unknown setting"));
+        assert!(err("cid=3,socket=").contains("needs a path"));
     }
 
     #[test]
@@ -512,6 +573,26 @@ mod tests {
         );
         let e = args(&["--config", bad.arg()]).vm_config().unwrap_err();
         assert!(e.contains("unknown field `ro`"), "{e}");
+    }
+
+    #[test]
+    fn vsock_on_the_command_line_overrides_the_file() {
+        let file = TempFile::new(
+            "vsock.json",
+            r#"{"kernel": "/k", "devices": {"vsock": {"cid": 7, "socket": "/a.sock"}}}"#,
+        );
+        let config = args(&["--config", file.arg()]).vm_config().unwrap();
+        assert_eq!(config.devices.vsock.unwrap().cid, 7);
+        let config = args(&["--config", file.arg(), "--vsock", "cid=9,socket=/b.sock"])
+            .vm_config()
+            .unwrap();
+        assert_eq!(
+            config.devices.vsock,
+            Some(VsockConfig {
+                cid: 9,
+                socket: "/b.sock".into()
+            })
+        );
     }
 
     #[test]

@@ -197,6 +197,9 @@ impl VmConfig {
         for disk in &self.devices.disks {
             disk.validate()?;
         }
+        if let Some(vsock) = &self.devices.vsock {
+            vsock.validate()?;
+        }
         Ok(())
     }
 }
@@ -243,6 +246,9 @@ pub struct DevicesConfig {
     /// A virtio-blk device for each, in this order (the guest's vda, vdb, ...).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-vsock device bridged to host Unix sockets (none by default).
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
 
 /// One virtio-blk disk (`--disk path=FILE[,readonly=on][,id=NAME]`).
@@ -297,7 +303,35 @@ impl Default for DevicesConfig {
             rng: true,
             sound: SoundSetting::default(),
             disks: Vec::new(),
+            vsock: None,
         }
+    }
+}
+
+/// A vsock device: the guest's CID and the host Unix socket of Firecracker's hybrid protocol
+/// (host clients connect to `socket`; guest connections to host port P go to `socket`_P).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub cid: u64,
+    pub socket: PathBuf,
+}
+
+impl VsockConfig {
+    /// The checks that need no files: a usable CID and a socket path.
+    pub fn validate(&self) -> Result<(), String> {
+        let min = canto_devices::virtio::vsock::MIN_GUEST_CID;
+        if self.cid < min || self.cid > u64::from(u32::MAX) {
+            return Err(format!(
+                "vsock: cid {} is not usable; use a cid from {min} to {}",
+                self.cid,
+                u32::MAX
+            ));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err("vsock: socket= needs a path".into());
+        }
+        Ok(())
     }
 }
 
@@ -421,6 +455,10 @@ mod tests {
                 readonly: true,
                 id: Some("root".into()),
             }],
+            vsock: Some(VsockConfig {
+                cid: 3,
+                socket: "/tmp/v.sock".into(),
+            }),
         };
         let text = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&text).unwrap(), config);
@@ -466,6 +504,29 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("at least one stream"));
+    }
+
+    #[test]
+    fn vsock_settings_are_checked() {
+        let mut config = VmConfig::new("/k");
+        for cid in [0, 1, 2, 1 << 32] {
+            config.devices.vsock = Some(VsockConfig {
+                cid,
+                socket: "/tmp/v.sock".into(),
+            });
+            let e = config.validate().unwrap_err();
+            assert!(e.contains("cid") && !e.contains('\n'), "{e}");
+        }
+        config.devices.vsock = Some(VsockConfig {
+            cid: 3,
+            socket: "".into(),
+        });
+        assert!(config.validate().unwrap_err().contains("needs a path"));
+        config.devices.vsock.as_mut().unwrap().socket = "/tmp/v.sock".into();
+        assert_eq!(config.validate(), Ok(()));
+        let doc = r#"{"kernel": "/k", "devices": {"vsock": {"cid": 7, "socket": "/s"}}}"#;
+        let parsed: VmConfig = serde_json::from_str(doc).unwrap();
+        assert_eq!(parsed.devices.vsock.unwrap().cid, 7);
     }
 
     #[test]

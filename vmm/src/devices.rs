@@ -10,6 +10,7 @@ use canto_devices::virtio::block::{Block, DiskError, DiskFile};
 use canto_devices::virtio::rng::Rng;
 use canto_devices::virtio::snd::{self, BackendConfig, Sound, SoundConfig};
 use canto_devices::virtio::transport::pci::{msix_vector_count, VirtioPciDevice};
+use canto_devices::virtio::vsock::{Vsock, VsockError};
 use canto_devices::virtio::{SharedSubscriber, VirtioDevice};
 use event_manager::RemoteEndpoint;
 
@@ -31,11 +32,13 @@ pub enum DeviceError {
     Bus(#[from] canto_devices::bus::BusError),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
 }
 
 /// One virtio device the VMM knows: how to build it from the configuration (none: the
-/// configuration leaves it out; several: one per disk, say). Adding a virtio device is its folder in `devices/src/virtio/`
-/// plus one entry in [`DEVICE_LIST`].
+/// configuration leaves it out; several: one per disk, say). Adding a virtio device is its
+/// folder in `devices/src/virtio/` plus one entry in [`DEVICE_LIST`].
 struct DeviceEntry {
     /// What the logs call it.
     name: &'static str,
@@ -62,6 +65,13 @@ const DEVICE_LIST: &[DeviceEntry] = &[
     DeviceEntry {
         name: "disk",
         build: build_disks,
+    },
+    DeviceEntry {
+        name: "vsock",
+        build: |config| match &config.vsock {
+            Some(v) => Ok(vec![BuiltDevice::new(Vsock::new(v.cid, &v.socket)?)]),
+            None => Ok(Vec::new()),
+        },
     },
 ];
 
@@ -298,6 +308,7 @@ mod tests {
             rng: true,
             sound: null_sound.clone(),
             disks: Vec::new(),
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &all).unwrap()),
@@ -307,6 +318,7 @@ mod tests {
             rng: true,
             sound: SoundSetting::Off,
             disks: Vec::new(),
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &rng_only).unwrap()),
@@ -316,6 +328,7 @@ mod tests {
             rng: false,
             sound: null_sound,
             disks: Vec::new(),
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &sound_only).unwrap()),
@@ -325,6 +338,7 @@ mod tests {
             rng: false,
             sound: SoundSetting::Off,
             disks: Vec::new(),
+            vsock: None,
         };
         assert!(build_devices(DEVICE_LIST, &none).unwrap().is_empty());
         let bad_wav = DevicesConfig {
@@ -338,6 +352,7 @@ mod tests {
                 jacks: 0,
             }),
             disks: Vec::new(),
+            vsock: None,
         };
         #[cfg(feature = "snd-wav")]
         assert!(matches!(
@@ -361,6 +376,7 @@ mod tests {
             rng: true,
             sound: SoundSetting::Off,
             disks: vec![disk(true), disk(true)],
+            vsock: None,
         };
         let built = build_devices(DEVICE_LIST, &config);
         let twice_writable = DevicesConfig {
@@ -371,6 +387,32 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert_eq!(names(&built.unwrap()), ["rng", "disk", "disk"]);
         assert!(matches!(refused, Err(DeviceError::Disk(_))));
+    }
+
+    #[test]
+    fn vsock_entry_builds_the_device_or_says_why_not() {
+        let dir = std::env::temp_dir().join(format!("canto-vsock-entry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let with_vsock = |socket: std::path::PathBuf| DevicesConfig {
+            rng: false,
+            sound: SoundSetting::Off,
+            disks: Vec::new(),
+            vsock: Some(crate::config::VsockConfig { cid: 3, socket }),
+        };
+        let built = build_devices(DEVICE_LIST, &with_vsock(dir.join("v.sock"))).unwrap();
+        assert_eq!(names(&built), ["vsock"]);
+        let e = build_devices(DEVICE_LIST, &with_vsock(dir.join("v.sock")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("in use"), "{e}");
+        drop(built);
+        let e = build_devices(DEVICE_LIST, &with_vsock("/nonexistent-dir/v.sock".into()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("vsock: cannot create socket"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -415,6 +457,7 @@ mod tests {
                 jacks: 0,
             }),
             disks: Vec::new(),
+            vsock: None,
         };
         let built = build_sound(&config).unwrap().expect("a sound device");
         let line = (built.report.as_ref().expect("a report line"))();
