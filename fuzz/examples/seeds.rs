@@ -1053,6 +1053,62 @@ fn rng(out: &mut Out) {
     out.put(t, "raw_descriptors_and_resets", &w.out);
 }
 
+/// blk_requests: a write, a flush, a read back, GET_ID, ranges, refusals, a reset in flight.
+fn blk(out: &mut Out) {
+    let t = "blk_requests";
+    // A request op: kind index (see the target), sector byte, data length, the first data bytes,
+    // then the chain layout: header + data readable (`data` > 0), then writable buffers.
+    let request = |w: &mut Writer, kind: u8, sector: u8, data: u16, given: &[u8], out_len: u16| {
+        w.u8(0).u8(kind).u8(sector).u16(data);
+        w.bytes(&given[..usize::from(data).min(48)]);
+        let mut descs = vec![DescSpec::Payload(16 + data)];
+        if out_len > 0 {
+            descs.push(DescSpec::Writable(out_len));
+        }
+        descs.push(DescSpec::Writable(1));
+        encode_chain(w, &descs, false, false);
+    };
+    let zeros = [0u8; 48];
+    let mut range = Vec::new();
+    range.extend_from_slice(&3u64.to_le_bytes());
+    range.extend_from_slice(&2u32.to_le_bytes());
+    range.extend_from_slice(&0u32.to_le_bytes());
+    range.resize(48, 0);
+    let mut w = Writer::new();
+    w.u8(0);
+    request(&mut w, 1, 5, 512, &zeros, 0); // OUT
+    request(&mut w, 2, 0, 0, &zeros, 0); // FLUSH
+    request(&mut w, 0, 5, 0, &zeros, 1024); // IN, two sectors
+    request(&mut w, 3, 0, 0, &zeros, 20); // GET_ID
+    request(&mut w, 5, 0, 16, &range, 0); // WRITE_ZEROES
+    request(&mut w, 4, 0, 16, &range, 0); // DISCARD
+    out.put(t, "round_trip", &w.out);
+    let mut w = Writer::new();
+    w.u8(0);
+    request(&mut w, 0, 64, 0, &zeros, 512); // past the end
+                                            // A raw sector (a sector byte >= 0xf0 is followed by a u64): 2^64 - 1.
+    w.u8(0).u8(0).u8(0xff).u64(u64::MAX).u16(0);
+    encode_chain(
+        &mut w,
+        &[
+            DescSpec::Payload(16),
+            DescSpec::Writable(512),
+            DescSpec::Writable(1),
+        ],
+        false,
+        false,
+    );
+    request(&mut w, 1, 7, 100, &zeros, 0); // not whole sectors
+    request(&mut w, 7, 0, 0, &zeros, 0); // raw type
+    w.u8(3); // reset in flight
+    request(&mut w, 0, 1, 0, &zeros, 512);
+    out.put(t, "refusals_and_reset", &w.out);
+    let mut w = Writer::new();
+    w.u8(1); // read-only
+    request(&mut w, 1, 0, 512, &zeros, 0);
+    request(&mut w, 0, 0, 0, &zeros, 512);
+    out.put(t, "read_only", &w.out);
+}
 // ----- vsock -----
 
 /// Offers 8 rx buffers of 4 KiB.
@@ -1109,6 +1165,7 @@ fn main() {
     snd_io(&mut out);
     pci(&mut out);
     rng(&mut out);
+    blk(&mut out);
     vsock(&mut out);
     println!("wrote {} seeds under {}", out.count, out.dir.display());
 }

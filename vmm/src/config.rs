@@ -194,6 +194,9 @@ impl VmConfig {
                 .validate()
                 .map_err(|e| format!("sound: {e}"))?;
         }
+        for disk in &self.devices.disks {
+            disk.validate()?;
+        }
         if let Some(vsock) = &self.devices.vsock {
             vsock.validate()?;
         }
@@ -240,10 +243,55 @@ pub struct DevicesConfig {
     /// The virtio-snd device.
     #[serde(default)]
     pub sound: SoundSetting,
+    /// A virtio-blk device for each, in this order (the guest's vda, vdb, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
     /// A virtio-vsock device bridged to host Unix sockets (none by default).
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
 }
+
+/// One virtio-blk disk (`--disk path=FILE[,readonly=on][,id=NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The image file (or block device); its size must be a multiple of 512 bytes.
+    pub path: PathBuf,
+    /// The guest may not write it.
+    #[serde(default)]
+    pub readonly: bool,
+    /// The serial the guest sees (at most 20 bytes).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl DiskConfig {
+    /// The block device's own configuration type.
+    pub fn to_block_config(&self) -> canto_devices::virtio::block::DiskConfig {
+        canto_devices::virtio::block::DiskConfig {
+            path: self.path.clone(),
+            readonly: self.readonly,
+            id: self.id.clone(),
+        }
+    }
+
+    /// The checks that need no file.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err(DISK_NEEDS_PATH.into());
+        }
+        if let Some(id) = &self.id {
+            if id.len() > canto_devices::virtio::block::disk::ID_BYTES {
+                return Err(format!("disk id '{id}' is longer than 20 bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a disk without a path is refused (shared with the command line's parser).
+pub(crate) const DISK_NEEDS_PATH: &str =
+    "--disk needs path=FILE, e.g. --disk path=/tmp/disk.img,readonly=on";
 
 fn yes() -> bool {
     true
@@ -254,6 +302,7 @@ impl Default for DevicesConfig {
         Self {
             rng: true,
             sound: SoundSetting::default(),
+            disks: Vec::new(),
             vsock: None,
         }
     }
@@ -401,6 +450,11 @@ mod tests {
                 inputs: 0,
                 jacks: 1,
             }),
+            disks: vec![DiskConfig {
+                path: "/tmp/disk.img".into(),
+                readonly: true,
+                id: Some("root".into()),
+            }],
             vsock: Some(VsockConfig {
                 cid: 3,
                 socket: "/tmp/v.sock".into(),

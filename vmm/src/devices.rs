@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use canto_arch::layout;
 use canto_devices::bus::Bus;
 use canto_devices::pci::{PciDeviceInfo, PciRoot, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
+use canto_devices::virtio::block::{Block, DiskError, DiskFile};
 use canto_devices::virtio::rng::Rng;
 use canto_devices::virtio::snd::{self, BackendConfig, Sound, SoundConfig};
 use canto_devices::virtio::transport::pci::{msix_vector_count, VirtioPciDevice};
@@ -30,16 +31,18 @@ pub enum DeviceError {
     #[error(transparent)]
     Bus(#[from] canto_devices::bus::BusError),
     #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
     Vsock(#[from] VsockError),
 }
 
-/// One virtio device the VMM knows: how to build it from the configuration (`None`: the
-/// configuration leaves it out). Adding a virtio device is its folder in `devices/src/virtio/`
-/// plus one entry in [`DEVICE_LIST`].
+/// One virtio device the VMM knows: how to build it from the configuration (none: the
+/// configuration leaves it out; several: one per disk, say). Adding a virtio device is its
+/// folder in `devices/src/virtio/` plus one entry in [`DEVICE_LIST`].
 struct DeviceEntry {
     /// What the logs call it.
     name: &'static str,
-    build: fn(&DevicesConfig) -> Result<Option<BuiltDevice>, DeviceError>,
+    build: fn(&DevicesConfig) -> Result<Vec<BuiltDevice>, DeviceError>,
 }
 
 /// The virtio devices, in PCI slot order (the first present one is 00:01.0). Teardown resets
@@ -47,17 +50,27 @@ struct DeviceEntry {
 const DEVICE_LIST: &[DeviceEntry] = &[
     DeviceEntry {
         name: "sound",
-        build: build_sound,
+        build: |config| Ok(build_sound(config)?.into_iter().collect()),
     },
     DeviceEntry {
         name: "rng",
-        build: |config| Ok(config.rng.then(|| BuiltDevice::new(Rng::new()))),
+        build: |config| {
+            Ok(config
+                .rng
+                .then(|| BuiltDevice::new(Rng::new()))
+                .into_iter()
+                .collect())
+        },
+    },
+    DeviceEntry {
+        name: "disk",
+        build: build_disks,
     },
     DeviceEntry {
         name: "vsock",
         build: |config| match &config.vsock {
-            Some(v) => Ok(Some(BuiltDevice::new(Vsock::new(v.cid, &v.socket)?))),
-            None => Ok(None),
+            Some(v) => Ok(vec![BuiltDevice::new(Vsock::new(v.cid, &v.socket)?)]),
+            None => Ok(Vec::new()),
         },
     },
 ];
@@ -96,6 +109,17 @@ fn build_sound(config: &DevicesConfig) -> Result<Option<BuiltDevice>, DeviceErro
     Ok(Some(device.with_report(move || {
         format!("sound stats: {}", stats.snapshot())
     })))
+}
+
+/// A virtio-blk device per configured disk, every file opened and checked first (one line
+/// naming the file for each problem, see `DiskError`).
+fn build_disks(config: &DevicesConfig) -> Result<Vec<BuiltDevice>, DeviceError> {
+    let configs: Vec<_> = config.disks.iter().map(|d| d.to_block_config()).collect();
+    let disks = DiskFile::open_all(&configs)?;
+    Ok(disks
+        .into_iter()
+        .map(|disk| BuiltDevice::new(Block::new(disk)))
+        .collect())
 }
 
 /// The sound configuration to use: the configured one, or ALSA `default` falling back to null
@@ -158,7 +182,7 @@ fn build_devices(
 ) -> Result<Vec<BuiltDevice>, DeviceError> {
     let mut devices = Vec::new();
     for entry in list {
-        if let Some(mut built) = (entry.build)(config)? {
+        for mut built in (entry.build)(config)? {
             built.name = entry.name;
             devices.push(built);
         }
@@ -283,6 +307,7 @@ mod tests {
         let all = DevicesConfig {
             rng: true,
             sound: null_sound.clone(),
+            disks: Vec::new(),
             vsock: None,
         };
         assert_eq!(
@@ -292,6 +317,7 @@ mod tests {
         let rng_only = DevicesConfig {
             rng: true,
             sound: SoundSetting::Off,
+            disks: Vec::new(),
             vsock: None,
         };
         assert_eq!(
@@ -301,6 +327,7 @@ mod tests {
         let sound_only = DevicesConfig {
             rng: false,
             sound: null_sound,
+            disks: Vec::new(),
             vsock: None,
         };
         assert_eq!(
@@ -310,6 +337,7 @@ mod tests {
         let none = DevicesConfig {
             rng: false,
             sound: SoundSetting::Off,
+            disks: Vec::new(),
             vsock: None,
         };
         assert!(build_devices(DEVICE_LIST, &none).unwrap().is_empty());
@@ -323,6 +351,7 @@ mod tests {
                 inputs: 0,
                 jacks: 0,
             }),
+            disks: Vec::new(),
             vsock: None,
         };
         #[cfg(feature = "snd-wav")]
@@ -335,12 +364,39 @@ mod tests {
     }
 
     #[test]
+    fn each_disk_is_a_device_after_the_others() {
+        let path = std::env::temp_dir().join(format!("canto-devices-{}.img", std::process::id()));
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let disk = |readonly| crate::config::DiskConfig {
+            path: path.clone(),
+            readonly,
+            id: None,
+        };
+        let config = DevicesConfig {
+            rng: true,
+            sound: SoundSetting::Off,
+            disks: vec![disk(true), disk(true)],
+            vsock: None,
+        };
+        let built = build_devices(DEVICE_LIST, &config);
+        let twice_writable = DevicesConfig {
+            disks: vec![disk(false), disk(false)],
+            ..config.clone()
+        };
+        let refused = build_devices(DEVICE_LIST, &twice_writable);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(names(&built.unwrap()), ["rng", "disk", "disk"]);
+        assert!(matches!(refused, Err(DeviceError::Disk(_))));
+    }
+
+    #[test]
     fn vsock_entry_builds_the_device_or_says_why_not() {
         let dir = std::env::temp_dir().join(format!("canto-vsock-entry-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let with_vsock = |socket: std::path::PathBuf| DevicesConfig {
             rng: false,
             sound: SoundSetting::Off,
+            disks: Vec::new(),
             vsock: Some(crate::config::VsockConfig { cid: 3, socket }),
         };
         let built = build_devices(DEVICE_LIST, &with_vsock(dir.join("v.sock"))).unwrap();
@@ -400,6 +456,7 @@ mod tests {
                 inputs: 1,
                 jacks: 0,
             }),
+            disks: Vec::new(),
             vsock: None,
         };
         let built = build_sound(&config).unwrap().expect("a sound device");

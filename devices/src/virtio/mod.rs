@@ -4,6 +4,7 @@
 //! queues, and nothing about PCI. The transport (`pci`) owns negotiation, the status state machine
 //! and queue setup, and calls [`VirtioDevice::activate`] once the driver sets DRIVER_OK.
 
+pub mod block;
 pub mod chain;
 pub mod drain;
 pub mod queue;
