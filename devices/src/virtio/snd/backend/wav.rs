@@ -442,7 +442,10 @@ mod tests {
         assert_eq!(output_file_path(base, 0, 0), base);
         assert_eq!(output_file_path(base, 0, 3), Path::new("/tmp/out.3.wav"));
         assert_eq!(output_file_path(base, 2, 1), Path::new("/tmp/out-2.1.wav"));
-        assert_eq!(output_file_path(Path::new("rec"), 1, 2), Path::new("rec-1.2"));
+        assert_eq!(
+            output_file_path(Path::new("rec"), 1, 2),
+            Path::new("rec-1.2")
+        );
     }
 
     #[test]
@@ -556,7 +559,12 @@ mod tests {
         assert_eq!(reader.len() as usize * usize::from(bits / 8), data.len());
         drop(reader);
         let bytes = std::fs::read(path).unwrap();
-        assert_eq!(&bytes[bytes.len() - data.len()..], data, "{}", path.display());
+        assert_eq!(
+            &bytes[bytes.len() - data.len()..],
+            data,
+            "{}",
+            path.display()
+        );
     }
 
     #[test]
