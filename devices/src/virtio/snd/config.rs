@@ -373,8 +373,21 @@ mod tests {
         let outputs_only: SoundConfig = "backend=null,streams=8:0".parse().unwrap();
         assert_eq!(outputs_only.streams(), 8);
         for bad in [
-            "9:0", "0:9", "8:9", "99:99", "4294967296:1", "0:0", "1", "1:", ":1", "1:1:1", "-1:0",
-            "1.5:1", "a:b", "1;1", "0x2:1",
+            "9:0",
+            "0:9",
+            "8:9",
+            "99:99",
+            "4294967296:1",
+            "0:0",
+            "1",
+            "1:",
+            ":1",
+            "1:1:1",
+            "-1:0",
+            "1.5:1",
+            "a:b",
+            "1;1",
+            "0x2:1",
         ] {
             let text = format!("backend=null,streams={bad}");
             let message = text.parse::<SoundConfig>().unwrap_err().to_string();
