@@ -46,8 +46,8 @@ pub struct Cli {
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: SerialConfig,
     /// The sound device: backend=alsa[,device=NAME] | backend=wav,path=FILE | backend=null,
-    /// with optional streams=OUT:IN. Default: ALSA `default`, or null (with a note) when it
-    /// cannot be opened.
+    /// with optional streams=OUT:IN (up to 8:8; output N and input N are the guest's hw:0,N).
+    /// Default: ALSA `default`, or null (with a note) when it cannot be opened.
     #[arg(long, value_name = "SPEC", conflicts_with = "no_sound")]
     pub sound: Option<SoundConfig>,
     /// No sound device.
