@@ -16,7 +16,7 @@ use std::time::Duration;
 use canto_devices::virtio::snd::wire::{
     PcmFormat, RATES, R_PCM_PREPARE, R_PCM_RELEASE, R_PCM_START, R_PCM_STOP,
 };
-use canto_devices::virtio::snd::{BackendConfig, Sound, SoundConfig};
+use canto_devices::virtio::snd::{BackendConfig, CaptureConfig, Sound, SoundConfig};
 use canto_devices::virtio::{
     ActivateContext, ActiveQueue, SharedSubscriber, VirtioDevice, VirtioInterrupt,
     VirtioInterruptType, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
@@ -685,6 +685,7 @@ pub fn sound_config(b: u8) -> SoundConfig {
     }
     SoundConfig {
         backend: BackendConfig::Null,
+        capture: (inputs > 0).then_some(CaptureConfig::Null),
         outputs,
         inputs,
         jacks: u32::from((b / 9) % 4),

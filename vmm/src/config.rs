@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use canto_devices::virtio::snd::{BackendConfig, SoundConfig};
+use canto_devices::virtio::snd::{BackendConfig, CaptureConfig, SoundConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Largest vCPU count Canto accepts (what the MP table can describe, and more than a microVM needs).
@@ -271,12 +271,17 @@ pub enum SoundSetting {
 #[serde(deny_unknown_fields)]
 pub struct SoundDeviceConfig {
     pub backend: SoundBackend,
+    /// Where input streams record from: the capture grant. Without it the guest has no input
+    /// stream (the host's microphone is never used unless granted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<SoundCapture>,
     /// Output streams (ids 0..outputs).
     #[serde(default = "one")]
     pub outputs: u32,
-    /// Input streams (ids outputs..outputs+inputs).
-    #[serde(default = "one")]
-    pub inputs: u32,
+    /// Input streams (ids outputs..outputs+inputs); by default 1 with a capture grant, 0
+    /// without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<u32>,
     #[serde(default)]
     pub jacks: u32,
 }
@@ -297,9 +302,28 @@ pub enum SoundBackend {
     Null,
 }
 
+/// Where input streams record from (`capture=` on the command line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SoundCapture {
+    /// An ALSA capture PCM by name: the host's microphone.
+    Alsa { device: String },
+    /// A WAV file's PCM, then silence.
+    Wav { path: PathBuf },
+    /// Silence.
+    Null,
+}
+
 impl SoundDeviceConfig {
     /// The sound device's own configuration type.
     pub fn to_sound_config(&self) -> SoundConfig {
+        let capture = self.capture.as_ref().map(|capture| match capture {
+            SoundCapture::Alsa { device } => CaptureConfig::Alsa {
+                device: device.clone(),
+            },
+            SoundCapture::Wav { path } => CaptureConfig::Wav { path: path.clone() },
+            SoundCapture::Null => CaptureConfig::Null,
+        });
         SoundConfig {
             backend: match &self.backend {
                 SoundBackend::Alsa { device } => BackendConfig::Alsa {
@@ -308,8 +332,11 @@ impl SoundDeviceConfig {
                 SoundBackend::Wav { path } => BackendConfig::Wav { path: path.clone() },
                 SoundBackend::Null => BackendConfig::Null,
             },
+            inputs: self
+                .inputs
+                .unwrap_or(if capture.is_some() { 1 } else { 0 }),
+            capture,
             outputs: self.outputs,
-            inputs: self.inputs,
             jacks: self.jacks,
         }
     }
@@ -325,8 +352,15 @@ impl From<&SoundConfig> for SoundDeviceConfig {
                 BackendConfig::Wav { path } => SoundBackend::Wav { path: path.clone() },
                 BackendConfig::Null => SoundBackend::Null,
             },
+            capture: config.capture.as_ref().map(|capture| match capture {
+                CaptureConfig::Alsa { device } => SoundCapture::Alsa {
+                    device: device.clone(),
+                },
+                CaptureConfig::Wav { path } => SoundCapture::Wav { path: path.clone() },
+                CaptureConfig::Null => SoundCapture::Null,
+            }),
             outputs: config.outputs,
-            inputs: config.inputs,
+            inputs: Some(config.inputs),
             jacks: config.jacks,
         }
     }
@@ -363,8 +397,9 @@ mod tests {
                 backend: SoundBackend::Wav {
                     path: "/tmp/o.wav".into(),
                 },
+                capture: None,
                 outputs: 2,
-                inputs: 0,
+                inputs: Some(0),
                 jacks: 1,
             }),
         };
@@ -404,8 +439,9 @@ mod tests {
         config.serial = SerialConfig::Null;
         config.devices.sound = SoundSetting::Device(SoundDeviceConfig {
             backend: SoundBackend::Null,
+            capture: None,
             outputs: 0,
-            inputs: 0,
+            inputs: Some(0),
             jacks: 0,
         });
         assert!(config

@@ -225,7 +225,7 @@ mod tests {
     use canto_devices::virtio::{ActivateContext, ActivateError};
 
     use super::*;
-    use crate::config::{SoundBackend, SoundDeviceConfig};
+    use crate::config::{SoundBackend, SoundCapture, SoundDeviceConfig};
 
     /// A device that records its resets in a shared log.
     struct Recorder {
@@ -266,8 +266,9 @@ mod tests {
     fn the_config_chooses_the_devices_in_list_order() {
         let null_sound = SoundSetting::Device(SoundDeviceConfig {
             backend: SoundBackend::Null,
+            capture: Some(SoundCapture::Null),
             outputs: 1,
-            inputs: 1,
+            inputs: Some(1),
             jacks: 0,
         });
         let all = DevicesConfig {
@@ -305,8 +306,9 @@ mod tests {
                 backend: SoundBackend::Wav {
                     path: "/nonexistent-dir/x.wav".into(),
                 },
+                capture: None,
                 outputs: 1,
-                inputs: 0,
+                inputs: Some(0),
                 jacks: 0,
             }),
         };
@@ -356,8 +358,9 @@ mod tests {
             rng: false,
             sound: SoundSetting::Device(SoundDeviceConfig {
                 backend: SoundBackend::Null,
+                capture: Some(SoundCapture::Null),
                 outputs: 1,
-                inputs: 1,
+                inputs: Some(1),
                 jacks: 0,
             }),
         };

@@ -154,7 +154,6 @@ impl SoundConfig {
         }
         match (&self.capture, self.inputs) {
             (None, 1..) => return Err(ConfigError::InputsNeedCapture(self.inputs)),
-            (Some(_), 0) => return Err(ConfigError::CaptureNeedsInputs),
             (Some(CaptureConfig::Alsa { device }), _) if device.is_empty() => {
                 return Err(ConfigError::BadCapture("alsa:".to_string()))
             }
@@ -389,6 +388,9 @@ impl FromStr for SoundConfig {
                 inp.unwrap_or(default_inputs),
             ),
         };
+        if capture.is_some() && inputs == 0 {
+            return Err(ConfigError::CaptureNeedsInputs);
+        }
         let config = SoundConfig {
             backend,
             capture,

@@ -306,6 +306,7 @@ mod tests {
     fn topology() -> Topology {
         let config = SoundConfig {
             backend: BackendConfig::Null,
+            capture: Some(crate::virtio::snd::CaptureConfig::Null),
             outputs: 2,
             inputs: 1,
             jacks: 2,
