@@ -587,11 +587,46 @@ mod tests {
     fn sound_configs_convert_both_ways() {
         for spec in [
             "backend=alsa,device=hw:1,0",
-            "backend=wav,path=/tmp/x.wav,streams=2:1,jacks=2",
-            "backend=null,streams=0:1",
+            "backend=wav,path=/tmp/x.wav,capture=null,streams=2:1,jacks=2",
+            "backend=null,capture=wav:/tmp/in.wav,streams=0:1",
+            "backend=alsa,device=pulse,capture=alsa",
+            "backend=alsa,capture=alsa:hw:1,0,streams=1:2",
         ] {
             let sound: SoundConfig = spec.parse().unwrap();
             assert_eq!(SoundDeviceConfig::from(&sound).to_sound_config(), sound);
         }
+    }
+
+    #[test]
+    fn a_file_grants_capture_like_the_command_line() {
+        let doc = |sound: &str| {
+            let text = format!("kernel = \"/k\"\n[devices.sound.device]\n{sound}\n");
+            VmConfig::from_text(&text, FileFormat::Toml).map(|c| match c.devices.sound {
+                SoundSetting::Device(d) => d.to_sound_config(),
+                other => panic!("{other:?}"),
+            })
+        };
+        // No grant, no input stream.
+        let none = doc("backend = \"null\"").unwrap();
+        assert_eq!((none.inputs, none.capture), (0, None));
+        // A grant gives one input stream unless `inputs` says otherwise.
+        let wav = doc("backend = \"null\"\ncapture = { wav = { path = \"/tmp/in.wav\" } }").unwrap();
+        assert_eq!(wav, "backend=null,capture=wav:/tmp/in.wav".parse().unwrap());
+        assert_eq!(wav.inputs, 1);
+        let alsa = doc("backend = \"null\"\ncapture = { alsa = { device = \"hw:1,0\" } }\ninputs = 2")
+            .unwrap();
+        assert_eq!(alsa, "backend=null,capture=alsa:hw:1,0,inputs=2".parse().unwrap());
+        // Input streams without a grant are refused, with the fix in the message.
+        let e = doc("backend = \"null\"\ninputs = 1").unwrap_err();
+        assert!(e.contains("capture grant") && !e.contains('\n'), "{e}");
+        let e = doc("backend = \"null\"\ncapture = \"mic\"").unwrap_err();
+        assert!(e.contains("devices.sound.device.capture"), "{e}");
+        // The JSON form says the same.
+        let json = r#"{"kernel": "/k", "devices": {"sound": {"device": {"backend": "null", "capture": "null"}}}}"#;
+        let config = VmConfig::from_text(json, FileFormat::Json).unwrap();
+        let SoundSetting::Device(sound) = config.devices.sound else {
+            panic!("{config:?}");
+        };
+        assert_eq!(sound.to_sound_config().capture, Some(CaptureConfig::Null));
     }
 }
