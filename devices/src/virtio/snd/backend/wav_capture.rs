@@ -3,10 +3,13 @@
 //! The file is opened and its header read when the device is built, so a missing or unusable
 //! file fails at startup. Input streams then offer exactly the file's format, rate and channel
 //! count (the guest's ALSA `plug` converts if it wants another), and hand over the file's data
-//! chunk unchanged, bit-exact, one period per period duration of a monotonic clock. Every
-//! prepared stream starts at the beginning of the data; STOP and START go on where it was.
-//! After the end of the data it captures silence (it does not loop), so a guest recording
-//! longer than the file gets the file, then silence.
+//! chunk unchanged, bit-exact, one period per period duration of a monotonic clock. The file is
+//! played once per input stream, as a microphone would be heard: from its first frame at the
+//! stream's first PREPARE, then on across STOP/START and later PREPAREs (the Linux driver
+//! prepares again after an overrun: the recording goes on, it does not rewind) for as long as
+//! the device exists. After the end of the data it captures silence (it does not loop), so a
+//! guest recording longer than the file gets the file, then silence. What the guest had no
+//! buffer for when it was captured is lost, as with any real-time source.
 //!
 //! The file is read a period at a time (nothing but one period is held in memory), with
 //! positioned reads on one shared descriptor, so streams do not disturb each other.
@@ -15,6 +18,7 @@ use std::fs::File;
 use std::io::{BufReader, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hound::SampleFormat;
@@ -41,6 +45,8 @@ pub struct WavCaptureBackend {
     /// Where the data chunk starts in the file, and its length in whole frames.
     data_offset: u64,
     data_len: u64,
+    /// Per input stream id, bytes of the data chunk captured so far.
+    positions: Arc<std::sync::Mutex<std::collections::HashMap<u32, Arc<AtomicU64>>>>,
 }
 
 impl WavCaptureBackend {
@@ -114,6 +120,7 @@ impl WavCaptureBackend {
             channels,
             data_offset,
             data_len: data_len.min(chunk_len),
+            positions: Default::default(),
         })
     }
 }
@@ -138,7 +145,7 @@ impl Backend for WavCaptureBackend {
 
     fn open_input(
         &self,
-        _stream_id: u32,
+        stream_id: u32,
         params: &PcmParams,
         _stats: &Arc<SoundStats>,
     ) -> Result<Box<dyn InputStream>, BackendError> {
@@ -160,12 +167,20 @@ impl Backend for WavCaptureBackend {
                 ),
             });
         }
+        // Bounded: one entry per stream id the topology has.
+        let position = self
+            .positions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(stream_id)
+            .or_default()
+            .clone();
         Ok(Box::new(WavCaptureStream {
             path: self.path.clone(),
             file: self.file.clone(),
             data_offset: self.data_offset,
             data_len: self.data_len,
-            position: 0,
+            position,
             clock: PeriodClock::new(params),
             format: params.format,
             period: vec![0; params.period_bytes as usize],
@@ -189,8 +204,8 @@ struct WavCaptureStream {
     file: Arc<File>,
     data_offset: u64,
     data_len: u64,
-    /// Bytes of the data chunk captured so far.
-    position: u64,
+    /// Bytes of the data chunk this stream id captured so far (kept across PREPAREs).
+    position: Arc<AtomicU64>,
     clock: PeriodClock,
     format: PcmFormat,
     period: Vec<u8>,
@@ -212,16 +227,19 @@ impl InputStream for WavCaptureStream {
     }
 
     fn capture_period(&mut self) -> Result<&[u8], BackendError> {
-        let left = self.data_len.saturating_sub(self.position);
+        // Only this stream's period thread moves its position (one thread per prepared
+        // stream; a released one is joined before the next PREPARE opens a stream).
+        let position = self.position.load(Ordering::Relaxed);
+        let left = self.data_len.saturating_sub(position);
         let take = (self.period.len() as u64).min(left) as usize;
         if take > 0 {
             self.file
-                .read_exact_at(&mut self.period[..take], self.data_offset + self.position)
+                .read_exact_at(&mut self.period[..take], self.data_offset + position)
                 .map_err(|e| BackendError::WavCaptureRead {
                     path: self.path.clone(),
                     reason: e.to_string(),
                 })?;
-            self.position += take as u64;
+            self.position.store(position + take as u64, Ordering::Relaxed);
         }
         self.format.fill_silence(&mut self.period[take..]);
         Ok(&self.period)
@@ -295,11 +313,41 @@ mod tests {
         assert_eq!(&captured[..pcm.len()], &pcm[..], "not the file's PCM");
         assert!(captured[pcm.len()..].iter().all(|b| *b == 0));
         input.close();
-        // A new stream starts at the beginning again.
+        // Preparing the stream again goes on where it was (past the end: silence); another
+        // stream id starts at the beginning.
         let mut again = backend.open_input(1, &params(48), &stats).unwrap();
         again.start().unwrap();
         while again.wait_ready(&waker).unwrap() != Readiness::Ready {}
-        assert_eq!(again.capture_period().unwrap(), &pcm[..4 * 48]);
+        assert!(again.capture_period().unwrap().iter().all(|b| *b == 0));
+        let mut other = backend.open_input(2, &params(48), &stats).unwrap();
+        other.start().unwrap();
+        while other.wait_ready(&waker).unwrap() != Readiness::Ready {}
+        assert_eq!(other.capture_period().unwrap(), &pcm[..4 * 48]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_prepared_again_stream_goes_on_where_it_was() {
+        let path = temp_path("resume.wav");
+        let samples: Vec<i16> = (0..400).map(|i| (i * 13) as i16).collect();
+        write_s16_stereo(&path, 48000, &samples);
+        let pcm: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let backend = WavCaptureBackend::open(&path).unwrap();
+        let stats = Arc::new(SoundStats::default());
+        let waker = Waker::new().unwrap();
+        let mut captured = Vec::new();
+        for _ in 0..2 {
+            let mut input = backend.open_input(1, &params(50), &stats).unwrap();
+            input.start().unwrap();
+            while input.wait_ready(&waker).unwrap() != Readiness::Ready {}
+            captured.extend_from_slice(input.capture_period().unwrap());
+            input.stop().unwrap();
+            input.start().unwrap();
+            while input.wait_ready(&waker).unwrap() != Readiness::Ready {}
+            captured.extend_from_slice(input.capture_period().unwrap());
+            input.close();
+        }
+        assert_eq!(captured, pcm[..4 * 200], "a new PREPARE rewound or skipped");
         std::fs::remove_file(&path).unwrap();
     }
 
