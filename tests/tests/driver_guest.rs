@@ -490,19 +490,23 @@ fn snd_host_fault_sound_server_killed_and_restarted() {
     let capture_path = capture.0.clone();
     let mut recorder = None;
     let mut killed = false;
-    let out = canto_args(&elf, "test=snd-host-fault", "backend=alsa,device=pulse,capture=null")
-        .envs(pulse.client_env())
-        .timeout(Duration::from_secs(90))
-        .run_interacting(|_, serial| {
-            if !killed && serial.contains("DG snd-host-fault: playing") {
-                pulse.kill();
-                killed = true;
-            }
-            if killed && recorder.is_none() && serial.contains("waiting for the device") {
-                pulse.restart();
-                recorder = Some(pulse.record(&capture_path));
-            }
-        });
+    let out = canto_args(
+        &elf,
+        "test=snd-host-fault",
+        "backend=alsa,device=pulse,capture=null",
+    )
+    .envs(pulse.client_env())
+    .timeout(Duration::from_secs(90))
+    .run_interacting(|_, serial| {
+        if !killed && serial.contains("DG snd-host-fault: playing") {
+            pulse.kill();
+            killed = true;
+        }
+        if killed && recorder.is_none() && serial.contains("waiting for the device") {
+            pulse.restart();
+            recorder = Some(pulse.record(&capture_path));
+        }
+    });
     // Let the recorder take what the sink played last, then stop it.
     std::thread::sleep(Duration::from_millis(300));
     if let Some(mut recorder) = recorder {

@@ -277,7 +277,10 @@ fn the_guest_records_only_with_a_capture_grant() {
         .arg("--memory")
         .arg("256M")
         .arg("--sound")
-        .arg(&format!("backend=wav,path={}", dir.join("list.wav").display()))
+        .arg(&format!(
+            "backend=wav,path={}",
+            dir.join("list.wav").display()
+        ))
         .run();
     assert!(
         out.success() && out.stdout.contains("CANTO-LISTED"),
@@ -289,7 +292,11 @@ fn the_guest_records_only_with_a_capture_grant() {
         .and_then(|(_, rest)| rest.split_once("CANTO-CAPTURE-LIST"))
         .map(|(list, _)| list)
         .unwrap_or_default();
-    assert!(playback.contains("card 0"), "no playback card: {}", out.stdout);
+    assert!(
+        playback.contains("card 0"),
+        "no playback card: {}",
+        out.stdout
+    );
     let cards: Vec<&str> = capture_list(&out.stdout)
         .into_iter()
         .filter(|l| l.starts_with("card "))
@@ -323,7 +330,11 @@ fn the_guest_records_only_with_a_capture_grant() {
         out.stdout
     );
     // What arecord and aplay said (an overrun would show here).
-    for line in out.stdout.lines().skip_while(|l| !l.starts_with("CANTO-LISTED")) {
+    for line in out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("CANTO-LISTED"))
+    {
         eprintln!("guest: {line}");
     }
     let (want_spec, want) = wav_pcm(&image.test_wav);

@@ -399,7 +399,10 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let granted = sound(args(&["--config", file.arg()]));
-        assert_eq!(granted.to_string(), "backend=null,capture=wav:/tmp/in.wav,streams=1:1");
+        assert_eq!(
+            granted.to_string(),
+            "backend=null,capture=wav:/tmp/in.wav,streams=1:1"
+        );
         // `--sound` replaces the whole device: without `capture=` the grant is gone.
         let revoked = sound(args(&["--config", file.arg(), "--sound", "backend=null"]));
         assert_eq!((revoked.capture, revoked.inputs), (None, 0));
@@ -409,7 +412,10 @@ mod tests {
             "--sound",
             "backend=null,capture=alsa:hw:1,0",
         ]));
-        assert_eq!(other.to_string(), "backend=null,capture=alsa:hw:1,0,streams=1:1");
+        assert_eq!(
+            other.to_string(),
+            "backend=null,capture=alsa:hw:1,0,streams=1:1"
+        );
         // On the command line alone: no grant by default, and a clear refusal of inputs
         // without one.
         let default = parse(&["--kernel", "k", "--sound", "backend=null"]).unwrap();

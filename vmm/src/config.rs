@@ -332,9 +332,7 @@ impl SoundDeviceConfig {
                 SoundBackend::Wav { path } => BackendConfig::Wav { path: path.clone() },
                 SoundBackend::Null => BackendConfig::Null,
             },
-            inputs: self
-                .inputs
-                .unwrap_or(if capture.is_some() { 1 } else { 0 }),
+            inputs: self.inputs.unwrap_or(if capture.is_some() { 1 } else { 0 }),
             capture,
             outputs: self.outputs,
             jacks: self.jacks,
@@ -610,12 +608,17 @@ mod tests {
         let none = doc("backend = \"null\"").unwrap();
         assert_eq!((none.inputs, none.capture), (0, None));
         // A grant gives one input stream unless `inputs` says otherwise.
-        let wav = doc("backend = \"null\"\ncapture = { wav = { path = \"/tmp/in.wav\" } }").unwrap();
+        let wav =
+            doc("backend = \"null\"\ncapture = { wav = { path = \"/tmp/in.wav\" } }").unwrap();
         assert_eq!(wav, "backend=null,capture=wav:/tmp/in.wav".parse().unwrap());
         assert_eq!(wav.inputs, 1);
-        let alsa = doc("backend = \"null\"\ncapture = { alsa = { device = \"hw:1,0\" } }\ninputs = 2")
-            .unwrap();
-        assert_eq!(alsa, "backend=null,capture=alsa:hw:1,0,inputs=2".parse().unwrap());
+        let alsa =
+            doc("backend = \"null\"\ncapture = { alsa = { device = \"hw:1,0\" } }\ninputs = 2")
+                .unwrap();
+        assert_eq!(
+            alsa,
+            "backend=null,capture=alsa:hw:1,0,inputs=2".parse().unwrap()
+        );
         // Input streams without a grant are refused, with the fix in the message.
         let e = doc("backend = \"null\"\ninputs = 1").unwrap_err();
         assert!(e.contains("capture grant") && !e.contains('\n'), "{e}");

@@ -377,7 +377,11 @@ impl FromStr for SoundConfig {
             .transpose()?;
         let defaults = SoundConfig::default();
         // A grant without a count gives one input stream.
-        let default_inputs = if capture.is_some() { 1 } else { defaults.inputs };
+        let default_inputs = if capture.is_some() {
+            1
+        } else {
+            defaults.inputs
+        };
         let (outputs, inputs) = match (streams, outputs, inputs) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 return Err(ConfigError::ConflictingStreamKeys)
@@ -562,10 +566,7 @@ mod tests {
                 "backend=null,streams=1:1",
                 ConfigError::InputsNeedCapture(1),
             ),
-            (
-                "backend=null,inputs=2",
-                ConfigError::InputsNeedCapture(2),
-            ),
+            ("backend=null,inputs=2", ConfigError::InputsNeedCapture(2)),
             (
                 "backend=null,capture=null,streams=1:0",
                 ConfigError::CaptureNeedsInputs,
@@ -586,7 +587,10 @@ mod tests {
                 "backend=null,capture=pulse:x",
                 ConfigError::BadCapture("pulse:x".into()),
             ),
-            ("backend=null,capture=", ConfigError::EmptyValue("capture".into())),
+            (
+                "backend=null,capture=",
+                ConfigError::EmptyValue("capture".into()),
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(text.parse::<SoundConfig>().as_ref(), Err(want), "{text}");
@@ -629,7 +633,9 @@ mod tests {
         );
         // A grant without a count gives one input stream.
         assert_eq!((wav.outputs, wav.inputs), (1, 1));
-        let hw: SoundConfig = "backend=null,capture=alsa:hw:1,0,streams=1:2".parse().unwrap();
+        let hw: SoundConfig = "backend=null,capture=alsa:hw:1,0,streams=1:2"
+            .parse()
+            .unwrap();
         assert_eq!(
             hw.capture,
             Some(CaptureConfig::Alsa {

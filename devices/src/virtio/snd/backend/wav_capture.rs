@@ -24,9 +24,7 @@ use std::sync::Arc;
 use hound::SampleFormat;
 
 use super::clock::PeriodClock;
-use super::{
-    Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness, StreamCaps,
-};
+use super::{Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness, StreamCaps};
 use crate::virtio::snd::stats::SoundStats;
 use crate::virtio::snd::waker::Waker;
 use crate::virtio::snd::wire::{rate_code, PcmFormat};
@@ -239,7 +237,8 @@ impl InputStream for WavCaptureStream {
                     path: self.path.clone(),
                     reason: e.to_string(),
                 })?;
-            self.position.store(position + take as u64, Ordering::Relaxed);
+            self.position
+                .store(position + take as u64, Ordering::Relaxed);
         }
         self.format.fill_silence(&mut self.period[take..]);
         Ok(&self.period)
@@ -385,7 +384,10 @@ mod tests {
     #[test]
     fn unusable_files_fail_at_open_with_their_name() {
         let missing = WavCaptureBackend::open(Path::new("/nonexistent/in.wav")).unwrap_err();
-        assert!(missing.to_string().contains("/nonexistent/in.wav"), "{missing}");
+        assert!(
+            missing.to_string().contains("/nonexistent/in.wav"),
+            "{missing}"
+        );
         let path = temp_path("rate.wav");
         write_s16_stereo(&path, 12345, &[0, 0]);
         let err = WavCaptureBackend::open(&path).unwrap_err().to_string();
