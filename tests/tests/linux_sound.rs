@@ -340,8 +340,22 @@ fn the_guest_records_only_with_a_capture_grant() {
     let (want_spec, want) = wav_pcm(&image.test_wav);
     let (got_spec, got) = wav_pcm(&played);
     assert_eq!(want_spec, got_spec);
-    // 1 s of S16 stereo at 48 kHz: the file's first second.
+    // 1 s of S16 stereo at 48 kHz: the file's first second, bit-exact from its first frame.
+    // A guest too slowed down by a busy host to read in time overruns (arecord says so): what
+    // it had no buffer for is lost, as with a microphone, and the Linux driver prepares the
+    // stream again. Then only what came before the first overrun can be compared: at least the
+    // first 100 ms (the driver queues the whole buffer at START), compared bit-exact.
     let second = 48000 * 4;
-    assert_same_pcm_then_silence(&want[..second], &got);
+    assert_eq!(got.len(), second, "arecord -d 1 records 48000 frames");
+    if out.stdout.contains("overrun") {
+        let first = 48000 * 4 / 10;
+        assert_eq!(
+            &got[..first],
+            &want[..first],
+            "the recording's first 100 ms"
+        );
+    } else {
+        assert_same_pcm_then_silence(&want[..second], &got);
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
