@@ -194,6 +194,12 @@ impl VmConfig {
                 .validate()
                 .map_err(|e| format!("sound: {e}"))?;
         }
+        for disk in &self.devices.disks {
+            disk.validate()?;
+        }
+        if let Some(vsock) = &self.devices.vsock {
+            vsock.validate()?;
+        }
         Ok(())
     }
 }
@@ -237,7 +243,55 @@ pub struct DevicesConfig {
     /// The virtio-snd device.
     #[serde(default)]
     pub sound: SoundSetting,
+    /// A virtio-blk device for each, in this order (the guest's vda, vdb, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-vsock device bridged to host Unix sockets (none by default).
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
+
+/// One virtio-blk disk (`--disk path=FILE[,readonly=on][,id=NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The image file (or block device); its size must be a multiple of 512 bytes.
+    pub path: PathBuf,
+    /// The guest may not write it.
+    #[serde(default)]
+    pub readonly: bool,
+    /// The serial the guest sees (at most 20 bytes).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl DiskConfig {
+    /// The block device's own configuration type.
+    pub fn to_block_config(&self) -> canto_devices::virtio::block::DiskConfig {
+        canto_devices::virtio::block::DiskConfig {
+            path: self.path.clone(),
+            readonly: self.readonly,
+            id: self.id.clone(),
+        }
+    }
+
+    /// The checks that need no file.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err(DISK_NEEDS_PATH.into());
+        }
+        if let Some(id) = &self.id {
+            if id.len() > canto_devices::virtio::block::disk::ID_BYTES {
+                return Err(format!("disk id '{id}' is longer than 20 bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a disk without a path is refused (shared with the command line's parser).
+pub(crate) const DISK_NEEDS_PATH: &str =
+    "--disk needs path=FILE, e.g. --disk path=/tmp/disk.img,readonly=on";
 
 fn yes() -> bool {
     true
@@ -248,7 +302,36 @@ impl Default for DevicesConfig {
         Self {
             rng: true,
             sound: SoundSetting::default(),
+            disks: Vec::new(),
+            vsock: None,
         }
+    }
+}
+
+/// A vsock device: the guest's CID and the host Unix socket of Firecracker's hybrid protocol
+/// (host clients connect to `socket`; guest connections to host port P go to `socket`_P).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub cid: u64,
+    pub socket: PathBuf,
+}
+
+impl VsockConfig {
+    /// The checks that need no files: a usable CID and a socket path.
+    pub fn validate(&self) -> Result<(), String> {
+        let min = canto_devices::virtio::vsock::MIN_GUEST_CID;
+        if self.cid < min || self.cid > u64::from(u32::MAX) {
+            return Err(format!(
+                "vsock: cid {} is not usable; use a cid from {min} to {}",
+                self.cid,
+                u32::MAX
+            ));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err("vsock: socket= needs a path".into());
+        }
+        Ok(())
     }
 }
 
@@ -400,6 +483,15 @@ mod tests {
                 inputs: Some(0),
                 jacks: 1,
             }),
+            disks: vec![DiskConfig {
+                path: "/tmp/disk.img".into(),
+                readonly: true,
+                id: Some("root".into()),
+            }],
+            vsock: Some(VsockConfig {
+                cid: 3,
+                socket: "/tmp/v.sock".into(),
+            }),
         };
         let text = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&text).unwrap(), config);
@@ -446,6 +538,29 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("at least one stream"));
+    }
+
+    #[test]
+    fn vsock_settings_are_checked() {
+        let mut config = VmConfig::new("/k");
+        for cid in [0, 1, 2, 1 << 32] {
+            config.devices.vsock = Some(VsockConfig {
+                cid,
+                socket: "/tmp/v.sock".into(),
+            });
+            let e = config.validate().unwrap_err();
+            assert!(e.contains("cid") && !e.contains('\n'), "{e}");
+        }
+        config.devices.vsock = Some(VsockConfig {
+            cid: 3,
+            socket: "".into(),
+        });
+        assert!(config.validate().unwrap_err().contains("needs a path"));
+        config.devices.vsock.as_mut().unwrap().socket = "/tmp/v.sock".into();
+        assert_eq!(config.validate(), Ok(()));
+        let doc = r#"{"kernel": "/k", "devices": {"vsock": {"cid": 7, "socket": "/s"}}}"#;
+        let parsed: VmConfig = serde_json::from_str(doc).unwrap();
+        assert_eq!(parsed.devices.vsock.unwrap().cid, 7);
     }
 
     #[test]

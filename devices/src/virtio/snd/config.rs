@@ -103,8 +103,9 @@ impl fmt::Display for CaptureConfig {
 /// The sound device's configuration: its backend, its capture grant, and its stream and jack
 /// topology.
 ///
-/// Stream ids 0..outputs are output streams, outputs..outputs+inputs are input streams. Each
-/// stream has one stereo channel map. Input streams exist only with a `capture` source.
+/// Stream ids 0..outputs are output streams, outputs..outputs+inputs are input streams. Output
+/// stream N and input stream N are the guest's PCM device N (`hw:0,N`); every stream has a
+/// channel map for each of 1 to 8 channels. Input streams exist only with a `capture` source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SoundConfig {
     pub backend: BackendConfig,
@@ -475,6 +476,41 @@ mod tests {
         assert_eq!((only_out.outputs, only_out.inputs), (2, 0));
         let default_backend: SoundConfig = "streams=1:0".parse().unwrap();
         assert_eq!(default_backend.backend, SoundConfig::default().backend);
+    }
+
+    #[test]
+    fn streams_up_to_8_8_and_bad_values_refused_in_one_line() {
+        let full: SoundConfig = "backend=null,capture=null,streams=8:8".parse().unwrap();
+        assert_eq!((full.outputs, full.inputs, full.streams()), (8, 8, 16));
+        let outputs_only: SoundConfig = "backend=null,streams=8:0".parse().unwrap();
+        assert_eq!(outputs_only.streams(), 8);
+        for bad in [
+            "9:0",
+            "0:9",
+            "8:9",
+            "99:99",
+            "4294967296:1",
+            "0:0",
+            "1",
+            "1:",
+            ":1",
+            "1:1:1",
+            "-1:0",
+            "1.5:1",
+            "a:b",
+            "1;1",
+            "0x2:1",
+        ] {
+            let text = format!("backend=null,streams={bad}");
+            let message = text.parse::<SoundConfig>().unwrap_err().to_string();
+            assert!(!message.contains('\n'), "{text}: {message}");
+            assert!(
+                message.contains(bad)
+                    || message.contains("too many")
+                    || message.contains("at least one stream"),
+                "{text}: {message}"
+            );
+        }
     }
 
     #[test]

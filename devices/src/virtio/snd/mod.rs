@@ -3,7 +3,7 @@
 //! # Using it
 //! ```no_run
 //! use canto_devices::virtio::snd::{probe, BackendConfig, Sound, SoundConfig};
-//! let mut config: SoundConfig = "backend=alsa,streams=1:1".parse().unwrap();
+//! let mut config: SoundConfig = "backend=alsa,capture=alsa,streams=1:1".parse().unwrap();
 //! if let Err(e) = probe(&config) {
 //!     eprintln!("sound: {e}; using the null backend");
 //!     config = config.with_backend(BackendConfig::Null);

@@ -127,6 +127,14 @@ pub enum BackendError {
     WavFormat(PcmFormat),
     #[error("stream {0} has no WAV file of its own")]
     WavNoFile(u32),
+    #[error(
+        "output stream {stream} has made {max} WAV files, the most it may; {path} not created"
+    )]
+    WavTooManyFiles {
+        path: PathBuf,
+        stream: u32,
+        max: u32,
+    },
     #[error("the backend accepted no data for {0:?}")]
     Stalled(Duration),
     #[error("cannot read the capture WAV file {path}: {reason}")]
