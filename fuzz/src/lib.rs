@@ -17,7 +17,7 @@ use std::time::Duration;
 use canto_devices::virtio::snd::wire::{
     PcmFormat, RATES, R_PCM_PREPARE, R_PCM_RELEASE, R_PCM_START, R_PCM_STOP,
 };
-use canto_devices::virtio::snd::{BackendConfig, Sound, SoundConfig};
+use canto_devices::virtio::snd::{BackendConfig, CaptureConfig, Sound, SoundConfig};
 /// The fake driver the fuzz targets share with the device tests and the bench.
 pub use canto_devices::virtio::test_utils::{
     Bump, ChainOpts, Desc, DriverQueue, InterruptRecorder, LoopMode, RigLayout, SoundRig,
@@ -390,6 +390,7 @@ pub fn sound_config(b: u8) -> SoundConfig {
     }
     SoundConfig {
         backend: BackendConfig::Null,
+        capture: (inputs > 0).then_some(CaptureConfig::Null),
         outputs,
         inputs,
         jacks: u32::from((b / 9) % 4),

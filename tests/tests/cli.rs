@@ -92,6 +92,40 @@ fn wav_path_that_cannot_be_written() {
     assert!(lines[0].contains("WAV"), "{err}");
 }
 
+#[test]
+fn input_streams_without_a_capture_grant() {
+    // Refused while parsing, before any file or KVM is touched: one line naming the fix.
+    let err = run_err(&["--kernel", "k", "--sound", "backend=null,streams=1:1"]);
+    assert!(err.contains("capture grant"), "{err}");
+    assert!(err.contains("capture=wav:FILE"), "{err}");
+    let err = run_err(&["--kernel", "k", "--sound", "backend=null,capture=mic"]);
+    assert!(err.contains("capture=mic"), "{err}");
+}
+
+#[test]
+fn capture_wav_file_that_cannot_be_read() {
+    // The capture file is opened when the device is built, after the VM: the real kernel and
+    // /dev/kvm are needed.
+    let Some(image) = canto_tests::GuestImage::find() else {
+        return;
+    };
+    if !canto_tests::kvm_available() {
+        return;
+    }
+    let err = run_err(&[
+        "--kernel",
+        image.kernel.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--sound",
+        "backend=null,capture=wav:/nonexistent-dir/in.wav",
+        "--print-devices",
+    ]);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {err}");
+    assert!(lines[0].contains("/nonexistent-dir/in.wav"), "{err}");
+}
+
 /// Runs the driver-guest with `--disk` specs and `--print-devices` (disks are opened when the
 /// devices are built, after the VM): Canto must fail with one line holding `want`. None when
 /// KVM or the guest is missing (the test then skips).

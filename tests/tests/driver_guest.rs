@@ -16,7 +16,8 @@ fn guest_to_run() -> Option<PathBuf> {
 
 /// The sound device most tests run with: the null backend (paced, nothing played, no host audio
 /// device needed).
-const NULL_SOUND: &str = "backend=null";
+/// One output and one input stream (capturing silence): the topology the driver-guest expects.
+const NULL_SOUND: &str = "backend=null,capture=null";
 
 /// The one place the canto command line for a driver-guest run is built.
 fn canto_args(elf: &Path, cmdline: &str, sound: &str) -> Canto {
@@ -282,7 +283,7 @@ impl TempFile {
 
     /// `--sound` for the WAV backend recording into this file.
     fn sound(&self) -> String {
-        format!("backend=wav,path={}", self.0.display())
+        format!("backend=wav,path={},capture=null", self.0.display())
     }
 }
 
@@ -548,7 +549,7 @@ fn soak_mode_runs() {
     let Some(out) = expect_pass_with(
         "soak",
         "secs=3 report=1 rng_reset=1",
-        "backend=null,streams=2:1",
+        "backend=null,capture=null,streams=2:1",
     ) else {
         return;
     };
@@ -579,19 +580,23 @@ fn snd_host_fault_sound_server_killed_and_restarted() {
     let capture_path = capture.0.clone();
     let mut recorder = None;
     let mut killed = false;
-    let out = canto_args(&elf, "test=snd-host-fault", "backend=alsa,device=pulse")
-        .envs(pulse.client_env())
-        .timeout(Duration::from_secs(90))
-        .run_interacting(|_, serial| {
-            if !killed && serial.contains("DG snd-host-fault: playing") {
-                pulse.kill();
-                killed = true;
-            }
-            if killed && recorder.is_none() && serial.contains("waiting for the device") {
-                pulse.restart();
-                recorder = Some(pulse.record(&capture_path));
-            }
-        });
+    let out = canto_args(
+        &elf,
+        "test=snd-host-fault",
+        "backend=alsa,device=pulse,capture=null",
+    )
+    .envs(pulse.client_env())
+    .timeout(Duration::from_secs(90))
+    .run_interacting(|_, serial| {
+        if !killed && serial.contains("DG snd-host-fault: playing") {
+            pulse.kill();
+            killed = true;
+        }
+        if killed && recorder.is_none() && serial.contains("waiting for the device") {
+            pulse.restart();
+            recorder = Some(pulse.record(&capture_path));
+        }
+    });
     // Let the recorder take what the sink played last, then stop it.
     std::thread::sleep(Duration::from_millis(300));
     if let Some(mut recorder) = recorder {

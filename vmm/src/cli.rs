@@ -46,8 +46,10 @@ pub struct Cli {
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: SerialConfig,
     /// The sound device: backend=alsa[,device=NAME] | backend=wav,path=FILE | backend=null,
-    /// with optional streams=OUT:IN (up to 8:8; output N and input N are the guest's hw:0,N).
-    /// Default: ALSA `default`, or null (with a note) when it cannot be opened.
+    /// with optional capture=alsa[:DEVICE]|wav:FILE|null and streams=OUT:IN (up to 8:8; output N
+    /// and input N are the guest's hw:0,N). The guest gets input streams only with capture=, the
+    /// grant to record (from the host's microphone with alsa). Default: ALSA `default`, output
+    /// only, or null (with a note) when it cannot be opened.
     #[arg(long, value_name = "SPEC", conflicts_with = "no_sound")]
     pub sound: Option<SoundConfig>,
     /// No sound device.
@@ -122,6 +124,8 @@ impl Cli {
         if self.given("serial") {
             config.serial = line.serial;
         }
+        // The whole device, its capture grant included: `--sound` without `capture=` revokes
+        // the file's grant.
         if self.given("sound") || self.given("no_sound") {
             config.devices.sound = line.devices.sound;
         }
@@ -514,6 +518,53 @@ mod tests {
         assert_eq!(config.serial, SerialConfig::Stdio);
         assert!(matches!(config.devices.sound, SoundSetting::Device(_)));
         assert!(!config.devices.rng, "rng stays as the file says");
+    }
+
+    #[test]
+    fn the_capture_grant_comes_from_the_file_or_the_command_line() {
+        let file = TempFile::new(
+            "capture.toml",
+            r#"
+                kernel = "/k"
+                [devices.sound.device]
+                backend = "null"
+                capture = { wav = { path = "/tmp/in.wav" } }
+            "#,
+        );
+        let sound = |cli: Cli| match cli.vm_config().unwrap().devices.sound {
+            SoundSetting::Device(device) => device.to_sound_config(),
+            other => panic!("{other:?}"),
+        };
+        let granted = sound(args(&["--config", file.arg()]));
+        assert_eq!(
+            granted.to_string(),
+            "backend=null,capture=wav:/tmp/in.wav,streams=1:1"
+        );
+        // `--sound` replaces the whole device: without `capture=` the grant is gone.
+        let revoked = sound(args(&["--config", file.arg(), "--sound", "backend=null"]));
+        assert_eq!((revoked.capture, revoked.inputs), (None, 0));
+        let other = sound(args(&[
+            "--config",
+            file.arg(),
+            "--sound",
+            "backend=null,capture=alsa:hw:1,0",
+        ]));
+        assert_eq!(
+            other.to_string(),
+            "backend=null,capture=alsa:hw:1,0,streams=1:1"
+        );
+        // On the command line alone: no grant by default, and a clear refusal of inputs
+        // without one.
+        let default = parse(&["--kernel", "k", "--sound", "backend=null"]).unwrap();
+        assert_eq!(default.sound.unwrap().inputs, 0);
+        let err = parse(&["--kernel", "k", "--sound", "backend=null,streams=1:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capture grant"), "{err}");
+        let err = parse(&["--kernel", "k", "--sound", "backend=null,capture=mic"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capture=mic"), "{err}");
     }
 
     #[test]

@@ -259,7 +259,7 @@ mod tests {
     use canto_devices::virtio::{ActivateContext, ActivateError};
 
     use super::*;
-    use crate::config::{SoundBackend, SoundDeviceConfig};
+    use crate::config::{SoundBackend, SoundCapture, SoundDeviceConfig};
 
     /// A device that records its resets in a shared log.
     struct Recorder {
@@ -300,8 +300,9 @@ mod tests {
     fn the_config_chooses_the_devices_in_list_order() {
         let null_sound = SoundSetting::Device(SoundDeviceConfig {
             backend: SoundBackend::Null,
+            capture: Some(SoundCapture::Null),
             outputs: 1,
-            inputs: 1,
+            inputs: Some(1),
             jacks: 0,
         });
         let all = DevicesConfig {
@@ -347,8 +348,9 @@ mod tests {
                 backend: SoundBackend::Wav {
                     path: "/nonexistent-dir/x.wav".into(),
                 },
+                capture: None,
                 outputs: 1,
-                inputs: 0,
+                inputs: Some(0),
                 jacks: 0,
             }),
             disks: Vec::new(),
@@ -452,8 +454,9 @@ mod tests {
             rng: false,
             sound: SoundSetting::Device(SoundDeviceConfig {
                 backend: SoundBackend::Null,
+                capture: Some(SoundCapture::Null),
                 outputs: 1,
-                inputs: 1,
+                inputs: Some(1),
                 jacks: 0,
             }),
             disks: Vec::new(),

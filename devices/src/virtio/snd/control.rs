@@ -322,6 +322,7 @@ mod tests {
     fn topology() -> Topology {
         let config = SoundConfig {
             backend: BackendConfig::Null,
+            capture: Some(crate::virtio::snd::CaptureConfig::Null),
             outputs: 2,
             inputs: 1,
             jacks: 2,
@@ -447,6 +448,7 @@ mod tests {
     fn topology_8_8_gives_each_stream_its_own_pcm_device_and_valid_channel_maps() {
         let config = SoundConfig {
             backend: BackendConfig::Null,
+            capture: Some(crate::virtio::snd::CaptureConfig::Null),
             outputs: 8,
             inputs: 8,
             jacks: 0,
