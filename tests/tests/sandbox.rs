@@ -112,7 +112,11 @@ fn run_relays_output_and_status_plays_a_copied_wav_and_copies_files_both_ways() 
     ]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     eprintln!("canto run took {:.1} s", start.elapsed().as_secs_f64());
-    assert_eq!(out.status.code(), Some(3), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
     // Only the command's output: the guest's console is not on stdout.
     assert_eq!(stdout, "out\n", "stderr: {stderr}");
     assert!(stderr.lines().any(|l| l == "err"), "{stderr}");
@@ -125,7 +129,10 @@ fn run_relays_output_and_status_plays_a_copied_wav_and_copies_files_both_ways() 
     if let Some(i) = want.iter().zip(&got).position(|(a, b)| a != b) {
         panic!("PCM differs at byte {i} of {}", want.len());
     }
-    assert!(got[want.len()..].iter().all(|b| *b == 0), "non-silence after the clip");
+    assert!(
+        got[want.len()..].iter().all(|b| *b == 0),
+        "non-silence after the clip"
+    );
 
     let returned = std::fs::read(&back).expect("the copied-out file");
     assert!(returned == data, "the 10 MB file came back different");
@@ -156,7 +163,10 @@ fn a_command_past_its_timeout_is_killed_with_a_clear_line() {
     assert!(start.elapsed() < Duration::from_secs(100), "{stderr}");
     let line: Vec<&str> = stderr.lines().filter(|l| l.contains("--timeout")).collect();
     assert_eq!(line.len(), 1, "{stderr}");
-    assert!(line[0].contains("2.0 s") && line[0].contains("killed"), "{stderr}");
+    assert!(
+        line[0].contains("2.0 s") && line[0].contains("killed"),
+        "{stderr}"
+    );
 }
 
 #[test]
