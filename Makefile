@@ -17,7 +17,7 @@ build:
 	@bash resources/install-deps.sh build
 	$(CARGO) build --release -p canto
 
-guest:
+guest: agent
 	@bash resources/install-deps.sh guest
 	bash resources/build-guest.sh
 

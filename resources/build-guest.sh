@@ -184,6 +184,10 @@ build_initramfs() {
     install -m 0644 "$RES/fstab" "$STAGE/etc/fstab"
 
     install -m 0755 "$RES/init" "$STAGE/init"
+    # The guest agent (static; built by resources/build-agent.sh, `make agent`).
+    [ -x "$ROOT/target/agent/canto-agent" ] \
+        || die "target/agent/canto-agent is missing: run bash resources/build-agent.sh (make agent) first"
+    install -m 0755 "$ROOT/target/agent/canto-agent" "$STAGE/bin/canto-agent"
     for a in "$RES"/run/*; do
         install -m 0755 "$a" "$STAGE/canto/run/$(basename "$a")"
     done

@@ -15,6 +15,7 @@ pub mod devices;
 mod event_loop;
 pub mod interrupts;
 pub mod loader;
+pub mod sandbox;
 pub mod signals;
 pub mod terminal;
 pub mod vcpu;

@@ -1,4 +1,5 @@
-//! `canto`: boot a guest on KVM from the command line.
+//! `canto`: boot a guest on KVM from the command line. `canto run ... -- COMMAND` and
+//! `canto exec --vsock PATH -- COMMAND` run a command in a guest (see `vmm::sandbox`).
 //!
 //! Exit status: 0 when the guest powers off or reboots, or the user types Ctrl-A x; 1 with one line on stderr for any error;
 //! 128 + N after stop signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), with one line naming it,
@@ -25,7 +26,14 @@ fn main() -> ExitCode {
     )
     .format_timestamp_millis()
     .init();
-    let cli = vmm::cli::Cli::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    // `canto run ...` and `canto exec ...`: a command in a guest, through its agent.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("run") => return ExitCode::from(vmm::sandbox::run_main(&args[2..], &signals)),
+        Some("exec") => return ExitCode::from(vmm::sandbox::exec_main(&args[2..])),
+        _ => {}
+    }
+    let cli = vmm::cli::Cli::parse_args(args).unwrap_or_else(|e| e.exit());
     let config = match cli.vm_config() {
         Ok(config) => config,
         Err(e) => {
@@ -61,17 +69,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One line: the error and each cause behind it.
-            let mut line = format!("canto: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                let text = cause.to_string();
-                if !line.contains(&text) {
-                    line.push_str(": ");
-                    line.push_str(&text);
-                }
-                source = cause.source();
-            }
-            eprintln!("{line}");
+            eprintln!("canto: {}", vmm::sandbox::error_line(&e));
             ExitCode::FAILURE
         }
     }
