@@ -23,7 +23,9 @@ use acpi_tables::aml::{
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -107,7 +109,13 @@ fn align16(addr: u64) -> u64 {
 }
 
 fn io_gas(port: u16) -> GAS {
-    GAS::new(GasSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port.into())
+    GAS::new(
+        GasSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        port.into(),
+    )
 }
 
 /// The DSDT's AML: `\_S5`, `\_SB.PCI0` and `\_SB.COM1`.
@@ -133,7 +141,13 @@ fn dsdt_body(p: &AcpiPlatform) -> Vec<u8> {
         p.pci_mmio32.1 - 1,
         None,
     );
-    let pci_crs = ResourceTemplate::new(vec![&bus_numbers, &config_ports, &io_low, &io_high, &mmio32]);
+    let pci_crs = ResourceTemplate::new(vec![
+        &bus_numbers,
+        &config_ports,
+        &io_low,
+        &io_high,
+        &mmio32,
+    ]);
     let pci_hid = EISAName::new("PNP0A08");
     let pci_cid = EISAName::new("PNP0A03");
     let mut sb = Vec::new();
@@ -303,7 +317,12 @@ mod tests {
         let header = read(mem, addr, 36);
         assert_eq!(&header[..4], signature, "signature at {addr:#x}");
         let bytes = read(mem, addr, u32_at(&header, 4) as usize);
-        assert_eq!(sum(&bytes), 0, "{} checksum", String::from_utf8_lossy(signature));
+        assert_eq!(
+            sum(&bytes),
+            0,
+            "{} checksum",
+            String::from_utf8_lossy(signature)
+        );
         assert_eq!(&bytes[10..16], b"CANTO ");
         bytes
     }
@@ -317,7 +336,11 @@ mod tests {
     /// Follows the guest's path: RSDP (found by scanning, as a guest not told its address
     /// would), XSDT, the tables it lists, the DSDT through the FADT.
     fn parse(mem: &GuestMemoryMmap) -> Parsed {
-        let area = read(mem, ACPI_TABLES_START, (ACPI_TABLES_END - ACPI_TABLES_START) as usize);
+        let area = read(
+            mem,
+            ACPI_TABLES_START,
+            (ACPI_TABLES_END - ACPI_TABLES_START) as usize,
+        );
         let rsdp_at = (0..area.len())
             .step_by(16)
             .find(|&i| area[i..].starts_with(b"RSD PTR "))
@@ -378,7 +401,11 @@ mod tests {
         assert_eq!(fadt[128], 0x0e, "reset value");
         assert_eq!(gas(244), (1, 8, 1, 0x600), "sleep control register");
         assert_eq!(gas(256), (1, 8, 1, 0x601), "sleep status register");
-        assert_eq!(u16::from_le_bytes([fadt[109], fadt[110]]) & 0b110, 0b110, "8042, no VGA");
+        assert_eq!(
+            u16::from_le_bytes([fadt[109], fadt[110]]) & 0b110,
+            0b110,
+            "8042, no VGA"
+        );
     }
 
     #[test]
@@ -418,13 +445,17 @@ mod tests {
         let aml = &dsdt[36..];
         // Name(_S5_, Package(2) { 5, 0 }): NameOp, name, PackageOp, PkgLength, NumElements,
         // BytePrefix 5, ZeroOp.
-        assert!(contains(aml, &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0a, 0x05, 0x00]));
+        assert!(contains(
+            aml,
+            &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0a, 0x05, 0x00]
+        ));
         // Scope(\_SB_) holding both devices.
         assert!(contains(aml, b"\\_SB_"));
         // Device(name): ExtOpPrefix, DeviceOp, a 1- or 2-byte PkgLength, the name.
         let device = |name: &[u8]| {
             aml.windows(8).any(|w| {
-                w[..2] == [0x5b, 0x82] && (w[3..7] == *name || (w[2] & 0xc0 == 0x40 && w[4..8] == *name))
+                w[..2] == [0x5b, 0x82]
+                    && (w[3..7] == *name || (w[2] & 0xc0 == 0x40 && w[4..8] == *name))
             })
         };
         assert!(device(b"PCI0") && device(b"COM1"));
@@ -438,14 +469,29 @@ mod tests {
         }
         // PCI0's resources: bus 0..0, the config ports (IO descriptor, 0xcf8, 8 ports), I/O
         // 0..0xcf7 and 0xd00..0xffff, memory 0xc0000000..0xdfffffff.
-        assert!(contains(aml, &[0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]));
-        assert!(contains(aml, &[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]));
+        assert!(contains(
+            aml,
+            &[0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]
+        ));
+        assert!(contains(
+            aml,
+            &[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]
+        ));
         assert!(contains(aml, &[0x00, 0x00, 0xf7, 0x0c]));
         assert!(contains(aml, &[0x00, 0x0d, 0xff, 0xff]));
-        assert!(contains(aml, &[0x00, 0x00, 0x00, 0xc0, 0xff, 0xff, 0xff, 0xdf]));
+        assert!(contains(
+            aml,
+            &[0x00, 0x00, 0x00, 0xc0, 0xff, 0xff, 0xff, 0xdf]
+        ));
         // COM1: IO 0x3f8, 8 ports; extended interrupt 4, edge, active high, exclusive.
-        assert!(contains(aml, &[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]));
-        assert!(contains(aml, &[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]));
+        assert!(contains(
+            aml,
+            &[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]
+        ));
+        assert!(contains(
+            aml,
+            &[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]
+        ));
     }
 
     #[test]
@@ -460,7 +506,8 @@ mod tests {
     #[test]
     fn old_tables_are_cleared() {
         let mem = low_memory();
-        mem.write_slice(&[0xaa; 64], GuestAddress(ACPI_TABLES_END - 64)).unwrap();
+        mem.write_slice(&[0xaa; 64], GuestAddress(ACPI_TABLES_END - 64))
+            .unwrap();
         setup_acpi(&mem, &platform(1)).unwrap();
         assert!(read(&mem, ACPI_TABLES_END - 64, 64).iter().all(|&b| b == 0));
     }
