@@ -328,6 +328,9 @@ impl Vmm {
     }
 }
 
+/// The serial console (for host input), the eventfd a reset signals, the one a power-off signals.
+type LegacyDevices = (Arc<Mutex<SerialConsole>>, Arc<EventFd>, Arc<EventFd>);
+
 /// COM1 (its interrupt an irqfd on IRQ 4), the i8042 reset line and the ACPI power-management
 /// registers on the port I/O bus. Returns the console (for host input), the eventfd a reset
 /// signals and the one a power-off signals.
@@ -335,7 +338,7 @@ fn add_legacy_devices(
     vm: &vm::Vm,
     pio: &Bus,
     serial_mode: &SerialConfig,
-) -> Result<(Arc<Mutex<SerialConsole>>, Arc<EventFd>, Arc<EventFd>), Error> {
+) -> Result<LegacyDevices, Error> {
     let serial_irq = eventfd("serial interrupt eventfd")?;
     vm.fd
         .register_irqfd(&serial_irq, SERIAL_IRQ)
