@@ -6,7 +6,7 @@ CARGO ?= cargo
 GUEST := target/guest
 CANTO := target/release/canto
 
-.PHONY: all deps build guest demo test check unit guest-tests bench fuzz soak clean
+.PHONY: all deps build guest agent demo test check unit guest-tests bench fuzz soak clean
 
 all: build
 
@@ -20,6 +20,10 @@ build:
 guest:
 	@bash resources/install-deps.sh guest
 	bash resources/build-guest.sh
+
+# The guest agent as a static binary (docs/agent-protocol.md): target/agent/canto-agent.
+agent:
+	bash resources/build-agent.sh
 
 demo: build guest
 	bash resources/demo.sh

@@ -46,7 +46,7 @@ elif [ -z "$RUNS" ]; then
 fi
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(snd_control snd_io pci_common_config rng)
+    TARGETS=(snd_control snd_io pci_common_config rng vsock blk_requests)
 fi
 SANITIZER=${FUZZ_SANITIZER:-none}
 TIMEOUT=${FUZZ_TIMEOUT:-2}

@@ -12,7 +12,7 @@
 #   SOAK_RSS_MAX_KIB=1024   allowed VmRSS growth from the baseline to the end (and its peak)
 #   SOAK_CPU_MAX=1.5        allowed CPU per interval, in cores (vCPU + device threads)
 #   SOAK_LOG_MAX_BYTES=65536  allowed growth of canto's stderr (its log) after the warm-up
-#   SOAK_SOUND=backend=null,streams=2:1   canto's --sound (needs outputs 0, 1 and input 2)
+#   SOAK_SOUND=backend=null,capture=null,streams=2:1   canto's --sound (needs outputs 0, 1 and input 2)
 #   SOAK_GUEST_ARGS=        more driver-guest arguments (e.g. rng_reset=0 report=30)
 #   CARGO=cargo
 set -euo pipefail
@@ -24,7 +24,7 @@ SOAK_WARMUP=${SOAK_WARMUP:-120}
 SOAK_RSS_MAX_KIB=${SOAK_RSS_MAX_KIB:-1024}
 SOAK_CPU_MAX=${SOAK_CPU_MAX:-1.5}
 SOAK_LOG_MAX_BYTES=${SOAK_LOG_MAX_BYTES:-65536}
-SOAK_SOUND=${SOAK_SOUND:-backend=null,streams=2:1}
+SOAK_SOUND=${SOAK_SOUND:-backend=null,capture=null,streams=2:1}
 SOAK_GUEST_ARGS=${SOAK_GUEST_ARGS:-}
 CARGO=${CARGO:-cargo}
 

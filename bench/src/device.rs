@@ -53,6 +53,7 @@ impl Device {
     pub fn new(backend: Arc<dyn Backend>, mode: LoopMode) -> Device {
         let config = SoundConfig {
             backend: BackendConfig::Null,
+            capture: None,
             outputs: 1,
             inputs: 0,
             jacks: 0,

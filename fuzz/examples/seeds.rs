@@ -1,6 +1,6 @@
 //! Writes the seed corpora: `cargo run --example seeds -- [DIR]` (default `corpus`, relative to the
-//! fuzz/ directory) creates `DIR/<target>/<name>` for snd_control, snd_io, pci_common_config and
-//! rng.
+//! fuzz/ directory) creates `DIR/<target>/<name>` for snd_control, snd_io, pci_common_config,
+//! rng and vsock.
 //! Every seed is a valid driver session in the target's input format (see each target's header
 //! and `canto_fuzz`), so the fuzzer starts from requests the device accepts: every control request
 //! code, valid SET_PARAMS, TX and RX messages, and a full virtio-pci bring-up.
@@ -1053,6 +1053,108 @@ fn rng(out: &mut Out) {
     out.put(t, "raw_descriptors_and_resets", &w.out);
 }
 
+/// blk_requests: a write, a flush, a read back, GET_ID, ranges, refusals, a reset in flight.
+fn blk(out: &mut Out) {
+    let t = "blk_requests";
+    // A request op: kind index (see the target), sector byte, data length, the first data bytes,
+    // then the chain layout: header + data readable (`data` > 0), then writable buffers.
+    let request = |w: &mut Writer, kind: u8, sector: u8, data: u16, given: &[u8], out_len: u16| {
+        w.u8(0).u8(kind).u8(sector).u16(data);
+        w.bytes(&given[..usize::from(data).min(48)]);
+        let mut descs = vec![DescSpec::Payload(16 + data)];
+        if out_len > 0 {
+            descs.push(DescSpec::Writable(out_len));
+        }
+        descs.push(DescSpec::Writable(1));
+        encode_chain(w, &descs, false, false);
+    };
+    let zeros = [0u8; 48];
+    let mut range = Vec::new();
+    range.extend_from_slice(&3u64.to_le_bytes());
+    range.extend_from_slice(&2u32.to_le_bytes());
+    range.extend_from_slice(&0u32.to_le_bytes());
+    range.resize(48, 0);
+    let mut w = Writer::new();
+    w.u8(0);
+    request(&mut w, 1, 5, 512, &zeros, 0); // OUT
+    request(&mut w, 2, 0, 0, &zeros, 0); // FLUSH
+    request(&mut w, 0, 5, 0, &zeros, 1024); // IN, two sectors
+    request(&mut w, 3, 0, 0, &zeros, 20); // GET_ID
+    request(&mut w, 5, 0, 16, &range, 0); // WRITE_ZEROES
+    request(&mut w, 4, 0, 16, &range, 0); // DISCARD
+    out.put(t, "round_trip", &w.out);
+    let mut w = Writer::new();
+    w.u8(0);
+    request(&mut w, 0, 64, 0, &zeros, 512); // past the end
+                                            // A raw sector (a sector byte >= 0xf0 is followed by a u64): 2^64 - 1.
+    w.u8(0).u8(0).u8(0xff).u64(u64::MAX).u16(0);
+    encode_chain(
+        &mut w,
+        &[
+            DescSpec::Payload(16),
+            DescSpec::Writable(512),
+            DescSpec::Writable(1),
+        ],
+        false,
+        false,
+    );
+    request(&mut w, 1, 7, 100, &zeros, 0); // not whole sectors
+    request(&mut w, 7, 0, 0, &zeros, 0); // raw type
+    w.u8(3); // reset in flight
+    request(&mut w, 0, 1, 0, &zeros, 512);
+    out.put(t, "refusals_and_reset", &w.out);
+    let mut w = Writer::new();
+    w.u8(1); // read-only
+    request(&mut w, 1, 0, 512, &zeros, 0);
+    request(&mut w, 0, 0, 0, &zeros, 512);
+    out.put(t, "read_only", &w.out);
+}
+// ----- vsock -----
+
+/// Offers 8 rx buffers of 4 KiB.
+fn vsock_rx(w: &mut Writer) {
+    w.u8(1).u8(7);
+    for _ in 0..8 {
+        encode_chain(w, &[DescSpec::Writable(4096)], false, false);
+    }
+}
+
+/// A tx packet: `dst` is the target's port selector (0: the listening port 1000, 0x80: the first
+/// host-initiated connection's port).
+fn vsock_tx(w: &mut Writer, opcode: u8, src: u8, dst: u8, flags: u8, data: u16) {
+    w.u8(0).u8(opcode).u8(src).u8(dst).u8(0).u16(data).u8(flags);
+    w.u32(64 * 1024).u32(0).u16(data);
+    encode_chain(w, &[DescSpec::Payload(44 + data)], false, false);
+}
+
+fn vsock(out: &mut Out) {
+    let t = "vsock";
+    // Guest to host: REQUEST, accept, data both ways, SHUTDOWN, RST.
+    let mut w = Writer::new();
+    vsock_rx(&mut w);
+    vsock_tx(&mut w, 1, 5, 0, 0, 0);
+    w.u8(6);
+    vsock_tx(&mut w, 5, 5, 0, 0, 16);
+    w.u8(3).u8(0).u16(5).bytes(b"hello");
+    w.u8(4).u8(0);
+    vsock_tx(&mut w, 7, 5, 0, 0, 0);
+    vsock_tx(&mut w, 4, 5, 0, 3, 0);
+    vsock_tx(&mut w, 3, 5, 0, 0, 0);
+    out.put(t, "guest_connects", &w.out);
+    // Host to guest: CONNECT 52, RESPONSE, data both ways, host half-close.
+    let mut w = Writer::new();
+    vsock_rx(&mut w);
+    w.u8(2).u8(1).u8(52);
+    vsock_tx(&mut w, 2, 52, 0x80, 0, 0);
+    w.u8(3).u8(0).u16(3).bytes(b"abc");
+    vsock_tx(&mut w, 5, 52, 0x80, 0, 100);
+    w.u8(4).u8(0);
+    w.u8(0x85).u8(0);
+    vsock_rx(&mut w);
+    vsock_tx(&mut w, 4, 52, 0x80, 3, 0);
+    out.put(t, "host_connects", &w.out);
+}
+
 fn main() {
     let dir = std::env::args()
         .nth(1)
@@ -1063,5 +1165,7 @@ fn main() {
     snd_io(&mut out);
     pci(&mut out);
     rng(&mut out);
+    blk(&mut out);
+    vsock(&mut out);
     println!("wrote {} seeds under {}", out.count, out.dir.display());
 }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use canto_devices::bus::{Bus, BusDevice};
 use canto_devices::pci::{MsiInterruptGroup, MsiMessage, PciRoot, SharedPciDevice};
 use canto_devices::virtio::rng::Rng;
-use canto_devices::virtio::snd::{BackendConfig, Sound, SoundConfig};
+use canto_devices::virtio::snd::{BackendConfig, CaptureConfig, Sound, SoundConfig};
 use canto_devices::virtio::transport::pci::{IoEventRegistrar, VirtioPciDevice};
 use canto_devices::virtio::{SharedSubscriber, SubscriberRegistrar, VirtioDevice};
 use canto_fuzz::{Pauses, Reader};
@@ -174,6 +174,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         let config = SoundConfig {
             backend: BackendConfig::Null,
+            capture: Some(CaptureConfig::Null),
             outputs: 1,
             inputs: 1,
             jacks: 1,

@@ -27,7 +27,6 @@
 //! slow kick a failure. Ends with a device reset.
 #![no_main]
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use canto_devices::virtio::rng::{Rng, MAX_BYTES_PER_REQUEST};
@@ -63,7 +62,7 @@ struct RngRig {
     kick: EventFd,
     manager: EventManager<SharedSubscriber>,
     subscribers: Vec<SubscriberId>,
-    interrupt: Arc<CountingInterrupt>,
+    interrupt: Arc<InterruptRecorder>,
     needs_reset_before: u64,
     bump: Bump,
     /// The input wrote to the rings: the used-ring accounting means nothing until a reset.
@@ -86,7 +85,7 @@ impl RngRig {
             kick: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
             manager: EventManager::new().expect("event manager"),
             subscribers: Vec::new(),
-            interrupt: Arc::new(CountingInterrupt::default()),
+            interrupt: Arc::new(InterruptRecorder::default()),
             needs_reset_before: 0,
             bump: Bump::new(DATA_START, MEM_SIZE),
             tampered: false,
@@ -127,7 +126,7 @@ impl RngRig {
             .into_iter()
             .map(|s| self.manager.add_subscriber(s))
             .collect();
-        self.needs_reset_before = self.interrupt.needs_reset.load(Ordering::Relaxed);
+        self.needs_reset_before = self.interrupt.needs_reset_count();
         self.tampered = false;
         self.expect.fill(None);
         self.owner.fill(None);
@@ -155,11 +154,11 @@ impl RngRig {
 
     /// The device stopped the queue (DEVICE_NEEDS_RESET) since it was activated.
     fn broken(&self) -> bool {
-        self.interrupt.needs_reset.load(Ordering::Relaxed) != self.needs_reset_before
+        self.interrupt.needs_reset_count() != self.needs_reset_before
     }
 
     fn check(&mut self) {
-        let used = self.queue.take_used(&self.mem);
+        let used = self.queue.take_used_raw(&self.mem);
         if self.tampered || self.broken() {
             return;
         }
@@ -201,7 +200,7 @@ impl RngRig {
         {
             self.tampered = true;
         }
-        let head = self.queue.add(&self.mem, &mut self.bump, descs, opts);
+        let head = self.queue.add_with(&self.mem, &mut self.bump, descs, opts);
         let slots = if opts.indirect { 1 } else { descs.len() };
         self.claim(head, slots, expected_len(descs, &opts));
     }
@@ -255,10 +254,7 @@ fuzz_target!(|data: &[u8]| {
         let kick = op & 0x80 == 0;
         match op % 8 {
             0..=2 => {
-                let len = usize::from(r.u8());
-                let payload = r.bytes(len).to_vec();
-                let (descs, opts) =
-                    decode_chain(&mut r, &rig.mem, MEM_SIZE, &mut rig.bump, &payload);
+                let (descs, opts) = read_raw_chain(&mut r, &rig.mem, &mut rig.bump);
                 rig.add(&descs, opts);
                 if kick {
                     rig.kick();
@@ -269,14 +265,7 @@ fuzz_target!(|data: &[u8]| {
                 let what = r.u8();
                 let value = r.u16();
                 let q = &rig.queue;
-                let at = match what % 4 {
-                    // avail.flags, avail.idx, used_event, used.idx
-                    0 => q.avail,
-                    1 => q.avail + 2,
-                    2 => q.avail + 4 + 2 * u64::from(q.size),
-                    _ => q.used + 2,
-                };
-                let _ = rig.mem.write_obj(value, GuestAddress(at));
+                let _ = rig.mem.write_obj(value, GuestAddress(ring_field(q, what)));
                 rig.tampered = true;
             }
             5 => {
@@ -312,11 +301,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                     rig.bump.note_foreign(desc.addr, desc.len.into());
                 }
-                let raw = raw_descs(&[(desc.addr, desc.len, desc.flags, desc.next)]);
-                let table = rig.queue.desc;
-                let _ = rig
-                    .mem
-                    .write_slice(&raw, GuestAddress(table + 16 * u64::from(slot)));
+                rig.queue.write_descs(&rig.mem, slot, &[desc]);
                 rig.claim(slot, 1, None);
                 rig.queue.publish(&rig.mem, slot);
                 if kick {

@@ -26,7 +26,7 @@ const MAX_OPS: usize = 96;
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);
     let mut pauses = Pauses::new();
-    let mut rig = SoundRig::from_input(&mut r);
+    let mut rig = rig_from_input(&mut r);
     let mut deferred = false;
     for _ in 0..MAX_OPS {
         if r.is_empty() {
@@ -35,10 +35,7 @@ fuzz_target!(|data: &[u8]| {
         let op = r.u8();
         match op % 8 {
             0..=2 => {
-                let len = usize::from(r.u8());
-                let payload = r.bytes(len).to_vec();
-                let (descs, opts) =
-                    decode_chain(&mut r, &rig.mem, MEM_SIZE, &mut rig.bump, &payload);
+                let (descs, opts) = read_raw_chain(&mut r, &rig.mem, &mut rig.bump);
                 rig.add(CONTROLQ, &descs, opts);
                 if op & 0x80 == 0 {
                     rig.kick(CONTROLQ);
@@ -57,27 +54,20 @@ fuzz_target!(|data: &[u8]| {
                 let what = r.u8();
                 let value = r.u16();
                 let q = &rig.queues[CONTROLQ];
-                let at = match what % 4 {
-                    // avail.flags, avail.idx, used_event, used.idx
-                    0 => q.avail,
-                    1 => q.avail + 2,
-                    2 => q.avail + 4 + 2 * u64::from(q.size),
-                    _ => q.used + 2,
-                };
-                let _ = rig.mem.write_obj(value, GuestAddress(at));
+                let _ = rig.mem.write_obj(value, GuestAddress(ring_field(q, what)));
                 rig.tampered = true;
             }
             5 => pauses.pause(r.u8()),
             6 => {
                 let code = PCM_CODES[usize::from(r.u8() % 4)];
                 let stream = u32::from(r.u8() % 4);
-                rig.pcm(code, stream);
+                rig.try_pcm(code, stream);
                 deferred = false;
             }
             _ => {
                 let stream = u32::from(r.u8() % 4);
                 let params = ParamsChoice::read(&mut r);
-                rig.control(&params.request(stream), 4);
+                rig.try_control(&params.request(stream), 4);
                 deferred = false;
             }
         }

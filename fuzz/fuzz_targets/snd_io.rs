@@ -43,17 +43,17 @@ fn stream_id(r: &mut Reader, streams: u32) -> u32 {
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);
     let mut pauses = Pauses::new();
-    let mut rig = SoundRig::from_input(&mut r);
+    let mut rig = rig_from_input(&mut r);
     let streams = rig.streams;
     for id in 0..streams {
         let params = ParamsChoice::read(&mut r);
-        rig.control(&params.request(id), 4);
-        rig.pcm(R_PCM_PREPARE, id);
+        rig.try_control(&params.request(id), 4);
+        rig.try_pcm(R_PCM_PREPARE, id);
     }
     let start = r.u8();
     for id in 0..streams {
         if start & (1 << id) != 0 {
-            rig.pcm(PCM_CODES[1], id);
+            rig.try_pcm(PCM_CODES[1], id);
         }
     }
     for _ in 0..MAX_OPS {
@@ -88,12 +88,12 @@ fuzz_target!(|data: &[u8]| {
             3 => {
                 let code = PCM_CODES[usize::from(r.u8() % 4)];
                 let id = stream_id(&mut r, streams);
-                rig.pcm(code, id);
+                rig.try_pcm(code, id);
             }
             4 => {
                 let id = stream_id(&mut r, streams);
                 let params = ParamsChoice::read(&mut r);
-                rig.control(&params.request(id), 4);
+                rig.try_control(&params.request(id), 4);
             }
             5 => pauses.pause(r.u8()),
             6 => {
@@ -107,10 +107,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             _ => {
-                let len = usize::from(r.u8());
-                let payload = r.bytes(len).to_vec();
-                let (descs, opts) =
-                    decode_chain(&mut r, &rig.mem, MEM_SIZE, &mut rig.bump, &payload);
+                let (descs, opts) = read_raw_chain(&mut r, &rig.mem, &mut rig.bump);
                 rig.add(CONTROLQ, &descs, opts);
                 rig.kick(CONTROLQ);
             }

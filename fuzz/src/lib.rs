@@ -1,7 +1,9 @@
 //! The harness the fuzz targets share: a byte reader that never fails (every input decodes to
-//! something), guest RAM with the driver's side of split virtqueues, descriptor chains whose
-//! layout the input chooses, and a virtio-snd device activated on those queues with its
-//! event-loop subscriber run by a local event manager.
+//! something), descriptor chains whose layout the input chooses, and a virtio-snd device
+//! activated on split virtqueues with its event-loop subscriber run by a local event manager.
+//! The driver's side of the queues and the device rig are the devices crate's fake driver
+//! (`canto_devices::virtio::test_utils`, re-exported here), the one the device tests and the
+//! bench use; what is here is how a fuzz input turns into calls on it.
 //!
 //! Everything goes through the devices crate's public API: `VirtioDevice` (activate, reset) and
 //! the subscriber it returns, fed with queue kicks through eventfds as the VMM's event loop does.
@@ -9,25 +11,19 @@
 //! The byte formats are written down here, next to the decoders, and [`Writer`] encodes them for
 //! the seed corpora (`src/bin/seeds.rs`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canto_devices::virtio::snd::wire::{
     PcmFormat, RATES, R_PCM_PREPARE, R_PCM_RELEASE, R_PCM_START, R_PCM_STOP,
 };
-use canto_devices::virtio::snd::{BackendConfig, Sound, SoundConfig};
-use canto_devices::virtio::{
-    ActivateContext, ActiveQueue, SharedSubscriber, VirtioDevice, VirtioInterrupt,
-    VirtioInterruptType, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
+use canto_devices::virtio::snd::{BackendConfig, CaptureConfig, Sound, SoundConfig};
+/// The fake driver the fuzz targets share with the device tests and the bench.
+pub use canto_devices::virtio::test_utils::{
+    Bump, ChainOpts, Desc, DriverQueue, InterruptRecorder, LoopMode, RigLayout, SoundRig,
 };
-use event_manager::{EventManager, SubscriberOps};
-use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
-use virtio_queue::{Queue, QueueT};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 // ----- input -----
 
@@ -106,7 +102,7 @@ impl Writer {
     }
 }
 
-// ----- guest RAM and the driver's side of split queues -----
+// ----- guest RAM and the queue layout -----
 
 /// Guest RAM of the sound targets: 8 MiB, so that a 4 MiB I/O message (the device's limit) and
 /// one just above it fit.
@@ -116,52 +112,6 @@ pub const QUEUE_SPAN: u64 = 0x2000;
 pub const DATA_START: u64 = 4 * QUEUE_SPAN;
 /// Queue size the harness gives every queue.
 pub const QSIZE: u16 = 256;
-
-/// A bump allocator for buffers in guest RAM that wraps around (old buffers get reused, as a
-/// driver's would). It also keeps track of the RAM a run may have written (see [`GuestRam`]).
-pub struct Bump {
-    next: u64,
-    end: u64,
-    start: u64,
-    /// The end of the highest buffer handed out.
-    high_water: u64,
-    /// Descriptors the input placed itself (anywhere, or across the end of RAM): the device may
-    /// have written there.
-    foreign: Vec<(u64, u64)>,
-}
-
-impl Bump {
-    pub fn new(start: u64, end: u64) -> Self {
-        Bump {
-            next: start,
-            end,
-            start,
-            high_water: start,
-            foreign: Vec::new(),
-        }
-    }
-
-    pub fn alloc(&mut self, len: u64) -> u64 {
-        let len = len.max(1).next_multiple_of(64);
-        if self.next + len > self.end {
-            self.next = self.start;
-        }
-        let at = self.next;
-        self.next = (self.next + len).min(self.end);
-        self.high_water = self.high_water.max(self.next);
-        at
-    }
-
-    /// Records a descriptor the input placed at an address of its choice.
-    pub fn note_foreign(&mut self, addr: u64, len: u64) {
-        if self.foreign.len() < 4096 {
-            self.foreign.push((addr, len));
-        } else {
-            // More than the list keeps: treat all of RAM as written.
-            self.high_water = self.end;
-        }
-    }
-}
 
 /// Guest RAM for one fuzz run, taken from a per-thread cache. Mapping fresh RAM for every run
 /// cost more than the device did (page faults and munmap were ~20 % of snd_io's time), so the
@@ -189,50 +139,15 @@ impl GuestRam {
     /// Zeroes what the run may have written and keeps the mapping for the next run. Nothing
     /// else may write to `mem` any more (the device is reset, its threads joined).
     pub fn give_back(mem: GuestMemoryMmap, bump: &Bump) {
-        let zero = |from: u64, to: u64| {
-            let to = to.min(MEM_SIZE);
-            let mut at = from.min(to);
-            let zeros = [0u8; 4096];
-            while at < to {
-                let n = (to - at).min(zeros.len() as u64);
-                let _ = mem.write_slice(&zeros[..n as usize], GuestAddress(at));
-                at += n;
-            }
-        };
-        zero(0, bump.high_water);
-        for &(addr, len) in &bump.foreign {
-            zero(addr, addr.saturating_add(len));
-        }
+        bump.zero_written(&mem, MEM_SIZE);
         CACHED_RAM.with(|cached| *cached.borrow_mut() = Some(mem));
     }
 }
 
-/// A descriptor as the harness writes it.
-#[derive(Debug, Clone, Copy)]
-pub struct Desc {
-    pub addr: u64,
-    pub len: u32,
-    pub flags: u16,
-    pub next: u16,
-}
-
-/// How a chain is laid out beyond its descriptors.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ChainOpts {
-    /// The descriptors go in an indirect table; the ring holds one INDIRECT descriptor.
-    pub indirect: bool,
-    /// The last descriptor links back to the first (a loop the device must not follow forever).
-    pub loop_back: bool,
-    /// Descriptor `.0` gets NEXT and next index `.1`, whatever it points at.
-    pub wild_next: Option<(u8, u16)>,
-    /// With `indirect`: the length and flags of the ring's INDIRECT descriptor (see
-    /// [`IndirectShape`]).
-    pub table: IndirectShape,
-}
-
 /// How the ring's descriptor for an indirect table is written: the table's length may be exact
 /// (16 bytes per descriptor written), longer, shorter, not a multiple of 16, zero or huge, and the
-/// descriptor may also carry NEXT (both forbidden by VIRTIO 1.2 §2.7.5.3.1).
+/// descriptor may also carry NEXT (both forbidden by VIRTIO 1.2 §2.7.5.3.1). [`decode_chain`]
+/// turns it into [`ChainOpts::table_len`] and [`ChainOpts::table_next`].
 ///
 /// Format (one input byte `t`), with `k = (t >> 2) & 0x1f`: `t & 3` = 0: exact; 1: exact plus
 /// `k` bytes; 2: exact minus `k` bytes (down to 0); 3: `[0, 16 * 65535, 16 * 65536,
@@ -258,196 +173,14 @@ impl IndirectShape {
     }
 }
 
-/// The driver's side of one split queue in guest RAM.
-pub struct DriverQueue {
-    pub desc: u64,
-    pub avail: u64,
-    pub used: u64,
-    pub size: u16,
-    next_desc: u16,
-    pub avail_idx: u16,
-    used_seen: u16,
-    /// Chains made available, and used entries seen.
-    pub published: u64,
-    pub returned: u64,
-    /// Heads published, for re-publishing one.
-    pub heads: Vec<u16>,
-}
-
-impl DriverQueue {
-    /// Lays a queue out at `base` (descriptor table, then the available ring at +0x1000, the
-    /// used ring at +0x1400) and builds the device's `Queue` on it.
-    pub fn new(base: u64, size: u16) -> (DriverQueue, Queue) {
-        let desc = base;
-        let avail = base + 0x1000;
-        let used = base + 0x1400;
-        let mut queue = Queue::new(size).expect("queue size");
-        queue.try_set_size(size).expect("size");
-        queue
-            .try_set_desc_table_address(GuestAddress(desc))
-            .expect("desc");
-        queue
-            .try_set_avail_ring_address(GuestAddress(avail))
-            .expect("avail");
-        queue
-            .try_set_used_ring_address(GuestAddress(used))
-            .expect("used");
-        queue.set_ready(true);
-        let driver = DriverQueue {
-            desc,
-            avail,
-            used,
-            size,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-            published: 0,
-            returned: 0,
-            heads: Vec::new(),
-        };
-        (driver, queue)
-    }
-
-    fn encode_desc(d: &Desc) -> [u8; 16] {
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&d.len.to_le_bytes());
-        raw[12..14].copy_from_slice(&d.flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&d.next.to_le_bytes());
-        raw
-    }
-
-    /// Writes consecutive descriptors from `index` on in one go (a chain can have hundreds of
-    /// descriptors, and one guest-memory write each was an eighth of snd_io's time).
-    fn write_descs(&self, mem: &GuestMemoryMmap, table: u64, index: u16, descs: &[Desc]) {
-        let raw: Vec<u8> = descs.iter().flat_map(Self::encode_desc).collect();
-        let _ = mem.write_slice(&raw, GuestAddress(table + 16 * u64::from(index)));
-    }
-
-    /// Writes a chain (direct or through an indirect table) and makes it available; returns the
-    /// head. `descs` must not be empty.
-    pub fn add(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        bump: &mut Bump,
-        descs: &[Desc],
-        opts: ChainOpts,
-    ) -> u16 {
-        let head = self.next_desc;
-        let n = descs.len();
-        let link = |i: usize, d: &Desc, next: u16| {
-            let mut d = *d;
-            if i + 1 < n {
-                d.flags |= VRING_DESC_F_NEXT as u16;
-                d.next = next;
-            }
-            if i + 1 == n && opts.loop_back {
-                d.flags |= VRING_DESC_F_NEXT as u16;
-                d.next = 0; // fixed below for direct chains
-            }
-            if let Some((j, wild)) = opts.wild_next {
-                if usize::from(j) % n == i {
-                    d.flags |= VRING_DESC_F_NEXT as u16;
-                    d.next = wild;
-                }
-            }
-            d
-        };
-        if opts.indirect {
-            let table = bump.alloc(16 * n as u64);
-            let linked: Vec<Desc> = descs
-                .iter()
-                .enumerate()
-                .map(|(i, d)| link(i, d, (i + 1) as u16))
-                .collect();
-            self.write_descs(mem, table, 0, &linked);
-            let mut ring = Desc {
-                addr: table,
-                len: opts.table.len(n),
-                flags: VRING_DESC_F_INDIRECT as u16,
-                next: 0,
-            };
-            if opts.table.next() {
-                ring.flags |= VRING_DESC_F_NEXT as u16;
-                ring.next = (head + 1) % self.size;
-            }
-            self.write_descs(mem, self.desc, head, &[ring]);
-            self.next_desc = (head + 1) % self.size;
-        } else {
-            // A direct chain holds at most a table's worth of descriptors.
-            let n = n.min(usize::from(self.size));
-            let linked: Vec<Desc> = descs
-                .iter()
-                .take(n)
-                .enumerate()
-                .map(|(i, d)| {
-                    let index = (head + i as u16) % self.size;
-                    let mut d = link(i, d, (index + 1) % self.size);
-                    if i + 1 == n && opts.loop_back {
-                        d.next = head;
-                    }
-                    d
-                })
-                .collect();
-            // The chain wraps around the end of the table at most once.
-            let first = linked.len().min(usize::from(self.size - head));
-            self.write_descs(mem, self.desc, head, &linked[..first]);
-            self.write_descs(mem, self.desc, 0, &linked[first..]);
-            self.next_desc = (head + n as u16) % self.size;
-        }
-        self.publish(mem, head);
-        head
-    }
-
-    /// Puts `head` in the available ring and moves the available index on.
-    pub fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
-        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
-        let _ = mem.write_obj(head, GuestAddress(slot));
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        let _ = mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2));
-        self.published += 1;
-        if self.heads.len() < 1024 {
-            self.heads.push(head);
-        }
-    }
-
-    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
-        mem.read_obj(GuestAddress(self.used + 2)).unwrap_or(0)
-    }
-
-    /// Counts the used entries added since the last call.
-    pub fn collect_used(&mut self, mem: &GuestMemoryMmap) -> u64 {
-        let idx = self.used_idx(mem);
-        let new = idx.wrapping_sub(self.used_seen);
-        self.used_seen = idx;
-        self.returned += u64::from(new);
-        u64::from(new)
-    }
-
-    /// The used entries `(id, len)` added since the last call (counted like
-    /// [`DriverQueue::collect_used`]); at most a ring's worth, the rest only counted.
-    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
-        let idx = self.used_idx(mem);
-        let new = idx.wrapping_sub(self.used_seen);
-        let shown = new.min(self.size);
-        let entries = (0..shown)
-            .map(|i| {
-                let slot = self.used_seen.wrapping_add(new - shown + i) % self.size;
-                let at = self.used + 4 + 8 * u64::from(slot);
-                let id: u32 = mem.read_obj(GuestAddress(at)).unwrap_or(u32::MAX);
-                let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap_or(u32::MAX);
-                (id, len)
-            })
-            .collect();
-        self.used_seen = idx;
-        self.returned += u64::from(new);
-        entries
-    }
-
-    /// Chains made available and not (yet) returned.
-    pub fn outstanding(&mut self, mem: &GuestMemoryMmap) -> i64 {
-        self.collect_used(mem);
-        self.published as i64 - self.returned as i64
+/// The ring field a tampering op writes (`u8 what`, `% 4`): the available ring's flags, its
+/// index, `used_event`, or the used ring's index.
+pub fn ring_field(q: &DriverQueue, what: u8) -> u64 {
+    match what % 4 {
+        0 => q.avail,
+        1 => q.avail + 2,
+        2 => q.avail + 4 + 2 * u64::from(q.size),
+        _ => q.used + 2,
     }
 }
 
@@ -562,9 +295,22 @@ pub fn decode_chain(
         indirect,
         loop_back: h & 0x40 != 0,
         wild_next,
-        table,
+        table_len: Some(table.len(descs.len())),
+        table_next: table.next(),
     };
     (descs, opts)
+}
+
+/// A raw chain as the ops that send one read it: `u8 len`, `len` payload bytes, then the chain
+/// layout ([`decode_chain`], in RAM of [`MEM_SIZE`]).
+pub fn read_raw_chain(
+    r: &mut Reader,
+    mem: &GuestMemoryMmap,
+    bump: &mut Bump,
+) -> (Vec<Desc>, ChainOpts) {
+    let len = usize::from(r.u8());
+    let payload = r.bytes(len);
+    decode_chain(r, mem, MEM_SIZE, bump, payload)
 }
 
 /// One descriptor of a chain, for [`encode_chain`].
@@ -623,57 +369,16 @@ pub fn encode_chain_with(
 pub fn raw_descs(descs: &[(u64, u32, u16, u16)]) -> Vec<u8> {
     descs
         .iter()
-        .flat_map(|&(addr, len, flags, next)| {
-            DriverQueue::encode_desc(&Desc {
-                addr,
-                len,
-                flags,
-                next,
-            })
-        })
+        .flat_map(|&(addr, len, flags, next)| Desc::new(addr, len, flags, next).encode())
         .collect()
 }
 
 // ----- the sound device on its queues -----
 
-/// Counts interrupts and DEVICE_NEEDS_RESET reports.
-#[derive(Default)]
-pub struct CountingInterrupt {
-    pub count: AtomicU64,
-    pub needs_reset: AtomicU64,
-}
-
-impl VirtioInterrupt for CountingInterrupt {
-    fn trigger(&self, _kind: VirtioInterruptType) -> std::io::Result<()> {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn needs_reset(&self) -> std::io::Result<()> {
-        self.needs_reset.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 pub const CONTROLQ: usize = 0;
 pub const EVENTQ: usize = 1;
 pub const TXQ: usize = 2;
 pub const RXQ: usize = 3;
-
-/// An activated virtio-snd device (null backend) on four queues in fresh guest RAM.
-pub struct SoundRig {
-    pub mem: GuestMemoryMmap,
-    pub sound: Sound,
-    pub queues: Vec<DriverQueue>,
-    kicks: Vec<EventFd>,
-    manager: EventManager<SharedSubscriber>,
-    pub interrupt: Arc<CountingInterrupt>,
-    pub bump: Bump,
-    pub streams: u32,
-    /// The input wrote to the rings behind the device's back (directly, or through a writable
-    /// descriptor over them): the used-ring accounting no longer means anything.
-    pub tampered: bool,
-}
 
 /// The topology from one input byte: 0..=2 outputs, 0..=2 inputs (at least one stream),
 /// 0..=3 jacks.
@@ -685,190 +390,42 @@ pub fn sound_config(b: u8) -> SoundConfig {
     }
     SoundConfig {
         backend: BackendConfig::Null,
+        capture: (inputs > 0).then_some(CaptureConfig::Null),
         outputs,
         inputs,
         jacks: u32::from((b / 9) % 4),
     }
 }
 
-impl SoundRig {
-    /// The rig an input's first two bytes choose: `u8 topology` (see [`sound_config`]) and
-    /// `u8 flags` (bit 0: EVENT_IDX).
-    pub fn from_input(r: &mut Reader) -> SoundRig {
-        let config = sound_config(r.u8());
-        let flags = r.u8();
-        SoundRig::new(config, flags & 1 != 0)
-    }
-
-    /// `event_idx`: whether the driver acked VIRTIO_F_RING_EVENT_IDX.
-    pub fn new(config: SoundConfig, event_idx: bool) -> SoundRig {
-        let streams = config.outputs + config.inputs;
-        let mem = GuestRam::take();
-        let mut sound = Sound::new(config).expect("null sound device");
-        let interrupt = Arc::new(CountingInterrupt::default());
-        let mut queues = Vec::new();
-        let mut active = Vec::new();
-        let mut kicks = Vec::new();
-        for index in 0..4u16 {
-            let (driver, queue) = DriverQueue::new(u64::from(index) * QUEUE_SPAN, QSIZE);
-            let kick = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("eventfd");
-            kicks.push(kick.try_clone().expect("eventfd clone"));
-            queues.push(driver);
-            active.push(ActiveQueue { index, queue, kick });
-        }
-        let mut acked_features = VIRTIO_F_VERSION_1;
-        if event_idx {
-            acked_features |= VIRTIO_F_RING_EVENT_IDX;
-        }
-        let subscribers = sound
-            .activate(ActivateContext {
-                mem: mem.clone(),
-                interrupt: interrupt.clone(),
-                queues: active,
-                acked_features,
-            })
-            .expect("activate");
-        let mut manager = EventManager::<SharedSubscriber>::new().expect("event manager");
-        for s in subscribers {
-            manager.add_subscriber(s);
-        }
-        SoundRig {
-            mem,
-            sound,
-            queues,
-            kicks,
-            manager,
-            interrupt,
-            bump: Bump::new(DATA_START, MEM_SIZE),
-            streams,
-            tampered: false,
-        }
-    }
-
-    /// Notifies queue `q` and runs the event loop until it has nothing left to do (the worker
-    /// re-kicks itself when it yields with chains still available).
-    pub fn kick(&mut self, q: usize) {
-        let _ = self.kicks[q % 4].write(1);
-        self.run_events();
-    }
-
-    pub fn run_events(&mut self) {
-        for _ in 0..64 {
-            match self.manager.run_with_timeout(0) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Adds a chain to queue `q`; returns its head.
-    pub fn add(&mut self, q: usize, descs: &[Desc], opts: ChainOpts) -> u16 {
-        if descs
-            .iter()
-            .any(|d| d.flags & VRING_DESC_F_WRITE as u16 != 0 && d.addr < DATA_START)
-        {
-            self.tampered = true;
-        }
-        let q = &mut self.queues[q];
-        q.add(&self.mem, &mut self.bump, descs, opts)
-    }
-
-    /// A well-formed control request with a `resp_len`-byte response; kicks and returns the
-    /// status (or None if the device wrote none).
-    pub fn control(&mut self, request: &[u8], resp_len: u32) -> Option<u32> {
-        let req = self.bump.alloc(request.len() as u64);
-        let _ = self.mem.write_slice(request, GuestAddress(req));
-        let resp = self.bump.alloc(resp_len.into());
-        let _ = self.mem.write_slice(&[0xaa; 4], GuestAddress(resp));
-        let descs = [
-            Desc {
-                addr: req,
-                len: request.len() as u32,
-                flags: 0,
-                next: 0,
-            },
-            Desc {
-                addr: resp,
-                len: resp_len,
-                flags: VRING_DESC_F_WRITE as u16,
-                next: 0,
-            },
-        ];
-        self.add(CONTROLQ, &descs, ChainOpts::default());
-        self.kick(CONTROLQ);
-        let status: u32 = self.mem.read_obj(GuestAddress(resp)).ok()?;
-        (status != 0xaaaa_aaaa).then_some(status)
-    }
-
-    pub fn pcm(&mut self, code: u32, stream: u32) -> Option<u32> {
-        let mut request = code.to_le_bytes().to_vec();
-        request.extend(stream.to_le_bytes());
-        self.control(&request, 4)
-    }
-
-    /// Checks that every chain made available on `q` came back; the driver's view of the used
-    /// ring is the only evidence.
-    pub fn assert_all_returned(&mut self, q: usize, what: &str) {
-        if self.tampered {
-            return;
-        }
-        let left = self.queues[q].outstanding(&self.mem);
-        assert!(
-            left == 0,
-            "{what}: {left} chain(s) on queue {q} not returned ({} published, {} returned)",
-            self.queues[q].published,
-            self.queues[q].returned
-        );
-    }
-
-    /// Waits (bounded) until every chain on `q` came back; true if they did.
-    pub fn wait_all_returned(&mut self, q: usize, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if self.queues[q].outstanding(&self.mem) <= 0 {
-                return true;
-            }
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
-    /// Ends the session as a driver would: STOP and RELEASE on every stream (RELEASE returns
-    /// every queued message before it is answered). With `reprepare`, streams that still have
-    /// messages out (a stream left with new parameters and not prepared again keeps what it
-    /// had queued) get PREPARE and RELEASE too. PREPARE starts a period thread, so it is only
-    /// sent when something is still outstanding.
-    pub fn release_all(&mut self, reprepare: bool) {
-        for id in 0..self.streams {
-            self.pcm(R_PCM_STOP, id);
-            self.pcm(R_PCM_RELEASE, id);
-        }
-        if reprepare && !self.tampered {
-            let mem = self.mem.clone();
-            let outstanding =
-                self.queues[TXQ].outstanding(&mem) + self.queues[RXQ].outstanding(&mem);
-            if outstanding > 0 {
-                for id in 0..self.streams {
-                    self.pcm(R_PCM_PREPARE, id);
-                    self.pcm(R_PCM_RELEASE, id);
-                }
-            }
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.sound.reset();
-    }
+/// The rig an input's first two bytes choose: `u8 topology` (see [`sound_config`]) and
+/// `u8 flags` (bit 0: EVENT_IDX).
+pub fn rig_from_input(r: &mut Reader) -> SoundRig {
+    let config = sound_config(r.u8());
+    let flags = r.u8();
+    sound_rig(config, flags & 1 != 0)
 }
 
-impl Drop for SoundRig {
-    fn drop(&mut self) {
-        // Joins the period threads, the only writers besides this thread.
-        self.sound.reset();
-        GuestRam::give_back(self.mem.clone(), &self.bump);
-    }
+/// An activated virtio-snd device (null backend) on four queues in this thread's cached RAM,
+/// its event loop run inline by each kick; the RAM goes back to the cache when the rig is
+/// dropped (after the device's reset joined its threads).
+pub fn sound_rig(config: SoundConfig, event_idx: bool) -> SoundRig {
+    let layout = RigLayout {
+        mem_size: MEM_SIZE,
+        queue_stride: QUEUE_SPAN,
+        queue_size: QSIZE,
+        data_start: DATA_START,
+        data_end: MEM_SIZE,
+    };
+    let sound = Sound::new(config).expect("null sound device");
+    let mut rig = SoundRig::build(
+        sound,
+        SoundRig::features(event_idx),
+        LoopMode::Inline,
+        layout,
+        Some(GuestRam::take()),
+    );
+    rig.on_drop(|mem, bump| GuestRam::give_back(mem.clone(), bump));
+    rig
 }
 
 /// PCM control codes the structured ops choose from.
@@ -961,3 +518,136 @@ impl Default for Pauses {
 
 /// A mutex-protected set, for the fake ioevent registrar.
 pub type Shared<T> = Arc<Mutex<T>>;
+
+// ----- the vsock device on its queues, with host Unix sockets -----
+
+pub const VSOCK_RXQ: usize = 0;
+pub const VSOCK_TXQ: usize = 1;
+pub const VSOCK_EVENTQ: usize = 2;
+/// The guest's CID in [`VsockRig`].
+pub const VSOCK_CID: u64 = 3;
+/// The host port with a listener (`PATH_1000`) in [`VsockRig`].
+pub const VSOCK_LISTEN_PORT: u32 = 1000;
+
+/// An activated virtio-vsock device on three queues in fresh guest RAM, its Unix socket in a
+/// fresh directory, and a host listener for guest connections to port [`VSOCK_LISTEN_PORT`].
+pub struct VsockRig {
+    pub mem: GuestMemoryMmap,
+    pub vsock: Option<canto_devices::virtio::vsock::Vsock>,
+    pub queues: Vec<DriverQueue>,
+    kicks: Vec<vmm_sys_util::eventfd::EventFd>,
+    manager: event_manager::EventManager<canto_devices::virtio::SharedSubscriber>,
+    pub interrupt: Arc<InterruptRecorder>,
+    pub bump: Bump,
+    /// The input wrote to the rings through a writable descriptor over them.
+    pub tampered: bool,
+    pub socket: std::path::PathBuf,
+    pub listener: std::os::unix::net::UnixListener,
+    dir: std::path::PathBuf,
+}
+
+impl VsockRig {
+    pub fn new() -> VsockRig {
+        use canto_devices::virtio::{
+            ActivateContext, ActiveQueue, SharedSubscriber, VirtioDevice, VIRTIO_F_VERSION_1,
+        };
+        use event_manager::{EventManager, SubscriberOps};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use vmm_sys_util::eventfd::EventFd;
+
+        static RUN: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "canto-fuzz-vsock-{}-{}",
+            std::process::id(),
+            RUN.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("socket directory");
+        let socket = dir.join("v.sock");
+        let listener =
+            std::os::unix::net::UnixListener::bind(dir.join(format!("v.sock_{VSOCK_LISTEN_PORT}")))
+                .expect("host listener");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let mem = GuestRam::take();
+        let mut vsock =
+            canto_devices::virtio::vsock::Vsock::new(VSOCK_CID, &socket).expect("vsock device");
+        let interrupt = Arc::new(InterruptRecorder::default());
+        let mut queues = Vec::new();
+        let mut active = Vec::new();
+        let mut kicks = Vec::new();
+        for index in 0..3u16 {
+            let (driver, queue) = DriverQueue::new(u64::from(index) * QUEUE_SPAN, QSIZE);
+            let kick = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("eventfd");
+            kicks.push(kick.try_clone().expect("eventfd clone"));
+            queues.push(driver);
+            active.push(ActiveQueue { index, queue, kick });
+        }
+        let subscribers = vsock
+            .activate(ActivateContext {
+                mem: mem.clone(),
+                interrupt: interrupt.clone(),
+                queues: active,
+                acked_features: VIRTIO_F_VERSION_1,
+            })
+            .expect("activate");
+        let mut manager = EventManager::<SharedSubscriber>::new().expect("event manager");
+        for s in subscribers {
+            manager.add_subscriber(s);
+        }
+        VsockRig {
+            mem,
+            vsock: Some(vsock),
+            queues,
+            kicks,
+            manager,
+            interrupt,
+            bump: Bump::new(DATA_START, MEM_SIZE),
+            tampered: false,
+            socket,
+            listener,
+            dir,
+        }
+    }
+
+    pub fn kick(&mut self, q: usize) {
+        let _ = self.kicks[q % 3].write(1);
+        self.run_events();
+    }
+
+    pub fn run_events(&mut self) {
+        for _ in 0..64 {
+            match self.manager.run_with_timeout(0) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Adds a chain to queue `q`; returns its head.
+    pub fn add(&mut self, q: usize, descs: &[Desc], opts: ChainOpts) -> u16 {
+        if descs
+            .iter()
+            .any(|d| d.flags & VRING_DESC_F_WRITE as u16 != 0 && d.addr < DATA_START)
+        {
+            self.tampered = true;
+        }
+        let q = &mut self.queues[q % 3];
+        q.add_with(&self.mem, &mut self.bump, descs, opts)
+    }
+}
+
+impl Default for VsockRig {
+    fn default() -> Self {
+        VsockRig::new()
+    }
+}
+
+impl Drop for VsockRig {
+    fn drop(&mut self) {
+        if let Some(mut vsock) = self.vsock.take() {
+            canto_devices::virtio::VirtioDevice::reset(&mut vsock);
+        }
+        GuestRam::give_back(self.mem.clone(), &self.bump);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -30,6 +30,8 @@ static const struct dg_test tests[] = {
     {"internal-error", test_internal_error, "run insn=int3|xsave|fwait, which kvm_pvm cannot: Canto must report it"},
     {"serial-echo", test_serial_echo, "prints every byte COM1 receives until Canto is stopped from outside (console tests)"},
     {"soak", test_soak, "never ends: stream 1 plays while every queue of virtio-snd and virtio-rng is flooded (make soak)"},
+    {"blk", test_blk, "virtio-blk: write a sector, flush, read it back; past the end IOERR, unknown UNSUPP, GET_ID"},
+    {"vsock", test_vsock, "virtio-vsock: echo server on port 52 for the host's CONNECT 52 (needs --vsock)"},
     {"rtt", test_rtt, "benchmark: n= virtio-rng 8-byte round trips (TSC cycles)"},
 };
 

@@ -3,6 +3,7 @@
 //! so each test here is one short `canto` run that must end with `DG PASS <name>`.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use canto_tests::{vm_rss_kib, Canto, PulseServer, RunOutput};
@@ -15,7 +16,8 @@ fn guest_to_run() -> Option<PathBuf> {
 
 /// The sound device most tests run with: the null backend (paced, nothing played, no host audio
 /// device needed).
-const NULL_SOUND: &str = "backend=null";
+/// One output and one input stream (capturing silence): the topology the driver-guest expects.
+const NULL_SOUND: &str = "backend=null,capture=null";
 
 /// The one place the canto command line for a driver-guest run is built.
 fn canto_args(elf: &Path, cmdline: &str, sound: &str) -> Canto {
@@ -177,6 +179,95 @@ fn rtt_smoke() {
     );
 }
 
+// ---- virtio-blk ----------------------------------------------------------------------------
+
+/// `test=blk` on a 1 MiB temp disk: the guest writes sector 7, flushes, reads it back, and gets
+/// IOERR past the end, UNSUPP for an unknown type and its `--disk id` from GET_ID. Then the file
+/// on the host holds the guest's sector, and nothing else changed.
+#[test]
+fn blk() {
+    let Some(elf) = guest_to_run() else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("canto-dg-blk-{}.img", std::process::id()));
+    let before: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &before).unwrap();
+    let disk = format!("path={},id=dg-disk", path.display());
+    let out = canto_args(&elf, "test=blk", NULL_SOUND)
+        .arg("--disk")
+        .arg(&disk)
+        .run();
+    print_run("test=blk", &out);
+    let after = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_passed("blk", &out);
+    let mut want: Vec<u8> = (0..512u32).map(|i| (i * 3 + 0x5a) as u8).collect();
+    want[..22].copy_from_slice(b"canto driver-guest blk");
+    assert_eq!(
+        &after[7 * 512..8 * 512],
+        &want[..],
+        "sector 7 holds the guest's write"
+    );
+    assert_eq!(after.len(), before.len());
+    assert_eq!(&after[..7 * 512], &before[..7 * 512]);
+    assert_eq!(
+        &after[8 * 512..],
+        &before[8 * 512..],
+        "nothing else changed"
+    );
+}
+
+/// `test=blk ro=1` on a `readonly=on` disk: RO offered, the guest's write gets IOERR, FLUSH
+/// and reads work, and the file is untouched.
+#[test]
+fn blk_read_only() {
+    let Some(elf) = guest_to_run() else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("canto-dg-blk-ro-{}.img", std::process::id()));
+    let before: Vec<u8> = (0..64u32 << 10).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&path, &before).unwrap();
+    let disk = format!("path={},readonly=on,id=dg-disk", path.display());
+    let out = canto_args(&elf, "test=blk ro=1", NULL_SOUND)
+        .arg("--disk")
+        .arg(&disk)
+        .run();
+    print_run("test=blk ro=1", &out);
+    let after = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_passed("blk", &out);
+    out.expect_line("DG write to a read-only disk: status 1, used len 1");
+    assert!(after == before, "the read-only disk file changed");
+}
+
+/// `test=garbage` with a disk attached: garbage into every register of the block function too,
+/// garbage queues, DRIVER_OK and kicks; the guest's own checks pass and the disk file, which no
+/// well-formed write ever reached, is unchanged.
+#[test]
+fn garbage_with_a_disk() {
+    let Some(elf) = guest_to_run() else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("canto-dg-garbage-{}.img", std::process::id()));
+    let before: Vec<u8> = (0..256u32 << 10).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&path, &before).unwrap();
+    let out = canto_args(&elf, "test=garbage", NULL_SOUND)
+        .arg("--disk")
+        .arg(&format!("path={},readonly=on", path.display()))
+        .timeout(Duration::from_secs(120))
+        .run();
+    print_run("test=garbage (with a disk)", &out);
+    let after = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_passed("garbage", &out);
+    assert!(
+        out.stdout.contains("(virtio type 2)"),
+        "the block function got its garbage: {}",
+        out.stdout
+    );
+    assert!(after == before, "a read-only disk file changed");
+}
+
 // ---- virtio-snd ----------------------------------------------------------------------------
 
 /// A file (WAV, raw capture) in the temp directory for one test, removed when dropped.
@@ -192,7 +283,7 @@ impl TempFile {
 
     /// `--sound` for the WAV backend recording into this file.
     fn sound(&self) -> String {
-        format!("backend=wav,path={}", self.0.display())
+        format!("backend=wav,path={},capture=null", self.0.display())
     }
 }
 
@@ -458,7 +549,7 @@ fn soak_mode_runs() {
     let Some(out) = expect_pass_with(
         "soak",
         "secs=3 report=1 rng_reset=1",
-        "backend=null,streams=2:1",
+        "backend=null,capture=null,streams=2:1",
     ) else {
         return;
     };
@@ -489,19 +580,23 @@ fn snd_host_fault_sound_server_killed_and_restarted() {
     let capture_path = capture.0.clone();
     let mut recorder = None;
     let mut killed = false;
-    let out = canto_args(&elf, "test=snd-host-fault", "backend=alsa,device=pulse")
-        .envs(pulse.client_env())
-        .timeout(Duration::from_secs(90))
-        .run_interacting(|_, serial| {
-            if !killed && serial.contains("DG snd-host-fault: playing") {
-                pulse.kill();
-                killed = true;
-            }
-            if killed && recorder.is_none() && serial.contains("waiting for the device") {
-                pulse.restart();
-                recorder = Some(pulse.record(&capture_path));
-            }
-        });
+    let out = canto_args(
+        &elf,
+        "test=snd-host-fault",
+        "backend=alsa,device=pulse,capture=null",
+    )
+    .envs(pulse.client_env())
+    .timeout(Duration::from_secs(90))
+    .run_interacting(|_, serial| {
+        if !killed && serial.contains("DG snd-host-fault: playing") {
+            pulse.kill();
+            killed = true;
+        }
+        if killed && recorder.is_none() && serial.contains("waiting for the device") {
+            pulse.restart();
+            recorder = Some(pulse.record(&capture_path));
+        }
+    });
     // Let the recorder take what the sink played last, then stop it.
     std::thread::sleep(Duration::from_millis(300));
     if let Some(mut recorder) = recorder {
@@ -644,4 +739,90 @@ fn kvm_internal_error_is_reported() {
             "insn={insn}: the guest went on after the instruction: {out:#?}"
         );
     }
+}
+
+/// The host's side of the `vsock` test: Firecracker's hybrid protocol on the device's Unix socket.
+/// Connects, sends `CONNECT 52`, expects `OK <port>`, sends `message`, reads the echo, closes its
+/// write half and reads to EOF (the guest's SHUTDOWN, then the device's RST).
+fn vsock_echo_client(socket: &Path, message: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let mut stream = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"CONNECT 52\n")
+        .map_err(|e| format!("CONNECT: {e}"))?;
+    // Byte at a time up to the newline, so the echo is not read into a buffer here.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        stream
+            .read_exact(&mut byte)
+            .map_err(|e| format!("reading the OK line (got {line:?}): {e}"))?;
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let port = line
+        .strip_prefix("OK ")
+        .and_then(|p| p.trim_end().parse::<u32>().ok())
+        .ok_or_else(|| format!("expected `OK <port>`, got {line:?}"))?;
+    stream
+        .write_all(message)
+        .map_err(|e| format!("send: {e}"))?;
+    let mut echo = vec![0u8; message.len()];
+    stream
+        .read_exact(&mut echo)
+        .map_err(|e| format!("reading the echo (host port {port}): {e}"))?;
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .map_err(|e| format!("waiting for the end: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the echo", rest.len()));
+    }
+    Ok(echo)
+}
+
+/// virtio-vsock through real KVM: the guest echoes on port 52, a host program reaches it
+/// through the Unix socket with `CONNECT 52`.
+#[test]
+fn vsock_echo_through_the_hybrid_socket() {
+    let Some(elf) = guest_to_run() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("canto-dg-vsock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("v.sock");
+    // More than one rx buffer's worth (4 KiB in the guest), so several packets and credit.
+    let message: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let result = Arc::new(Mutex::new(None));
+    let mut client = None;
+    let out = canto_args(&elf, "test=vsock", NULL_SOUND)
+        .arg("--vsock")
+        .arg(&format!("cid=3,socket={}", socket.display()))
+        .timeout(Duration::from_secs(60))
+        .run_interacting(|_, serial| {
+            if client.is_none() && serial.contains("listening on port 52") {
+                let (socket, message, result) = (socket.clone(), message.clone(), result.clone());
+                client = Some(std::thread::spawn(move || {
+                    let got = vsock_echo_client(&socket, &message);
+                    *result.lock().unwrap() = Some(got);
+                }));
+            }
+        });
+    if let Some(client) = client {
+        client.join().unwrap();
+    }
+    print_run("test=vsock", &out);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_passed("vsock", &out);
+    let got = result.lock().unwrap().take().expect("the host client ran");
+    assert_eq!(got.expect("the host client"), message, "the echo");
+    out.expect_line("DG vsock: echoed 20000 bytes; RST after our SHUTDOWN");
+    assert!(!socket.exists(), "canto removed its socket");
 }

@@ -9,8 +9,8 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::config::{
-    check_cpus, DevicesConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
-    SERIAL_FILE_NEEDS_PATH,
+    check_cpus, DevicesConfig, DiskConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
+    VsockConfig, DISK_NEEDS_PATH, SERIAL_FILE_NEEDS_PATH,
 };
 
 /// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...` or `canto --config FILE [...]`
@@ -46,8 +46,10 @@ pub struct Cli {
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: SerialConfig,
     /// The sound device: backend=alsa[,device=NAME] | backend=wav,path=FILE | backend=null,
-    /// with optional streams=OUT:IN. Default: ALSA `default`, or null (with a note) when it
-    /// cannot be opened.
+    /// with optional capture=alsa[:DEVICE]|wav:FILE|null and streams=OUT:IN (up to 8:8; output N
+    /// and input N are the guest's hw:0,N). The guest gets input streams only with capture=, the
+    /// grant to record (from the host's microphone with alsa). Default: ALSA `default`, output
+    /// only, or null (with a note) when it cannot be opened.
     #[arg(long, value_name = "SPEC", conflicts_with = "no_sound")]
     pub sound: Option<SoundConfig>,
     /// No sound device.
@@ -56,6 +58,15 @@ pub struct Cli {
     /// No virtio-rng entropy device.
     #[arg(long)]
     pub no_rng: bool,
+    /// A virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (the id is the serial the guest
+    /// sees, at most 20 bytes). Repeatable: the guest's vda, vdb, ... in this order.
+    #[arg(long, value_name = "SPEC")]
+    pub disk: Vec<DiskConfig>,
+    /// A virtio-vsock device for a guest with CID N (3 or more), speaking Firecracker's hybrid
+    /// protocol on the Unix socket PATH: host programs connect to PATH and send
+    /// `CONNECT <port>\n`; guest connections to host port P reach the socket PATH_P.
+    #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
+    pub vsock: Option<VsockConfig>,
     /// Print the guest's PCI devices and exit after building the VM.
     #[arg(long)]
     pub print_devices: bool,
@@ -113,11 +124,20 @@ impl Cli {
         if self.given("serial") {
             config.serial = line.serial;
         }
+        // The whole device, its capture grant included: `--sound` without `capture=` revokes
+        // the file's grant.
         if self.given("sound") || self.given("no_sound") {
             config.devices.sound = line.devices.sound;
         }
         if self.given("no_rng") {
             config.devices.rng = line.devices.rng;
+        }
+        // The command line's disks replace the file's (a list has no per-entry override).
+        if self.given("disk") {
+            config.devices.disks = line.devices.disks;
+        }
+        if self.given("vsock") {
+            config.devices.vsock = line.devices.vsock;
         }
         Ok(config)
     }
@@ -139,6 +159,8 @@ impl Cli {
                     (Some(sound), false) => SoundSetting::Device(SoundDeviceConfig::from(sound)),
                     (None, false) => SoundSetting::Auto,
                 },
+                disks: self.disk.clone(),
+                vsock: self.vsock.clone(),
             },
         }
     }
@@ -163,6 +185,69 @@ impl FromStr for SerialConfig {
             },
         }
     }
+}
+
+/// `--disk path=FILE[,readonly=on|off][,id=NAME]`.
+impl FromStr for DiskConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut disk = DiskConfig {
+            path: PathBuf::new(),
+            readonly: false,
+            id: None,
+        };
+        for part in s.split(',') {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            match key {
+                "path" => disk.path = PathBuf::from(value),
+                "readonly" => {
+                    disk.readonly = match value {
+                        "on" | "true" | "yes" => true,
+                        "off" | "false" | "no" => false,
+                        _ => return Err(format!("readonly={value}: use readonly=on or off")),
+                    }
+                }
+                "id" => disk.id = Some(value.to_string()),
+                _ => {
+                    return Err(format!(
+                        "unknown disk option '{part}': use path=FILE[,readonly=on][,id=NAME]"
+                    ))
+                }
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err(DISK_NEEDS_PATH.into());
+        }
+        disk.validate()?;
+        Ok(disk)
+    }
+}
+/// `--vsock cid=N,socket=PATH`.
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut socket) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", n)) => {
+                cid = Some(
+                    n.parse::<u64>()
+                        .map_err(|_| format!("vsock: cid '{n}' is not a whole number"))?,
+                )
+            }
+            Some(("socket", path)) => socket = Some(PathBuf::from(path)),
+            _ => {
+                return Err(format!(
+                    "vsock: unknown setting '{part}': use cid=N,socket=PATH"
+                ))
+            }
+        }
+    }
+    let (Some(cid), Some(socket)) = (cid, socket) else {
+        return Err("vsock: both cid=N and socket=PATH are needed".into());
+    };
+    let config = VsockConfig { cid, socket };
+    config.validate()?;
+    Ok(config)
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -254,11 +339,42 @@ mod tests {
         assert!(err(&["--kernel", "k", "--serial", "tty"]).contains("unknown serial mode"));
         assert!(err(&["--kernel", "k", "--serial", "file="]).contains("needs a path"));
         assert!(err(&["--kernel", "k", "--bogus"]).contains("--bogus"));
+        assert!(err(&["--kernel", "k", "--disk", "readonly=on"]).contains("needs path=FILE"));
+        assert!(err(&["--kernel", "k", "--disk", "path=/x,ro"]).contains("unknown disk option"));
+        assert!(err(&["--kernel", "k", "--disk", "path=/x,readonly=maybe"]).contains("on or off"));
+        let long_id = "path=/x,id=123456789012345678901";
+        assert!(err(&["--kernel", "k", "--disk", long_id]).contains("longer than 20 bytes"));
         assert!(err(&["--kernel", "k", "--sound", "backend=jack"]).contains("jack"));
         assert!(
             err(&["--kernel", "k", "--sound", "backend=null", "--no-sound"])
                 .contains("cannot be used with")
         );
+    }
+
+    #[test]
+    fn vsock_option() {
+        let config = parse(&["--kernel", "k", "--vsock", "cid=3,socket=/tmp/v.sock"])
+            .unwrap()
+            .to_config();
+        assert_eq!(
+            config.devices.vsock,
+            Some(VsockConfig {
+                cid: 3,
+                socket: "/tmp/v.sock".into()
+            })
+        );
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(parse(&["--kernel", "k"]).unwrap().vsock, None);
+        let err = |spec: &str| {
+            parse(&["--kernel", "k", "--vsock", spec])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("cid=2,socket=/s").contains("not usable"));
+        assert!(err("cid=x,socket=/s").contains("not a whole number"));
+        assert!(err("cid=3").contains("both"));
+        assert!(err("cid=3,socket=/s,port=1").contains("unknown setting"));
+        assert!(err("cid=3,socket=").contains("needs a path"));
     }
 
     #[test]
@@ -297,6 +413,31 @@ mod tests {
             "backend=wav,path=/tmp/o.wav,streams=2:0"
         );
         assert_eq!(config.validate(), Ok(()));
+        let disks = parse(&[
+            "--kernel",
+            "k",
+            "--disk",
+            "path=/a.img",
+            "--disk",
+            "path=/b.img,readonly=on,id=data",
+        ])
+        .unwrap()
+        .to_config();
+        assert_eq!(
+            disks.devices.disks,
+            [
+                DiskConfig {
+                    path: "/a.img".into(),
+                    readonly: false,
+                    id: None
+                },
+                DiskConfig {
+                    path: "/b.img".into(),
+                    readonly: true,
+                    id: Some("data".into())
+                }
+            ]
+        );
         let off = parse(&["--kernel", "k", "--no-sound"]).unwrap().to_config();
         assert_eq!(off.devices.sound, SoundSetting::Off);
     }
@@ -380,6 +521,53 @@ mod tests {
     }
 
     #[test]
+    fn the_capture_grant_comes_from_the_file_or_the_command_line() {
+        let file = TempFile::new(
+            "capture.toml",
+            r#"
+                kernel = "/k"
+                [devices.sound.device]
+                backend = "null"
+                capture = { wav = { path = "/tmp/in.wav" } }
+            "#,
+        );
+        let sound = |cli: Cli| match cli.vm_config().unwrap().devices.sound {
+            SoundSetting::Device(device) => device.to_sound_config(),
+            other => panic!("{other:?}"),
+        };
+        let granted = sound(args(&["--config", file.arg()]));
+        assert_eq!(
+            granted.to_string(),
+            "backend=null,capture=wav:/tmp/in.wav,streams=1:1"
+        );
+        // `--sound` replaces the whole device: without `capture=` the grant is gone.
+        let revoked = sound(args(&["--config", file.arg(), "--sound", "backend=null"]));
+        assert_eq!((revoked.capture, revoked.inputs), (None, 0));
+        let other = sound(args(&[
+            "--config",
+            file.arg(),
+            "--sound",
+            "backend=null,capture=alsa:hw:1,0",
+        ]));
+        assert_eq!(
+            other.to_string(),
+            "backend=null,capture=alsa:hw:1,0,streams=1:1"
+        );
+        // On the command line alone: no grant by default, and a clear refusal of inputs
+        // without one.
+        let default = parse(&["--kernel", "k", "--sound", "backend=null"]).unwrap();
+        assert_eq!(default.sound.unwrap().inputs, 0);
+        let err = parse(&["--kernel", "k", "--sound", "backend=null,streams=1:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capture grant"), "{err}");
+        let err = parse(&["--kernel", "k", "--sound", "backend=null,capture=mic"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capture=mic"), "{err}");
+    }
+
+    #[test]
     fn no_rng_and_no_sound_override_a_file_that_has_them() {
         let file = TempFile::new("devices.json", r#"{"kernel": "/k"}"#);
         let config = args(&["--config", file.arg()]).vm_config().unwrap();
@@ -390,6 +578,72 @@ mod tests {
             .unwrap();
         assert!(!config.devices.rng);
         assert_eq!(config.devices.sound, SoundSetting::Off);
+    }
+
+    #[test]
+    fn disks_come_from_the_file_unless_the_command_line_gives_some() {
+        let file = TempFile::new(
+            "disks.toml",
+            r#"
+                kernel = "/k"
+                [[devices.disks]]
+                path = "/file/a.img"
+                [[devices.disks]]
+                path = "/file/b.img"
+                readonly = true
+                id = "b"
+            "#,
+        );
+        let config = args(&["--config", file.arg()]).vm_config().unwrap();
+        let paths: Vec<_> = config
+            .devices
+            .disks
+            .iter()
+            .map(|d| d.path.clone())
+            .collect();
+        assert_eq!(paths, [PathBuf::from("/file/a.img"), "/file/b.img".into()]);
+        assert!(config.devices.disks[1].readonly);
+        assert_eq!(config.devices.disks[1].id.as_deref(), Some("b"));
+        let config = args(&["--config", file.arg(), "--disk", "path=/cli.img"])
+            .vm_config()
+            .unwrap();
+        let paths: Vec<_> = config
+            .devices
+            .disks
+            .iter()
+            .map(|d| d.path.clone())
+            .collect();
+        assert_eq!(
+            paths,
+            [PathBuf::from("/cli.img")],
+            "the command line's list wins"
+        );
+        let bad = TempFile::new(
+            "disks-bad.toml",
+            "kernel = \"/k\"\n[[devices.disks]]\npath = \"/x\"\nro = true\n",
+        );
+        let e = args(&["--config", bad.arg()]).vm_config().unwrap_err();
+        assert!(e.contains("unknown field `ro`"), "{e}");
+    }
+
+    #[test]
+    fn vsock_on_the_command_line_overrides_the_file() {
+        let file = TempFile::new(
+            "vsock.json",
+            r#"{"kernel": "/k", "devices": {"vsock": {"cid": 7, "socket": "/a.sock"}}}"#,
+        );
+        let config = args(&["--config", file.arg()]).vm_config().unwrap();
+        assert_eq!(config.devices.vsock.unwrap().cid, 7);
+        let config = args(&["--config", file.arg(), "--vsock", "cid=9,socket=/b.sock"])
+            .vm_config()
+            .unwrap();
+        assert_eq!(
+            config.devices.vsock,
+            Some(VsockConfig {
+                cid: 9,
+                socket: "/b.sock".into()
+            })
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use canto_devices::virtio::snd::{BackendConfig, SoundConfig};
+use canto_devices::virtio::snd::{BackendConfig, CaptureConfig, SoundConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Largest vCPU count Canto accepts (what the MP table can describe, and more than a microVM needs).
@@ -194,6 +194,12 @@ impl VmConfig {
                 .validate()
                 .map_err(|e| format!("sound: {e}"))?;
         }
+        for disk in &self.devices.disks {
+            disk.validate()?;
+        }
+        if let Some(vsock) = &self.devices.vsock {
+            vsock.validate()?;
+        }
         Ok(())
     }
 }
@@ -237,7 +243,55 @@ pub struct DevicesConfig {
     /// The virtio-snd device.
     #[serde(default)]
     pub sound: SoundSetting,
+    /// A virtio-blk device for each, in this order (the guest's vda, vdb, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-vsock device bridged to host Unix sockets (none by default).
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
+
+/// One virtio-blk disk (`--disk path=FILE[,readonly=on][,id=NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The image file (or block device); its size must be a multiple of 512 bytes.
+    pub path: PathBuf,
+    /// The guest may not write it.
+    #[serde(default)]
+    pub readonly: bool,
+    /// The serial the guest sees (at most 20 bytes).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl DiskConfig {
+    /// The block device's own configuration type.
+    pub fn to_block_config(&self) -> canto_devices::virtio::block::DiskConfig {
+        canto_devices::virtio::block::DiskConfig {
+            path: self.path.clone(),
+            readonly: self.readonly,
+            id: self.id.clone(),
+        }
+    }
+
+    /// The checks that need no file.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err(DISK_NEEDS_PATH.into());
+        }
+        if let Some(id) = &self.id {
+            if id.len() > canto_devices::virtio::block::disk::ID_BYTES {
+                return Err(format!("disk id '{id}' is longer than 20 bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a disk without a path is refused (shared with the command line's parser).
+pub(crate) const DISK_NEEDS_PATH: &str =
+    "--disk needs path=FILE, e.g. --disk path=/tmp/disk.img,readonly=on";
 
 fn yes() -> bool {
     true
@@ -248,7 +302,36 @@ impl Default for DevicesConfig {
         Self {
             rng: true,
             sound: SoundSetting::default(),
+            disks: Vec::new(),
+            vsock: None,
         }
+    }
+}
+
+/// A vsock device: the guest's CID and the host Unix socket of Firecracker's hybrid protocol
+/// (host clients connect to `socket`; guest connections to host port P go to `socket`_P).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub cid: u64,
+    pub socket: PathBuf,
+}
+
+impl VsockConfig {
+    /// The checks that need no files: a usable CID and a socket path.
+    pub fn validate(&self) -> Result<(), String> {
+        let min = canto_devices::virtio::vsock::MIN_GUEST_CID;
+        if self.cid < min || self.cid > u64::from(u32::MAX) {
+            return Err(format!(
+                "vsock: cid {} is not usable; use a cid from {min} to {}",
+                self.cid,
+                u32::MAX
+            ));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err("vsock: socket= needs a path".into());
+        }
+        Ok(())
     }
 }
 
@@ -271,12 +354,17 @@ pub enum SoundSetting {
 #[serde(deny_unknown_fields)]
 pub struct SoundDeviceConfig {
     pub backend: SoundBackend,
+    /// Where input streams record from: the capture grant. Without it the guest has no input
+    /// stream (the host's microphone is never used unless granted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<SoundCapture>,
     /// Output streams (ids 0..outputs).
     #[serde(default = "one")]
     pub outputs: u32,
-    /// Input streams (ids outputs..outputs+inputs).
-    #[serde(default = "one")]
-    pub inputs: u32,
+    /// Input streams (ids outputs..outputs+inputs); by default 1 with a capture grant, 0
+    /// without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<u32>,
     #[serde(default)]
     pub jacks: u32,
 }
@@ -297,9 +385,28 @@ pub enum SoundBackend {
     Null,
 }
 
+/// Where input streams record from (`capture=` on the command line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SoundCapture {
+    /// An ALSA capture PCM by name: the host's microphone.
+    Alsa { device: String },
+    /// A WAV file's PCM, then silence.
+    Wav { path: PathBuf },
+    /// Silence.
+    Null,
+}
+
 impl SoundDeviceConfig {
     /// The sound device's own configuration type.
     pub fn to_sound_config(&self) -> SoundConfig {
+        let capture = self.capture.as_ref().map(|capture| match capture {
+            SoundCapture::Alsa { device } => CaptureConfig::Alsa {
+                device: device.clone(),
+            },
+            SoundCapture::Wav { path } => CaptureConfig::Wav { path: path.clone() },
+            SoundCapture::Null => CaptureConfig::Null,
+        });
         SoundConfig {
             backend: match &self.backend {
                 SoundBackend::Alsa { device } => BackendConfig::Alsa {
@@ -308,8 +415,9 @@ impl SoundDeviceConfig {
                 SoundBackend::Wav { path } => BackendConfig::Wav { path: path.clone() },
                 SoundBackend::Null => BackendConfig::Null,
             },
+            inputs: self.inputs.unwrap_or(if capture.is_some() { 1 } else { 0 }),
+            capture,
             outputs: self.outputs,
-            inputs: self.inputs,
             jacks: self.jacks,
         }
     }
@@ -325,8 +433,15 @@ impl From<&SoundConfig> for SoundDeviceConfig {
                 BackendConfig::Wav { path } => SoundBackend::Wav { path: path.clone() },
                 BackendConfig::Null => SoundBackend::Null,
             },
+            capture: config.capture.as_ref().map(|capture| match capture {
+                CaptureConfig::Alsa { device } => SoundCapture::Alsa {
+                    device: device.clone(),
+                },
+                CaptureConfig::Wav { path } => SoundCapture::Wav { path: path.clone() },
+                CaptureConfig::Null => SoundCapture::Null,
+            }),
             outputs: config.outputs,
-            inputs: config.inputs,
+            inputs: Some(config.inputs),
             jacks: config.jacks,
         }
     }
@@ -363,9 +478,19 @@ mod tests {
                 backend: SoundBackend::Wav {
                     path: "/tmp/o.wav".into(),
                 },
+                capture: None,
                 outputs: 2,
-                inputs: 0,
+                inputs: Some(0),
                 jacks: 1,
+            }),
+            disks: vec![DiskConfig {
+                path: "/tmp/disk.img".into(),
+                readonly: true,
+                id: Some("root".into()),
+            }],
+            vsock: Some(VsockConfig {
+                cid: 3,
+                socket: "/tmp/v.sock".into(),
             }),
         };
         let text = serde_json::to_string(&config).unwrap();
@@ -404,14 +529,38 @@ mod tests {
         config.serial = SerialConfig::Null;
         config.devices.sound = SoundSetting::Device(SoundDeviceConfig {
             backend: SoundBackend::Null,
+            capture: None,
             outputs: 0,
-            inputs: 0,
+            inputs: Some(0),
             jacks: 0,
         });
         assert!(config
             .validate()
             .unwrap_err()
             .contains("at least one stream"));
+    }
+
+    #[test]
+    fn vsock_settings_are_checked() {
+        let mut config = VmConfig::new("/k");
+        for cid in [0, 1, 2, 1 << 32] {
+            config.devices.vsock = Some(VsockConfig {
+                cid,
+                socket: "/tmp/v.sock".into(),
+            });
+            let e = config.validate().unwrap_err();
+            assert!(e.contains("cid") && !e.contains('\n'), "{e}");
+        }
+        config.devices.vsock = Some(VsockConfig {
+            cid: 3,
+            socket: "".into(),
+        });
+        assert!(config.validate().unwrap_err().contains("needs a path"));
+        config.devices.vsock.as_mut().unwrap().socket = "/tmp/v.sock".into();
+        assert_eq!(config.validate(), Ok(()));
+        let doc = r#"{"kernel": "/k", "devices": {"vsock": {"cid": 7, "socket": "/s"}}}"#;
+        let parsed: VmConfig = serde_json::from_str(doc).unwrap();
+        assert_eq!(parsed.devices.vsock.unwrap().cid, 7);
     }
 
     #[test]
@@ -551,11 +700,51 @@ mod tests {
     fn sound_configs_convert_both_ways() {
         for spec in [
             "backend=alsa,device=hw:1,0",
-            "backend=wav,path=/tmp/x.wav,streams=2:1,jacks=2",
-            "backend=null,streams=0:1",
+            "backend=wav,path=/tmp/x.wav,capture=null,streams=2:1,jacks=2",
+            "backend=null,capture=wav:/tmp/in.wav,streams=0:1",
+            "backend=alsa,device=pulse,capture=alsa",
+            "backend=alsa,capture=alsa:hw:1,0,streams=1:2",
         ] {
             let sound: SoundConfig = spec.parse().unwrap();
             assert_eq!(SoundDeviceConfig::from(&sound).to_sound_config(), sound);
         }
+    }
+
+    #[test]
+    fn a_file_grants_capture_like_the_command_line() {
+        let doc = |sound: &str| {
+            let text = format!("kernel = \"/k\"\n[devices.sound.device]\n{sound}\n");
+            VmConfig::from_text(&text, FileFormat::Toml).map(|c| match c.devices.sound {
+                SoundSetting::Device(d) => d.to_sound_config(),
+                other => panic!("{other:?}"),
+            })
+        };
+        // No grant, no input stream.
+        let none = doc("backend = \"null\"").unwrap();
+        assert_eq!((none.inputs, none.capture), (0, None));
+        // A grant gives one input stream unless `inputs` says otherwise.
+        let wav =
+            doc("backend = \"null\"\ncapture = { wav = { path = \"/tmp/in.wav\" } }").unwrap();
+        assert_eq!(wav, "backend=null,capture=wav:/tmp/in.wav".parse().unwrap());
+        assert_eq!(wav.inputs, 1);
+        let alsa =
+            doc("backend = \"null\"\ncapture = { alsa = { device = \"hw:1,0\" } }\ninputs = 2")
+                .unwrap();
+        assert_eq!(
+            alsa,
+            "backend=null,capture=alsa:hw:1,0,inputs=2".parse().unwrap()
+        );
+        // Input streams without a grant are refused, with the fix in the message.
+        let e = doc("backend = \"null\"\ninputs = 1").unwrap_err();
+        assert!(e.contains("capture grant") && !e.contains('\n'), "{e}");
+        let e = doc("backend = \"null\"\ncapture = \"mic\"").unwrap_err();
+        assert!(e.contains("devices.sound.device.capture"), "{e}");
+        // The JSON form says the same.
+        let json = r#"{"kernel": "/k", "devices": {"sound": {"device": {"backend": "null", "capture": "null"}}}}"#;
+        let config = VmConfig::from_text(json, FileFormat::Json).unwrap();
+        let SoundSetting::Device(sound) = config.devices.sound else {
+            panic!("{config:?}");
+        };
+        assert_eq!(sound.to_sound_config().capture, Some(CaptureConfig::Null));
     }
 }

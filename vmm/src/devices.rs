@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex};
 use canto_arch::layout;
 use canto_devices::bus::Bus;
 use canto_devices::pci::{PciDeviceInfo, PciRoot, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
+use canto_devices::virtio::block::{Block, DiskError, DiskFile};
 use canto_devices::virtio::rng::Rng;
 use canto_devices::virtio::snd::{self, BackendConfig, Sound, SoundConfig};
 use canto_devices::virtio::transport::pci::{msix_vector_count, VirtioPciDevice};
+use canto_devices::virtio::vsock::{Vsock, VsockError};
 use canto_devices::virtio::{SharedSubscriber, VirtioDevice};
 use event_manager::RemoteEndpoint;
 
@@ -28,15 +30,19 @@ pub enum DeviceError {
     Sound(#[from] snd::Error),
     #[error(transparent)]
     Bus(#[from] canto_devices::bus::BusError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
 }
 
-/// One virtio device the VMM knows: how to build it from the configuration (`None`: the
-/// configuration leaves it out). Adding a virtio device is its folder in `devices/src/virtio/`
-/// plus one entry in [`DEVICE_LIST`].
+/// One virtio device the VMM knows: how to build it from the configuration (none: the
+/// configuration leaves it out; several: one per disk, say). Adding a virtio device is its
+/// folder in `devices/src/virtio/` plus one entry in [`DEVICE_LIST`].
 struct DeviceEntry {
     /// What the logs call it.
     name: &'static str,
-    build: fn(&DevicesConfig) -> Result<Option<BuiltDevice>, DeviceError>,
+    build: fn(&DevicesConfig) -> Result<Vec<BuiltDevice>, DeviceError>,
 }
 
 /// The virtio devices, in PCI slot order (the first present one is 00:01.0). Teardown resets
@@ -44,11 +50,28 @@ struct DeviceEntry {
 const DEVICE_LIST: &[DeviceEntry] = &[
     DeviceEntry {
         name: "sound",
-        build: build_sound,
+        build: |config| Ok(build_sound(config)?.into_iter().collect()),
     },
     DeviceEntry {
         name: "rng",
-        build: |config| Ok(config.rng.then(|| BuiltDevice::new(Rng::new()))),
+        build: |config| {
+            Ok(config
+                .rng
+                .then(|| BuiltDevice::new(Rng::new()))
+                .into_iter()
+                .collect())
+        },
+    },
+    DeviceEntry {
+        name: "disk",
+        build: build_disks,
+    },
+    DeviceEntry {
+        name: "vsock",
+        build: |config| match &config.vsock {
+            Some(v) => Ok(vec![BuiltDevice::new(Vsock::new(v.cid, &v.socket)?)]),
+            None => Ok(Vec::new()),
+        },
     },
 ];
 
@@ -86,6 +109,17 @@ fn build_sound(config: &DevicesConfig) -> Result<Option<BuiltDevice>, DeviceErro
     Ok(Some(device.with_report(move || {
         format!("sound stats: {}", stats.snapshot())
     })))
+}
+
+/// A virtio-blk device per configured disk, every file opened and checked first (one line
+/// naming the file for each problem, see `DiskError`).
+fn build_disks(config: &DevicesConfig) -> Result<Vec<BuiltDevice>, DeviceError> {
+    let configs: Vec<_> = config.disks.iter().map(|d| d.to_block_config()).collect();
+    let disks = DiskFile::open_all(&configs)?;
+    Ok(disks
+        .into_iter()
+        .map(|disk| BuiltDevice::new(Block::new(disk)))
+        .collect())
 }
 
 /// The sound configuration to use: the configured one, or ALSA `default` falling back to null
@@ -148,7 +182,7 @@ fn build_devices(
 ) -> Result<Vec<BuiltDevice>, DeviceError> {
     let mut devices = Vec::new();
     for entry in list {
-        if let Some(mut built) = (entry.build)(config)? {
+        for mut built in (entry.build)(config)? {
             built.name = entry.name;
             devices.push(built);
         }
@@ -225,7 +259,7 @@ mod tests {
     use canto_devices::virtio::{ActivateContext, ActivateError};
 
     use super::*;
-    use crate::config::{SoundBackend, SoundDeviceConfig};
+    use crate::config::{SoundBackend, SoundCapture, SoundDeviceConfig};
 
     /// A device that records its resets in a shared log.
     struct Recorder {
@@ -266,13 +300,16 @@ mod tests {
     fn the_config_chooses_the_devices_in_list_order() {
         let null_sound = SoundSetting::Device(SoundDeviceConfig {
             backend: SoundBackend::Null,
+            capture: Some(SoundCapture::Null),
             outputs: 1,
-            inputs: 1,
+            inputs: Some(1),
             jacks: 0,
         });
         let all = DevicesConfig {
             rng: true,
             sound: null_sound.clone(),
+            disks: Vec::new(),
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &all).unwrap()),
@@ -281,6 +318,8 @@ mod tests {
         let rng_only = DevicesConfig {
             rng: true,
             sound: SoundSetting::Off,
+            disks: Vec::new(),
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &rng_only).unwrap()),
@@ -289,6 +328,8 @@ mod tests {
         let sound_only = DevicesConfig {
             rng: false,
             sound: null_sound,
+            disks: Vec::new(),
+            vsock: None,
         };
         assert_eq!(
             names(&build_devices(DEVICE_LIST, &sound_only).unwrap()),
@@ -297,6 +338,8 @@ mod tests {
         let none = DevicesConfig {
             rng: false,
             sound: SoundSetting::Off,
+            disks: Vec::new(),
+            vsock: None,
         };
         assert!(build_devices(DEVICE_LIST, &none).unwrap().is_empty());
         let bad_wav = DevicesConfig {
@@ -305,10 +348,13 @@ mod tests {
                 backend: SoundBackend::Wav {
                     path: "/nonexistent-dir/x.wav".into(),
                 },
+                capture: None,
                 outputs: 1,
-                inputs: 0,
+                inputs: Some(0),
                 jacks: 0,
             }),
+            disks: Vec::new(),
+            vsock: None,
         };
         #[cfg(feature = "snd-wav")]
         assert!(matches!(
@@ -317,6 +363,58 @@ mod tests {
         ));
         #[cfg(not(feature = "snd-wav"))]
         let _ = bad_wav;
+    }
+
+    #[test]
+    fn each_disk_is_a_device_after_the_others() {
+        let path = std::env::temp_dir().join(format!("canto-devices-{}.img", std::process::id()));
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let disk = |readonly| crate::config::DiskConfig {
+            path: path.clone(),
+            readonly,
+            id: None,
+        };
+        let config = DevicesConfig {
+            rng: true,
+            sound: SoundSetting::Off,
+            disks: vec![disk(true), disk(true)],
+            vsock: None,
+        };
+        let built = build_devices(DEVICE_LIST, &config);
+        let twice_writable = DevicesConfig {
+            disks: vec![disk(false), disk(false)],
+            ..config.clone()
+        };
+        let refused = build_devices(DEVICE_LIST, &twice_writable);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(names(&built.unwrap()), ["rng", "disk", "disk"]);
+        assert!(matches!(refused, Err(DeviceError::Disk(_))));
+    }
+
+    #[test]
+    fn vsock_entry_builds_the_device_or_says_why_not() {
+        let dir = std::env::temp_dir().join(format!("canto-vsock-entry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let with_vsock = |socket: std::path::PathBuf| DevicesConfig {
+            rng: false,
+            sound: SoundSetting::Off,
+            disks: Vec::new(),
+            vsock: Some(crate::config::VsockConfig { cid: 3, socket }),
+        };
+        let built = build_devices(DEVICE_LIST, &with_vsock(dir.join("v.sock"))).unwrap();
+        assert_eq!(names(&built), ["vsock"]);
+        let e = build_devices(DEVICE_LIST, &with_vsock(dir.join("v.sock")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("in use"), "{e}");
+        drop(built);
+        let e = build_devices(DEVICE_LIST, &with_vsock("/nonexistent-dir/v.sock".into()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("vsock: cannot create socket"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -356,10 +454,13 @@ mod tests {
             rng: false,
             sound: SoundSetting::Device(SoundDeviceConfig {
                 backend: SoundBackend::Null,
+                capture: Some(SoundCapture::Null),
                 outputs: 1,
-                inputs: 1,
+                inputs: Some(1),
                 jacks: 0,
             }),
+            disks: Vec::new(),
+            vsock: None,
         };
         let built = build_sound(&config).unwrap().expect("a sound device");
         let line = (built.report.as_ref().expect("a report line"))();

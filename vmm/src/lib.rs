@@ -6,6 +6,7 @@
 //! which runs the event loop (event-manager): the VM's end, serial input, and device work such as
 //! virtio queue kicks (ioeventfds). Devices live in `canto-devices` and never call KVM directly.
 
+pub mod agent_client;
 pub mod cli;
 pub mod cmdline;
 pub mod config;

@@ -4,6 +4,7 @@
 //! queues, and nothing about PCI. The transport (`pci`) owns negotiation, the status state machine
 //! and queue setup, and calls [`VirtioDevice::activate`] once the driver sets DRIVER_OK.
 
+pub mod block;
 pub mod chain;
 pub mod drain;
 pub mod queue;
@@ -12,6 +13,7 @@ pub mod snd;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 pub mod transport;
+pub mod vsock;
 
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +23,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Device ids (VIRTIO 1.2 §5), as `virtio-bindings` has them.
-pub use virtio_bindings::virtio_ids::{VIRTIO_ID_RNG, VIRTIO_ID_SOUND};
+pub use virtio_bindings::virtio_ids::{VIRTIO_ID_RNG, VIRTIO_ID_SOUND, VIRTIO_ID_VSOCK};
 
 /// VIRTIO_F_VERSION_1: the modern (1.x) interface. Every Canto device offers it.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;

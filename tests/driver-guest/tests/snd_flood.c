@@ -1,6 +1,6 @@
 /* snd-flood: a driver that keeps every virtio-snd queue full of work for `secs=N` seconds
  * (default 5), while one stream must keep playing correctly. Run with two output streams
- * (`--sound backend=wav,path=F,streams=2:1`): the Rust test watches canto's memory meanwhile and
+ * (`--sound backend=wav,path=F,capture=null,streams=2:1`): the Rust test watches canto's memory meanwhile and
  * checks stream 1's WAV afterwards.
  *
  * - txq (64 descriptors, all of them in use all the time): 16 junk messages for stream 0 (4-byte
@@ -235,7 +235,7 @@ void test_snd_flood(void)
     snd_up();
     u64 per_ms = snd_tsc_per_ms();
     if (snd_streams != 3)
-        dg_fail("config: %u streams; snd-flood needs streams=2:1 (outputs 0 and 1, input 2)", snd_streams);
+        dg_fail("config: %u streams; snd-flood needs capture=null,streams=2:1 (outputs 0 and 1, input 2)", snd_streams);
     struct virtq *tx = &snd.vq[SND_TXQ], *cq = &snd.vq[SND_CONTROLQ], *eq = &snd.vq[SND_EVENTQ];
     if (tx->size != 64 || cq->size != 64 || eq->size != 64)
         dg_fail("queue sizes %u/%u/%u, the flood is laid out for 64", tx->size, cq->size, eq->size);

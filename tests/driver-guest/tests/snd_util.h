@@ -76,7 +76,8 @@ void snd_expect(const char *what, u32 got, u32 want);
  * 0 if resp_len < 4) and the used length in *used_len. The response is in snd_ctl_resp. */
 u32 snd_ctl_raw(const char *what, const void *req, u32 req_len, u32 resp_len, u32 *used_len);
 extern u8 snd_ctl_resp[];
-#define SND_CTL_RESP_MAX 1100
+/* Room for CHMAP_INFO of an 8:8 device: 4 + 128 maps of 24 bytes. */
+#define SND_CTL_RESP_MAX 3100
 
 /* A status-only request (PREPARE, START, ... or anything answered by a bare status): also checks
  * that the used length is 4. */

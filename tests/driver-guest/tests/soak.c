@@ -1,7 +1,7 @@
 /* soak: a guest that never ends (`make soak`, resources/soak.sh). One output stream plays steadily
  * while every other queue of virtio-snd and virtio-rng is kept full of work, legal and not, until
  * the host kills the VMM; the host samples canto's memory and CPU meanwhile. Needs
- * `--sound backend=null,streams=2:1` (or wav): outputs 0 and 1, input 2.
+ * `--sound backend=null,capture=null,streams=2:1` (or wav): outputs 0 and 1, input 2.
  *
  * - txq: 8 proper 10 ms periods for stream 1 (the counter pattern; each completion must be OK and
  *   in order, and the stream must never stall for 5 s), next to one junk message of each kind
@@ -705,7 +705,7 @@ void test_soak(void)
     DG_CHECK(virtio_probe(&rng, RNG_DEVICE_ID));
     per_ms = snd_tsc_per_ms();
     if (snd_streams != 3)
-        dg_fail("config: %u streams; soak needs streams=2:1 (outputs 0 and 1, input 2)", snd_streams);
+        dg_fail("config: %u streams; soak needs capture=null,streams=2:1 (outputs 0 and 1, input 2)", snd_streams);
     struct virtq *tx = &snd.vq[SND_TXQ], *rx = &snd.vq[SND_RXQ], *cq = &snd.vq[SND_CONTROLQ],
                  *eq = &snd.vq[SND_EVENTQ];
     if (tx->size != 64 || rx->size != 64 || cq->size != 64 || eq->size != 64)

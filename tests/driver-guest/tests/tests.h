@@ -26,5 +26,7 @@ void test_virtq_attacks(void);
 void test_soak(void);
 void test_internal_error(void);
 void test_serial_echo(void);
+void test_blk(void);
+void test_vsock(void);
 
 #endif

@@ -1,8 +1,13 @@
 //! The sound device's topology and backend choice, and its command-line syntax.
 //!
 //! `backend=alsa[,device=NAME]`, `backend=wav,path=FILE` or `backend=null`, optionally followed
-//! by `streams=OUT:IN` (or `outputs=N`, `inputs=M`) and `jacks=N`. Without `backend`, ALSA's
-//! `default` PCM is used. `device` and `path` values may contain commas (`device=hw:1,0`).
+//! by `capture=alsa[:DEVICE]|wav:FILE|null`, `streams=OUT:IN` (or `outputs=N`, `inputs=M`) and
+//! `jacks=N`. Without `backend`, ALSA's `default` PCM is used. `device`, `path` and `capture`
+//! values may contain commas (`device=hw:1,0`).
+//!
+//! The guest gets input streams only with a capture grant (`capture=`): the default topology is
+//! one output stream and no input, so a guest never hears the host's microphone unless the user
+//! said so. A grant without `streams`/`inputs` gives one input stream.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,7 +18,8 @@ pub const MAX_STREAMS_PER_DIRECTION: u32 = 8;
 /// The most jacks a device may advertise.
 pub const MAX_JACKS: u32 = 8;
 
-const VALID_KEYS: &str = "backend, device, path, streams, outputs, inputs, jacks";
+const VALID_KEYS: &str = "backend, device, path, capture, streams, outputs, inputs, jacks";
+const VALID_CAPTURES: &str = "alsa, alsa:DEVICE, wav:FILE, null";
 const VALID_BACKENDS: &str = "alsa, wav, null";
 
 /// Where the device's audio goes to and comes from.
@@ -39,27 +45,87 @@ impl BackendConfig {
     }
 }
 
-/// The sound device's configuration: its backend and its stream and jack topology.
+/// Where input streams' PCM comes from: the grant `capture=` gives. Without one the device has no
+/// input stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureConfig {
+    /// An ALSA capture PCM by name: a real microphone, so Canto prints one line the first time
+    /// the guest starts recording from it.
+    Alsa { device: String },
+    /// A WAV file's PCM, paced in real time, then silence after its end; the input streams
+    /// offer only the file's format, rate and channel count.
+    Wav { path: PathBuf },
+    /// Silence, paced in real time.
+    Null,
+}
+
+impl CaptureConfig {
+    /// The source's name as `capture=` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CaptureConfig::Alsa { .. } => "alsa",
+            CaptureConfig::Wav { .. } => "wav",
+            CaptureConfig::Null => "null",
+        }
+    }
+
+    /// Parses `alsa`, `alsa:DEVICE`, `wav:FILE` or `null`. A bare `alsa` records from
+    /// `alsa_default` (the output's ALSA device, or `default`).
+    fn parse(value: &str, alsa_default: &str) -> Result<CaptureConfig, ConfigError> {
+        let bad = || ConfigError::BadCapture(value.to_string());
+        match value.split_once(':') {
+            None if value == "alsa" => Ok(CaptureConfig::Alsa {
+                device: alsa_default.to_string(),
+            }),
+            None if value == "null" => Ok(CaptureConfig::Null),
+            Some(("alsa", device)) if !device.is_empty() => Ok(CaptureConfig::Alsa {
+                device: device.to_string(),
+            }),
+            Some(("wav", path)) if !path.is_empty() => Ok(CaptureConfig::Wav {
+                path: PathBuf::from(path),
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for CaptureConfig {
+    /// The `capture=` value, which [`CaptureConfig::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CaptureConfig::Alsa { device } => write!(f, "alsa:{device}"),
+            CaptureConfig::Wav { path } => write!(f, "wav:{}", path.display()),
+            CaptureConfig::Null => write!(f, "null"),
+        }
+    }
+}
+
+/// The sound device's configuration: its backend, its capture grant, and its stream and jack
+/// topology.
 ///
-/// Stream ids 0..outputs are output streams, outputs..outputs+inputs are input streams. Each
-/// stream has one stereo channel map.
+/// Stream ids 0..outputs are output streams, outputs..outputs+inputs are input streams. Output
+/// stream N and input stream N are the guest's PCM device N (`hw:0,N`); every stream has a
+/// channel map for each of 1 to 8 channels. Input streams exist only with a `capture` source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SoundConfig {
     pub backend: BackendConfig,
+    /// Where input streams record from; `None`: no input stream (the default).
+    pub capture: Option<CaptureConfig>,
     pub outputs: u32,
     pub inputs: u32,
     pub jacks: u32,
 }
 
 impl Default for SoundConfig {
-    /// ALSA's `default` PCM, one output stream, one input stream, no jacks.
+    /// ALSA's `default` PCM, one output stream, no input stream (no capture grant), no jacks.
     fn default() -> Self {
         SoundConfig {
             backend: BackendConfig::Alsa {
                 device: "default".to_string(),
             },
+            capture: None,
             outputs: 1,
-            inputs: 1,
+            inputs: 0,
             jacks: 0,
         }
     }
@@ -86,6 +152,19 @@ impl SoundConfig {
         check_max("jacks", self.jacks, MAX_JACKS)?;
         if self.streams() == 0 {
             return Err(ConfigError::NoStreams);
+        }
+        match (&self.capture, self.inputs) {
+            (None, 1..) => return Err(ConfigError::InputsNeedCapture(self.inputs)),
+            (Some(CaptureConfig::Alsa { device }), _) if device.is_empty() => {
+                return Err(ConfigError::BadCapture("alsa:".to_string()))
+            }
+            (Some(CaptureConfig::Alsa { device }), _) if device.contains('\0') => {
+                return Err(ConfigError::NulByte)
+            }
+            (Some(CaptureConfig::Wav { path }), _) if path.as_os_str().is_empty() => {
+                return Err(ConfigError::BadCapture("wav:".to_string()))
+            }
+            _ => {}
         }
         match &self.backend {
             BackendConfig::Alsa { device } if device.is_empty() => {
@@ -150,15 +229,24 @@ pub enum ConfigError {
     NoStreams,
     #[error("the ALSA device name contains a NUL byte")]
     NulByte,
+    #[error("capture={0} is not a capture source; valid: {VALID_CAPTURES}")]
+    BadCapture(String),
+    #[error(
+        "{0} input stream(s) need a capture grant: add capture=alsa[:DEVICE] (the host's \
+         microphone), capture=wav:FILE or capture=null (silence)"
+    )]
+    InputsNeedCapture(u32),
+    #[error("capture= grants a source to input streams, but inputs=0")]
+    CaptureNeedsInputs,
 }
 
-const KEYS: [&str; 7] = [
-    "backend", "device", "path", "streams", "outputs", "inputs", "jacks",
+const KEYS: [&str; 8] = [
+    "backend", "device", "path", "capture", "streams", "outputs", "inputs", "jacks",
 ];
 
 /// Splits `KEY=VALUE,KEY=VALUE` into trimmed pairs. ALSA device names and paths may contain
 /// commas (`hw:1,0`, `file:'/tmp/x.raw',raw`): a part that is not a known `KEY=VALUE` continues
-/// the value of a preceding `device=` or `path=`.
+/// the value of a preceding `device=`, `path=` or `capture=`.
 fn split_options(s: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for part in s.split(',') {
@@ -167,7 +255,7 @@ fn split_options(s: &str) -> Result<Vec<(String, String)>, ConfigError> {
             .filter(|(key, _)| KEYS.contains(&key.trim()));
         match (known, pairs.last_mut()) {
             (Some((key, value)), _) => pairs.push((key.trim().to_string(), value.to_string())),
-            (None, Some((key, value))) if key == "device" || key == "path" => {
+            (None, Some((key, value))) if ["device", "path", "capture"].contains(&key.as_str()) => {
                 value.push(',');
                 value.push_str(part);
             }
@@ -203,6 +291,7 @@ impl FromStr for SoundConfig {
         let mut backend: Option<String> = None;
         let mut device: Option<String> = None;
         let mut path: Option<String> = None;
+        let mut capture: Option<String> = None;
         let mut streams: Option<(u32, u32)> = None;
         let mut outputs: Option<u32> = None;
         let mut inputs: Option<u32> = None;
@@ -221,6 +310,7 @@ impl FromStr for SoundConfig {
                 "backend" => backend = Some(value.to_string()),
                 "device" => device = Some(value.to_string()),
                 "path" => path = Some(value.to_string()),
+                "capture" => capture = Some(value.to_string()),
                 "streams" => {
                     let bad = || ConfigError::BadStreams(value.to_string());
                     let (out, inp) = value.split_once(':').ok_or_else(bad)?;
@@ -279,7 +369,20 @@ impl FromStr for SoundConfig {
             other => return Err(ConfigError::UnknownBackend(other.to_string())),
         };
 
+        let alsa_default = match &backend {
+            BackendConfig::Alsa { device } => device.as_str(),
+            _ => "default",
+        };
+        let capture = capture
+            .map(|value| CaptureConfig::parse(&value, alsa_default))
+            .transpose()?;
         let defaults = SoundConfig::default();
+        // A grant without a count gives one input stream.
+        let default_inputs = if capture.is_some() {
+            1
+        } else {
+            defaults.inputs
+        };
         let (outputs, inputs) = match (streams, outputs, inputs) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 return Err(ConfigError::ConflictingStreamKeys)
@@ -287,11 +390,15 @@ impl FromStr for SoundConfig {
             (Some(pair), None, None) => pair,
             (None, out, inp) => (
                 out.unwrap_or(defaults.outputs),
-                inp.unwrap_or(defaults.inputs),
+                inp.unwrap_or(default_inputs),
             ),
         };
+        if capture.is_some() && inputs == 0 {
+            return Err(ConfigError::CaptureNeedsInputs);
+        }
         let config = SoundConfig {
             backend,
+            capture,
             outputs,
             inputs,
             jacks: jacks.unwrap_or(0),
@@ -308,6 +415,9 @@ impl fmt::Display for SoundConfig {
             BackendConfig::Alsa { device } => write!(f, "backend=alsa,device={device}")?,
             BackendConfig::Wav { path } => write!(f, "backend=wav,path={}", path.display())?,
             BackendConfig::Null => write!(f, "backend=null")?,
+        }
+        if let Some(capture) = &self.capture {
+            write!(f, ",capture={capture}")?;
         }
         write!(f, ",streams={}:{}", self.outputs, self.inputs)?;
         if self.jacks > 0 {
@@ -357,20 +467,60 @@ mod tests {
         let null: SoundConfig = " backend = null , streams = 2:0 ".parse().unwrap();
         assert_eq!(null.backend, BackendConfig::Null);
         assert_eq!((null.outputs, null.inputs), (2, 0));
-        let split: SoundConfig = "backend=null,outputs=3,inputs=2,jacks=1".parse().unwrap();
+        let split: SoundConfig = "backend=null,capture=null,outputs=3,inputs=2,jacks=1"
+            .parse()
+            .unwrap();
         assert_eq!((split.outputs, split.inputs, split.jacks), (3, 2, 1));
+        // No capture grant, no input stream.
         let only_out: SoundConfig = "backend=null,outputs=2".parse().unwrap();
-        assert_eq!((only_out.outputs, only_out.inputs), (2, 1));
+        assert_eq!((only_out.outputs, only_out.inputs), (2, 0));
         let default_backend: SoundConfig = "streams=1:0".parse().unwrap();
         assert_eq!(default_backend.backend, SoundConfig::default().backend);
     }
 
     #[test]
+    fn streams_up_to_8_8_and_bad_values_refused_in_one_line() {
+        let full: SoundConfig = "backend=null,capture=null,streams=8:8".parse().unwrap();
+        assert_eq!((full.outputs, full.inputs, full.streams()), (8, 8, 16));
+        let outputs_only: SoundConfig = "backend=null,streams=8:0".parse().unwrap();
+        assert_eq!(outputs_only.streams(), 8);
+        for bad in [
+            "9:0",
+            "0:9",
+            "8:9",
+            "99:99",
+            "4294967296:1",
+            "0:0",
+            "1",
+            "1:",
+            ":1",
+            "1:1:1",
+            "-1:0",
+            "1.5:1",
+            "a:b",
+            "1;1",
+            "0x2:1",
+        ] {
+            let text = format!("backend=null,streams={bad}");
+            let message = text.parse::<SoundConfig>().unwrap_err().to_string();
+            assert!(!message.contains('\n'), "{text}: {message}");
+            assert!(
+                message.contains(bad)
+                    || message.contains("too many")
+                    || message.contains("at least one stream"),
+                "{text}: {message}"
+            );
+        }
+    }
+
+    #[test]
     fn display_round_trips() {
         for text in [
-            "backend=alsa,device=default,streams=1:1",
+            "backend=alsa,device=default,capture=alsa:default,streams=1:1",
             "backend=wav,path=/tmp/a.wav,streams=2:0,jacks=2",
-            "backend=null,streams=0:3",
+            "backend=null,capture=null,streams=0:3",
+            "backend=wav,path=/tmp/a.wav,capture=wav:/tmp/in.wav,streams=1:1",
+            "backend=null,capture=alsa:hw:1,0,streams=1:2",
         ] {
             let config: SoundConfig = text.parse().unwrap();
             assert_eq!(config.to_string(), text);
@@ -448,6 +598,35 @@ mod tests {
                 },
             ),
             ("backend=null,streams=0:0", ConfigError::NoStreams),
+            (
+                "backend=null,streams=1:1",
+                ConfigError::InputsNeedCapture(1),
+            ),
+            ("backend=null,inputs=2", ConfigError::InputsNeedCapture(2)),
+            (
+                "backend=null,capture=null,streams=1:0",
+                ConfigError::CaptureNeedsInputs,
+            ),
+            (
+                "backend=null,capture=mic",
+                ConfigError::BadCapture("mic".into()),
+            ),
+            (
+                "backend=null,capture=wav:",
+                ConfigError::BadCapture("wav:".into()),
+            ),
+            (
+                "backend=null,capture=alsa:",
+                ConfigError::BadCapture("alsa:".into()),
+            ),
+            (
+                "backend=null,capture=pulse:x",
+                ConfigError::BadCapture("pulse:x".into()),
+            ),
+            (
+                "backend=null,capture=",
+                ConfigError::EmptyValue("capture".into()),
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(text.parse::<SoundConfig>().as_ref(), Err(want), "{text}");
@@ -465,5 +644,75 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("alsa, wav, null"), "{message}");
+    }
+
+    #[test]
+    fn the_default_topology_has_no_input_stream() {
+        let default = SoundConfig::default();
+        assert_eq!((default.outputs, default.inputs), (1, 0));
+        assert_eq!(default.capture, None);
+        assert_eq!(default.validate(), Ok(()));
+        for text in ["backend=alsa", "backend=alsa,device=pulse", "backend=null"] {
+            let config: SoundConfig = text.parse().unwrap();
+            assert_eq!((config.inputs, config.capture), (0, None), "{text}");
+        }
+    }
+
+    #[test]
+    fn capture_grants_parse() {
+        let wav: SoundConfig = "backend=null,capture=wav:/tmp/in,put.wav".parse().unwrap();
+        assert_eq!(
+            wav.capture,
+            Some(CaptureConfig::Wav {
+                path: "/tmp/in,put.wav".into()
+            })
+        );
+        // A grant without a count gives one input stream.
+        assert_eq!((wav.outputs, wav.inputs), (1, 1));
+        let hw: SoundConfig = "backend=null,capture=alsa:hw:1,0,streams=1:2"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            hw.capture,
+            Some(CaptureConfig::Alsa {
+                device: "hw:1,0".into()
+            })
+        );
+        assert_eq!(hw.inputs, 2);
+        // A bare `alsa` records from the output's ALSA device, else from `default`.
+        let same: SoundConfig = "backend=alsa,device=pulse,capture=alsa".parse().unwrap();
+        assert_eq!(
+            same.capture,
+            Some(CaptureConfig::Alsa {
+                device: "pulse".into()
+            })
+        );
+        let default: SoundConfig = "backend=wav,path=/tmp/o.wav,capture=alsa".parse().unwrap();
+        assert_eq!(
+            default.capture,
+            Some(CaptureConfig::Alsa {
+                device: "default".into()
+            })
+        );
+        let null: SoundConfig = "backend=null,capture=null,inputs=3".parse().unwrap();
+        assert_eq!((null.capture, null.inputs), (Some(CaptureConfig::Null), 3));
+    }
+
+    #[test]
+    fn capture_errors_are_one_line_naming_the_fix() {
+        for text in [
+            "backend=null,capture=mic",
+            "backend=null,streams=1:1",
+            "backend=null,capture=null,streams=1:0",
+        ] {
+            let message = text.parse::<SoundConfig>().unwrap_err().to_string();
+            assert!(!message.contains('\n'), "{message}");
+            assert!(message.contains("capture"), "{text}: {message}");
+        }
+        let message = "backend=null,streams=1:1"
+            .parse::<SoundConfig>()
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("capture=wav:FILE"), "{message}");
     }
 }

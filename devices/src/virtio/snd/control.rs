@@ -130,33 +130,48 @@ const MIC_IN_CAPS: u32 = 0x24;
 
 impl Topology {
     /// Output streams first, then input streams; each with every rate Canto knows, 1 to 8
-    /// channels and the backend's formats; one stereo channel map per stream; jacks alternate
-    /// line out and microphone, all connected.
+    /// channels and the backend's formats; jacks alternate line out and microphone, all
+    /// connected.
+    ///
+    /// Each stream is its own guest PCM device: the N-th output stream and the N-th input
+    /// stream have `hda_fn_nid` N, so the Linux driver makes `hw:C,N` with (at most) one
+    /// playback and one capture substream, never two streams of one direction behind one
+    /// device. Every stream has one channel map per channel count it offers (1 to 8 channels,
+    /// [`standard_positions`]), on its own nid and direction.
     pub fn new(config: &SoundConfig, formats: u64) -> Topology {
+        let (channels_min, channels_max) = (1u8, 8u8);
         let streams: Vec<StreamInfo> = (0..config.streams())
-            .map(|id| StreamInfo {
-                id,
-                direction: if id < config.outputs {
-                    Direction::Output
+            .map(|id| {
+                let (direction, pcm_device) = if id < config.outputs {
+                    (Direction::Output, id)
                 } else {
-                    Direction::Input
-                },
-                formats,
-                rates: all_rates_mask(),
-                channels_min: 1,
-                channels_max: 8,
+                    (Direction::Input, id - config.outputs)
+                };
+                StreamInfo {
+                    id,
+                    direction,
+                    pcm_device,
+                    formats,
+                    rates: all_rates_mask(),
+                    channels_min,
+                    channels_max,
+                }
             })
             .collect();
-        let mut positions = [0u8; CHMAP_MAX_SIZE];
-        positions[0] = CHMAP_FL;
-        positions[1] = CHMAP_FR;
         let chmaps = streams
             .iter()
-            .map(|stream| ChmapInfo {
-                hda_fn_nid: 0,
-                direction: stream.direction.wire(),
-                channels: 2,
-                positions,
+            .flat_map(|stream| {
+                (stream.channels_min..=stream.channels_max).filter_map(move |channels| {
+                    let layout = standard_positions(channels)?;
+                    let mut positions = [0u8; CHMAP_MAX_SIZE];
+                    positions[..layout.len()].copy_from_slice(layout);
+                    Some(ChmapInfo {
+                        hda_fn_nid: stream.pcm_device,
+                        direction: stream.direction.wire(),
+                        channels,
+                        positions,
+                    })
+                })
             })
             .collect();
         let jacks = (0..config.jacks)
@@ -262,7 +277,8 @@ pub fn write_reply(
             size,
         } => (kind, start, count, size),
     };
-    // count <= 16 items and size <= 1 KiB: no overflow, and the reply fits in a u32.
+    // count <= 128 items (16 streams, 8 channel maps each) and size <= 1 KiB: no overflow, and
+    // the reply fits in a u32.
     let needed = HDR_SIZE as u64 + u64::from(count) * u64::from(size);
     if writable.len() < needed {
         return status(S_BAD_MSG);
@@ -306,6 +322,7 @@ mod tests {
     fn topology() -> Topology {
         let config = SoundConfig {
             backend: BackendConfig::Null,
+            capture: Some(crate::virtio::snd::CaptureConfig::Null),
             outputs: 2,
             inputs: 1,
             jacks: 2,
@@ -399,7 +416,12 @@ mod tests {
             ok(InfoKind::Jack, q(0, 2, 24)),
             Reply::Info { .. }
         ));
-        assert_eq!(ok(InfoKind::Chmap, q(0, 4, 24)), bad);
+        // 3 streams with 8 channel maps each.
+        assert!(matches!(
+            ok(InfoKind::Chmap, q(0, 24, 24)),
+            Reply::Info { count: 24, .. }
+        ));
+        assert_eq!(ok(InfoKind::Chmap, q(0, 25, 24)), bad);
         assert_eq!(t.jack_remap(1), Reply::Status(S_NOT_SUPP));
         assert_eq!(t.jack_remap(2), Reply::Status(S_BAD_MSG));
         assert_eq!(t.jack_remap(u32::MAX), Reply::Status(S_BAD_MSG));
@@ -410,11 +432,94 @@ mod tests {
         let t = topology();
         let directions: Vec<u8> = t.streams.iter().map(|s| s.direction.wire()).collect();
         assert_eq!(directions, vec![D_OUTPUT, D_OUTPUT, D_INPUT]);
-        assert_eq!(t.chmaps[2].direction, D_INPUT);
-        assert_eq!(&t.chmaps[0].positions[..3], &[CHMAP_FL, CHMAP_FR, 0]);
+        // Eight channel maps (1 to 8 channels) per stream, in stream order.
+        assert_eq!(t.chmaps[2 * 8].direction, D_INPUT);
+        assert_eq!(t.chmaps[1].channels, 2);
+        assert_eq!(&t.chmaps[1].positions[..3], &[CHMAP_FL, CHMAP_FR, 0]);
         assert_eq!(t.jacks[1].hda_reg_defconf, MIC_IN_DEFCONF);
         let pcm = t.encode(InfoKind::Pcm, 0).unwrap();
         assert_eq!(pcm[25..27], [1, 8]);
         assert!(t.encode(InfoKind::Pcm, 3).is_none());
+    }
+
+    /// The biggest topology, 8:8, as the Linux driver reads it: PCM_INFO and CHMAP_INFO in one
+    /// query each, decoded from the wire bytes.
+    #[test]
+    fn topology_8_8_gives_each_stream_its_own_pcm_device_and_valid_channel_maps() {
+        let config = SoundConfig {
+            backend: BackendConfig::Null,
+            capture: Some(crate::virtio::snd::CaptureConfig::Null),
+            outputs: 8,
+            inputs: 8,
+            jacks: 0,
+        };
+        let t = Topology::new(&config, PcmFormat::S16.bit());
+        assert!(matches!(
+            t.info(
+                InfoKind::Pcm,
+                QueryInfo {
+                    start_id: 0,
+                    count: 16,
+                    size: 32
+                }
+            ),
+            Reply::Info { count: 16, .. }
+        ));
+        assert!(matches!(
+            t.info(
+                InfoKind::Chmap,
+                QueryInfo {
+                    start_id: 0,
+                    count: 128,
+                    size: 24
+                }
+            ),
+            Reply::Info { count: 128, .. }
+        ));
+        let le32 = |b: &[u8]| u32::from_le_bytes(b[..4].try_into().unwrap());
+        // (direction, nid) of every stream from its PCM_INFO bytes.
+        let pcm: Vec<(u8, u32)> = (0..16)
+            .map(|id| {
+                let info = t.encode(InfoKind::Pcm, id).unwrap();
+                (info[24], le32(&info[0..4]))
+            })
+            .collect();
+        for (i, (direction, nid)) in pcm.iter().enumerate() {
+            let (want_direction, want_nid) = if i < 8 {
+                (D_OUTPUT, i as u32)
+            } else {
+                (D_INPUT, i as u32 - 8)
+            };
+            assert_eq!((*direction, *nid), (want_direction, want_nid), "stream {i}");
+        }
+        // No two streams of one direction share a nid (the driver would make them substreams
+        // of one PCM device).
+        let mut seen = std::collections::HashSet::new();
+        assert!(pcm.iter().all(|key| seen.insert(*key)));
+
+        let valid_positions = CHMAP_MONO..=CHMAP_RC;
+        for (i, &(direction, nid)) in pcm.iter().enumerate() {
+            let maps: Vec<[u8; 32]> = (0..128)
+                .map(|id| t.encode(InfoKind::Chmap, id).unwrap())
+                .filter(|m| m[4] == direction && le32(&m[0..4]) == nid)
+                .collect();
+            let counts: Vec<u8> = maps.iter().map(|m| m[5]).collect();
+            assert_eq!(counts, (1..=8).collect::<Vec<u8>>(), "stream {i}");
+            for map in &maps {
+                let channels = usize::from(map[5]);
+                let positions = &map[6..6 + CHMAP_MAX_SIZE];
+                let used = &positions[..channels];
+                assert!(used.iter().all(|p| valid_positions.contains(p)), "{used:?}");
+                let distinct: std::collections::HashSet<u8> = used.iter().copied().collect();
+                assert_eq!(distinct.len(), channels, "{used:?}");
+                assert!(positions[channels..].iter().all(|&p| p == 0));
+            }
+            assert_eq!(&maps[0][6..7], &[CHMAP_MONO]);
+            assert_eq!(
+                &maps[5][6..12],
+                &[CHMAP_FL, CHMAP_FR, CHMAP_FC, CHMAP_LFE, CHMAP_RL, CHMAP_RR]
+            );
+        }
+        assert!(t.encode(InfoKind::Chmap, 128).is_none());
     }
 }

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::backend::Backend;
 use super::backend::{
     alsa::AlsaBackend, null, BackendError, InputStream, OutputStream, PcmParams, Readiness,
 };
@@ -408,78 +409,20 @@ fn a_host_xrun_is_recovered_and_the_stream_continues() {
 /// The null backend, except that its output streams take nothing during a RELEASE flush: each
 /// `flush_bytes` waits for room until its deadline and gets none, like a paced device whose
 /// buffer is full of seconds of audio.
-struct NoRoomOnFlushBackend;
-
-impl Backend for NoRoomOnFlushBackend {
-    fn name(&self) -> &'static str {
-        "null"
-    }
-
-    fn formats(&self) -> u64 {
-        null::NullBackend.formats()
-    }
-
-    fn open_output(
-        &self,
-        stream_id: u32,
-        params: &PcmParams,
-        stats: &Arc<SoundStats>,
-    ) -> Result<Box<dyn OutputStream>, BackendError> {
-        Ok(Box::new(NoRoomOnFlush {
-            inner: null::NullBackend.open_output(stream_id, params, stats)?,
-        }))
-    }
-
-    fn open_input(
-        &self,
-        stream_id: u32,
-        params: &PcmParams,
-        stats: &Arc<SoundStats>,
-    ) -> Result<Box<dyn InputStream>, BackendError> {
-        null::NullBackend.open_input(stream_id, params, stats)
-    }
-}
-
-struct NoRoomOnFlush {
-    inner: Box<dyn OutputStream>,
-}
-
-impl OutputStream for NoRoomOnFlush {
-    fn start(&mut self) -> Result<(), BackendError> {
-        self.inner.start()
-    }
-    fn stop(&mut self) -> Result<(), BackendError> {
-        self.inner.stop()
-    }
-    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
-        self.inner.wait_ready(waker)
-    }
-    fn period_buffer(&mut self) -> &mut [u8] {
-        self.inner.period_buffer()
-    }
-    fn play_period(&mut self, filled: usize) -> Result<usize, BackendError> {
-        self.inner.play_period(filled)
-    }
-    fn flush_bytes(&mut self, _len: usize, deadline: Instant) -> Result<usize, BackendError> {
-        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-        Ok(0)
-    }
-    fn latency_bytes(&mut self) -> u32 {
-        self.inner.latency_bytes()
-    }
-    fn finish(&mut self) -> Result<(), BackendError> {
-        self.inner.finish()
-    }
-    fn close(self: Box<Self>, drain: Option<&Waker>) {
-        self.inner.close(drain)
-    }
+fn no_room_on_flush_backend() -> Arc<dyn Backend> {
+    Arc::new(
+        HookedBackend::new(Arc::new(null::NullBackend), |_| {}).with_flush_hook(|_, deadline| {
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            0
+        }),
+    )
 }
 
 /// RELEASE on a host device that takes nothing more: answered OK within the flush's time bound,
 /// every message back with status OK, every byte counted as dropped, none as played or failed.
 #[test]
 fn a_release_the_host_device_has_no_room_for_is_answered_ok_in_time() {
-    let sound = Sound::with_backend(null_config(), Arc::new(NoRoomOnFlushBackend)).unwrap();
+    let sound = Sound::with_backend(null_config(), no_room_on_flush_backend()).unwrap();
     let mut h = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
     let params = SetParams {
         period_bytes: 1920,

@@ -3,7 +3,7 @@
 //! # Using it
 //! ```no_run
 //! use canto_devices::virtio::snd::{probe, BackendConfig, Sound, SoundConfig};
-//! let mut config: SoundConfig = "backend=alsa,streams=1:1".parse().unwrap();
+//! let mut config: SoundConfig = "backend=alsa,capture=alsa,streams=1:1".parse().unwrap();
 //! if let Err(e) = probe(&config) {
 //!     eprintln!("sound: {e}; using the null backend");
 //!     config = config.with_backend(BackendConfig::Null);
@@ -63,7 +63,7 @@ mod tests;
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use backend::{probe, Backend, BackendError};
-pub use config::{BackendConfig, ConfigError, SoundConfig};
+pub use config::{BackendConfig, CaptureConfig, ConfigError, SoundConfig};
 pub use stats::{SoundStats, SoundStatsSnapshot};
 
 use self::control::Topology;
@@ -121,7 +121,20 @@ impl Sound {
     /// Builds the device on a given backend (tests, or a backend the VMM made itself).
     pub fn with_backend(config: SoundConfig, backend: Arc<dyn Backend>) -> Result<Sound, Error> {
         config.validate()?;
-        let topology = Topology::new(&config, backend.formats());
+        let mut topology = Topology::new(&config, backend.formats());
+        if let Some(caps) = backend.input_caps() {
+            // The capture source's own formats (a WAV file's single format, rate and channels).
+            for stream in topology
+                .streams
+                .iter_mut()
+                .filter(|s| s.direction == io::Direction::Input)
+            {
+                stream.formats = caps.formats;
+                stream.rates = caps.rates;
+                stream.channels_min = caps.channels_min;
+                stream.channels_max = caps.channels_max;
+            }
+        }
         let mut config_space = [0u8; 16];
         config_space[0..4].copy_from_slice(&config.jacks.to_le_bytes());
         config_space[4..8].copy_from_slice(&config.streams().to_le_bytes());

@@ -52,6 +52,9 @@ pub const RESET_JOIN_WAIT: std::time::Duration = std::time::Duration::from_milli
 pub struct StreamInfo {
     pub id: u32,
     pub direction: Direction,
+    /// The stream's `hda_fn_nid`: the Linux driver makes one ALSA PCM device per nid, numbered
+    /// by it, so this is the guest's `hw:C,<pcm_device>`.
+    pub pcm_device: u32,
     pub formats: u64,
     pub rates: u64,
     pub channels_min: u8,
@@ -61,7 +64,7 @@ pub struct StreamInfo {
 impl StreamInfo {
     pub fn pcm_info(&self) -> PcmInfo {
         PcmInfo {
-            hda_fn_nid: 0,
+            hda_fn_nid: self.pcm_device,
             features: 0,
             formats: self.formats,
             rates: self.rates,
@@ -447,6 +450,7 @@ mod tests {
 
     fn info() -> StreamInfo {
         StreamInfo {
+            pcm_device: 0,
             id: 0,
             direction: Direction::Output,
             formats: PcmFormat::S16.bit() | PcmFormat::U8.bit() | PcmFormat::S24_3.bit(),

@@ -86,7 +86,8 @@ fn config_space_and_features() {
     assert_eq!(sound.backend_name(), "null");
     let mut space = [0xffu8; 20];
     sound.read_config(0, &mut space);
-    assert_eq!(&space[..12], &[3, 0, 0, 0, 3, 0, 0, 0, 3, 0, 0, 0]);
+    // 3 jacks, 3 streams, 8 channel maps (1 to 8 channels) per stream.
+    assert_eq!(&space[..12], &[3, 0, 0, 0, 3, 0, 0, 0, 24, 0, 0, 0]);
     assert_eq!(&space[12..], &[0; 8]);
     let mut one = [0xffu8; 2];
     sound.read_config(4, &mut one);
@@ -209,7 +210,8 @@ fn info_requests_with_bad_ranges_or_sizes_are_bad_msg() {
         query(R_PCM_INFO, 0, 2, 0x8000_0000),
         query(R_JACK_INFO, 1, 1, 24),
         query(R_JACK_INFO, 0, 1, 23),
-        query(R_CHMAP_INFO, 0, 3, 24),
+        query(R_CHMAP_INFO, 0, 17, 24),
+        query(R_CHMAP_INFO, 16, 1, 24),
         query(R_CHMAP_INFO, 0, 1, 1),
     ] {
         assert_eq!(h.control(&request), S_BAD_MSG, "{request:?}");
@@ -222,11 +224,13 @@ fn info_requests_with_bad_ranges_or_sizes_are_bad_msg() {
     assert_eq!((len, request_code(&reply)), (28, S_OK));
     assert_eq!(reply[4 + 16], 1, "connected");
     assert_eq!(&reply[4 + 17..], &[0; 7], "padding");
-    let (len, reply) = h.control_with(&query(R_CHMAP_INFO, 0, 2, 24), 52);
-    assert_eq!((len, request_code(&reply)), (52, S_OK));
-    assert_eq!(&reply[4..10], &[0, 0, 0, 0, D_OUTPUT, 2]);
-    assert_eq!(&reply[10..13], &[CHMAP_FL, CHMAP_FR, 0]);
-    assert_eq!(reply[28 + 4], D_INPUT);
+    // Two streams, eight channel maps each; the second is the stereo one.
+    let (len, reply) = h.control_with(&query(R_CHMAP_INFO, 0, 16, 24), 4 + 16 * 24);
+    assert_eq!((len, request_code(&reply)), (4 + 16 * 24, S_OK));
+    assert_eq!(&reply[4..10], &[0, 0, 0, 0, D_OUTPUT, 1]);
+    assert_eq!(&reply[28..34], &[0, 0, 0, 0, D_OUTPUT, 2]);
+    assert_eq!(&reply[34..37], &[CHMAP_FL, CHMAP_FR, 0]);
+    assert_eq!(reply[4 + 8 * 24 + 4], D_INPUT);
 }
 
 #[test]

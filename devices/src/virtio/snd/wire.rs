@@ -56,10 +56,40 @@ pub const PCM_STATUS_SIZE: usize = 8;
 
 /// The most channel positions a channel map can hold.
 pub const CHMAP_MAX_SIZE: usize = 18;
-/// Channel positions used by Canto's channel maps.
+/// Channel positions used by Canto's channel maps (`VIRTIO_SND_CHMAP_*`).
 pub const CHMAP_MONO: u8 = 2;
 pub const CHMAP_FL: u8 = 3;
 pub const CHMAP_FR: u8 = 4;
+pub const CHMAP_RL: u8 = 5;
+pub const CHMAP_RR: u8 = 6;
+pub const CHMAP_FC: u8 = 7;
+pub const CHMAP_LFE: u8 = 8;
+pub const CHMAP_SL: u8 = 9;
+pub const CHMAP_SR: u8 = 10;
+pub const CHMAP_RC: u8 = 11;
+
+/// The channel positions of a stream with `channels` (1 to 8) channels, in the order of WAVE
+/// files' channel masks (front left, front right, front centre, LFE, rear left, rear right,
+/// side left, side right), so a WAV file's channels are what the guest's channel map says:
+/// 1 mono, 2 stereo, 3 (FL FR FC), 4 quad (FL FR RL RR), 5 (FL FR FC RL RR), 5.1, 6.1 (FL FR FC
+/// LFE RC SL SR), 7.1. `None` for other counts.
+pub fn standard_positions(channels: u8) -> Option<&'static [u8]> {
+    const LAYOUTS: [&[u8]; 8] = [
+        &[CHMAP_MONO],
+        &[CHMAP_FL, CHMAP_FR],
+        &[CHMAP_FL, CHMAP_FR, CHMAP_FC],
+        &[CHMAP_FL, CHMAP_FR, CHMAP_RL, CHMAP_RR],
+        &[CHMAP_FL, CHMAP_FR, CHMAP_FC, CHMAP_RL, CHMAP_RR],
+        &[CHMAP_FL, CHMAP_FR, CHMAP_FC, CHMAP_LFE, CHMAP_RL, CHMAP_RR],
+        &[
+            CHMAP_FL, CHMAP_FR, CHMAP_FC, CHMAP_LFE, CHMAP_RC, CHMAP_SL, CHMAP_SR,
+        ],
+        &[
+            CHMAP_FL, CHMAP_FR, CHMAP_FC, CHMAP_LFE, CHMAP_RL, CHMAP_RR, CHMAP_SL, CHMAP_SR,
+        ],
+    ];
+    LAYOUTS.get(usize::from(channels).checked_sub(1)?).copied()
+}
 
 fn le32(bytes: &[u8], at: usize) -> u32 {
     let mut word = [0u8; 4];

@@ -50,7 +50,8 @@ impl Desc {
         Desc::new(addr, len, WRITE, 0)
     }
 
-    fn encode(&self) -> [u8; 16] {
+    /// The descriptor's 16 bytes as they lie in a table.
+    pub fn encode(&self) -> [u8; 16] {
         let mut raw = [0u8; 16];
         raw[0..8].copy_from_slice(&self.addr.to_le_bytes());
         raw[8..12].copy_from_slice(&self.len.to_le_bytes());
@@ -81,6 +82,13 @@ pub struct ChainOpts {
     /// Descriptor `.0` (modulo the chain's length) gets NEXT and next index `.1`, whatever it
     /// points at.
     pub wild_next: Option<(u8, u16)>,
+    /// With `indirect`: the table length the ring's INDIRECT descriptor announces, if not the
+    /// exact 16 bytes per descriptor written (longer, shorter, not a multiple of 16, zero or
+    /// huge: VIRTIO 1.2 §2.7.5.3.1 forbids all but exact).
+    pub table_len: Option<u32>,
+    /// With `indirect`: the ring's INDIRECT descriptor also has NEXT, to the slot after it
+    /// (also forbidden by §2.7.5.3.1).
+    pub table_next: bool,
 }
 
 /// A bump allocator for buffers in guest RAM that wraps around (old buffers get reused, as a
@@ -355,7 +363,12 @@ impl DriverQueue {
                 .map(|(i, d)| link(i, d, (i + 1) as u16))
                 .collect();
             Self::write_table(mem, table, 0, &linked);
-            let ring = Desc::new(table, (16 * n) as u32, INDIRECT, 0);
+            let len = opts.table_len.unwrap_or((16 * n) as u32);
+            let mut ring = Desc::new(table, len, INDIRECT, 0);
+            if opts.table_next {
+                ring.flags |= NEXT;
+                ring.next = (head + 1) % self.size;
+            }
             self.write_descs(mem, head, &[ring]);
             self.next_desc = (head + 1) % self.size;
         } else {
@@ -465,6 +478,28 @@ impl DriverQueue {
         out
     }
 
+    /// The used entries `(id, len)` as the device wrote them (ids not cut to 16 bits) since the
+    /// last look, at most a ring's worth: the newest ones, the rest only counted. For a used
+    /// index that may have been written by hand (a fuzz input) and jumped by up to 65535; reads
+    /// outside RAM give `u32::MAX`.
+    pub fn take_used_raw(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+        let idx = mem.read_obj(GuestAddress(self.used + 2)).unwrap_or(0u16);
+        let new = idx.wrapping_sub(self.used_seen);
+        let shown = new.min(self.size);
+        let entries = (0..shown)
+            .map(|i| {
+                let slot = self.used_seen.wrapping_add(new - shown + i) % self.size;
+                let at = self.used + 4 + 8 * u64::from(slot);
+                let id: u32 = mem.read_obj(GuestAddress(at)).unwrap_or(u32::MAX);
+                let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap_or(u32::MAX);
+                (id, len)
+            })
+            .collect();
+        self.used_seen = idx;
+        self.returned += u64::from(new);
+        entries
+    }
+
     /// [`DriverQueue::take_used`], appended to `out` (no allocation once `out` is large enough).
     pub fn take_used_into(&mut self, mem: &GuestMemoryMmap, out: &mut Vec<(u16, u32)>) {
         let idx = self.used_idx(mem);
@@ -563,5 +598,64 @@ mod tests {
         assert_eq!(u16::from_le_bytes([last[12], last[13]]), WRITE | NEXT);
         assert_eq!(u16::from_le_bytes([last[14], last[15]]), head);
         assert_eq!(driver.avail_idx, 2);
+    }
+
+    /// The ring's INDIRECT descriptor announces the table length asked for, and carries NEXT to
+    /// the slot after it when asked (the fuzz targets' malformed tables).
+    #[test]
+    fn an_indirect_table_descriptor_is_shaped_as_asked() {
+        let mut ram = GuestRam::new(1 << 20, 0x2_0000);
+        let (mut driver, _queue) = DriverQueue::new(0, 16);
+        let descs = [Desc::readable(0x3_0000, 4), Desc::writable(0x3_1000, 8)];
+        let ring_desc = |driver: &DriverQueue, ram: &GuestRam, head: u16| {
+            let raw: [u8; 16] = ram
+                .mem
+                .read_obj(GuestAddress(driver.desc + 16 * u64::from(head)))
+                .unwrap();
+            (
+                u32::from_le_bytes(raw[8..12].try_into().unwrap()),
+                u16::from_le_bytes([raw[12], raw[13]]),
+                u16::from_le_bytes([raw[14], raw[15]]),
+            )
+        };
+        let opts = ChainOpts {
+            indirect: true,
+            table_len: Some(u32::MAX),
+            ..ChainOpts::default()
+        };
+        let head = driver.add_with(&ram.mem, &mut ram.bump, &descs, opts);
+        assert_eq!(ring_desc(&driver, &ram, head), (u32::MAX, INDIRECT, 0));
+        let opts = ChainOpts {
+            indirect: true,
+            table_len: Some(33),
+            table_next: true,
+            ..ChainOpts::default()
+        };
+        let head = driver.add_with(&ram.mem, &mut ram.bump, &descs, opts);
+        assert_eq!(
+            ring_desc(&driver, &ram, head),
+            (33, INDIRECT | NEXT, head + 1)
+        );
+    }
+
+    /// `take_used_raw` keeps ids as the device wrote them (not cut to 16 bits) and shows at most
+    /// a ring's worth of a used index that jumped, while counting all of it.
+    #[test]
+    fn raw_used_entries_are_bounded_and_uncut() {
+        let ram = GuestRam::new(1 << 20, 0x2_0000);
+        let mut driver = DriverQueue::at(0, 16);
+        let entry = driver.used + 4;
+        ram.mem.write_obj(0x1_0003u32, GuestAddress(entry)).unwrap();
+        ram.mem.write_obj(7u32, GuestAddress(entry + 4)).unwrap();
+        ram.mem
+            .write_obj(1u16, GuestAddress(driver.used + 2))
+            .unwrap();
+        assert_eq!(driver.take_used_raw(&ram.mem), vec![(0x1_0003, 7)]);
+        ram.mem
+            .write_obj(1u16.wrapping_add(60000), GuestAddress(driver.used + 2))
+            .unwrap();
+        assert_eq!(driver.take_used_raw(&ram.mem).len(), 16);
+        assert_eq!(driver.returned, 60001);
+        assert!(driver.take_used_raw(&ram.mem).is_empty());
     }
 }

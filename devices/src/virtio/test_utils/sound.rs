@@ -574,10 +574,11 @@ pub fn pcm_request(code: u32, stream: u32) -> Vec<u8> {
     request
 }
 
-/// One output and one input stream on the null backend, no jacks.
+/// One output and one input stream on the null backend (capturing silence), no jacks.
 pub fn null_config() -> SoundConfig {
     SoundConfig {
         backend: BackendConfig::Null,
+        capture: Some(crate::virtio::snd::CaptureConfig::Null),
         outputs: 1,
         inputs: 1,
         jacks: 0,

@@ -23,10 +23,15 @@ pub struct PlayedPeriod<'a> {
 /// What [`HookedBackend`] calls, on the period thread, before each period.
 pub type PlayHook = dyn Fn(&PlayedPeriod<'_>) + Send + Sync;
 
+/// What [`HookedBackend::with_flush_hook`] calls instead of the inner stream's `flush_bytes`:
+/// given the bytes asked for and the deadline, returns the bytes taken.
+pub type FlushHook = dyn Fn(usize, Instant) -> usize + Send + Sync;
+
 /// Wraps a backend: its output streams are [`HookedOutput`]s; input streams are the inner ones.
 pub struct HookedBackend {
     inner: Arc<dyn Backend>,
     hook: Arc<PlayHook>,
+    flush: Option<Arc<FlushHook>>,
 }
 
 impl HookedBackend {
@@ -37,7 +42,18 @@ impl HookedBackend {
         HookedBackend {
             inner,
             hook: Arc::new(hook),
+            flush: None,
         }
+    }
+
+    /// Output streams answer a RELEASE flush with `flush` instead of the inner stream (e.g. a
+    /// host device with no room left).
+    pub fn with_flush_hook(
+        mut self,
+        flush: impl Fn(usize, Instant) -> usize + Send + Sync + 'static,
+    ) -> HookedBackend {
+        self.flush = Some(Arc::new(flush));
+        self
     }
 }
 
@@ -59,6 +75,7 @@ impl Backend for HookedBackend {
         Ok(Box::new(HookedOutput {
             inner: self.inner.open_output(stream_id, params, stats)?,
             hook: self.hook.clone(),
+            flush: self.flush.clone(),
             stream_id,
             periods: 0,
         }))
@@ -78,6 +95,7 @@ impl Backend for HookedBackend {
 pub struct HookedOutput {
     inner: Box<dyn OutputStream>,
     hook: Arc<PlayHook>,
+    flush: Option<Arc<FlushHook>>,
     stream_id: u32,
     periods: u64,
 }
@@ -111,7 +129,10 @@ impl OutputStream for HookedOutput {
     }
 
     fn flush_bytes(&mut self, len: usize, deadline: Instant) -> Result<usize, BackendError> {
-        self.inner.flush_bytes(len, deadline)
+        match &self.flush {
+            Some(flush) => Ok(flush(len, deadline)),
+            None => self.inner.flush_bytes(len, deadline),
+        }
     }
 
     fn latency_bytes(&mut self) -> u32 {

@@ -12,9 +12,14 @@
 //! prepared again, which opens the PCM anew. PCMs that do not pace at all
 //! (alsa-lib's `null` and `file` plugins accept any amount of audio at once) are held to real
 //! time, +5 %, by a monotonic clock; a real device is never held back by it.
+//!
+//! Capture is the host's microphone: it is used only when granted (`capture=alsa`), and the
+//! first START of an input stream on a backend prints one line on stderr naming the device, so
+//! the user sees when the guest begins to listen.
 
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +49,8 @@ const MAX_RECOVERIES: u32 = 3;
 #[derive(Debug)]
 pub struct AlsaBackend {
     device: String,
+    /// Set once the guest has started recording from the device (and the user was told).
+    recording_announced: Arc<AtomicBool>,
 }
 
 impl AlsaBackend {
@@ -53,8 +60,19 @@ impl AlsaBackend {
         }
         Ok(AlsaBackend {
             device: device.to_string(),
+            recording_announced: Arc::new(AtomicBool::new(false)),
         })
     }
+}
+
+/// Prints the one line saying the guest started recording from `device`, unless `announced`
+/// says it was printed already. Returns whether it printed.
+fn announce_recording(announced: &AtomicBool, device: &str) -> bool {
+    if announced.swap(true, Ordering::Relaxed) {
+        return false;
+    }
+    eprintln!("canto: sound: the guest started recording from the ALSA capture device '{device}'");
+    true
 }
 
 fn direction_name(direction: Direction) -> &'static str {
@@ -559,6 +577,8 @@ impl Backend for AlsaBackend {
         Ok(Box::new(AlsaInput {
             pcm: Pcm::new(setup, &self.device, params, period.max(1), 0, stats),
             period: vec![0; params.period_bytes as usize],
+            device: self.device.clone(),
+            recording_announced: self.recording_announced.clone(),
         }))
     }
 }
@@ -702,12 +722,17 @@ impl OutputStream for AlsaOutput {
 struct AlsaInput {
     pcm: Pcm,
     period: Vec<u8>,
+    device: String,
+    /// Shared by the backend's input streams: one line per device.
+    recording_announced: Arc<AtomicBool>,
 }
 
 impl InputStream for AlsaInput {
     fn start(&mut self) -> Result<(), BackendError> {
         self.pcm.resume()?;
-        self.pcm.start_capture()
+        self.pcm.start_capture()?;
+        announce_recording(&self.recording_announced, &self.device);
+        Ok(())
     }
 
     fn stop(&mut self) -> Result<(), BackendError> {
@@ -852,6 +877,35 @@ mod tests {
             stats.snapshot()
         );
         assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+    }
+
+    #[test]
+    fn the_first_recording_start_is_announced_once_per_device() {
+        let backend = AlsaBackend::new("null").unwrap();
+        assert!(!backend.recording_announced.load(Ordering::Relaxed));
+        let p = PcmParams {
+            format: PcmFormat::U8,
+            channels: 1,
+            period_bytes: 480,
+            buffer_bytes: 480 * 4,
+            ..params()
+        };
+        // Preparing is not recording: nothing is announced until START.
+        let mut first = backend.open_input(1, &p, &stats()).unwrap();
+        let mut second = backend.open_input(2, &p, &stats()).unwrap();
+        assert!(!backend.recording_announced.load(Ordering::Relaxed));
+        first.start().unwrap();
+        assert!(backend.recording_announced.load(Ordering::Relaxed));
+        // Another stream, or another START, on the same device says nothing more.
+        second.start().unwrap();
+        first.stop().unwrap();
+        first.start().unwrap();
+        assert!(!announce_recording(&backend.recording_announced, "null"));
+        first.close();
+        second.close();
+        // Another device is announced on its own.
+        let other = AlsaBackend::new("null").unwrap();
+        assert!(announce_recording(&other.recording_announced, "null"));
     }
 
     #[test]

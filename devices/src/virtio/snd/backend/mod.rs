@@ -12,6 +12,11 @@
 //!   exactly the PCM the guest sent; input streams capture silence. Paced by a monotonic clock.
 //! - [`null`]: discards output, captures silence. Paced by a monotonic clock.
 //!
+//! Input streams record from the capture source the configuration grants (`capture=`), a
+//! backend of its own: ALSA (the host's microphone, announced with one line on stderr the first
+//! time the guest starts recording from it), a WAV file ([`wav_capture`]) or null. [`create`]
+//! pairs the two in a [`SplitBackend`].
+//!
 //! A backend left out of the build is still understood on the command line: choosing it fails
 //! with [`BackendError::NotBuilt`], which names the feature to build with.
 
@@ -21,12 +26,14 @@ pub mod clock;
 pub mod null;
 #[cfg(feature = "snd-wav")]
 pub mod wav;
+#[cfg(feature = "snd-wav")]
+pub mod wav_capture;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::config::{BackendConfig, SoundConfig};
+use super::config::{BackendConfig, CaptureConfig, SoundConfig};
 use super::stats::SoundStats;
 use super::waker::Waker;
 use super::wire::PcmFormat;
@@ -120,8 +127,33 @@ pub enum BackendError {
     WavFormat(PcmFormat),
     #[error("stream {0} has no WAV file of its own")]
     WavNoFile(u32),
+    #[error(
+        "output stream {stream} has made {max} WAV files, the most it may; {path} not created"
+    )]
+    WavTooManyFiles {
+        path: PathBuf,
+        stream: u32,
+        max: u32,
+    },
     #[error("the backend accepted no data for {0:?}")]
     Stalled(Duration),
+    #[error("cannot read the capture WAV file {path}: {reason}")]
+    WavCaptureRead { path: PathBuf, reason: String },
+    #[error("the capture WAV file {path} is {what}, which virtio-snd cannot offer")]
+    WavCaptureFormat { path: PathBuf, what: String },
+    #[error("the {0} backend has no {1} streams")]
+    NoSuchDirection(&'static str, &'static str),
+}
+
+/// What a stream may be set to, as its `virtio_snd_pcm_info` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamCaps {
+    /// `VIRTIO_SND_PCM_FMT_*` bits.
+    pub formats: u64,
+    /// `VIRTIO_SND_PCM_RATE_*` bits.
+    pub rates: u64,
+    pub channels_min: u8,
+    pub channels_max: u8,
 }
 
 /// What a pacing wait ended with.
@@ -155,6 +187,62 @@ pub trait Backend: Send + Sync {
         params: &PcmParams,
         stats: &Arc<SoundStats>,
     ) -> Result<Box<dyn InputStream>, BackendError>;
+    /// What input streams may be set to when that is narrower than the usual (every rate, 1 to
+    /// 8 channels, [`Backend::formats`]): a WAV capture source offers only its file's format.
+    fn input_caps(&self) -> Option<StreamCaps> {
+        None
+    }
+}
+
+/// Output streams on one backend, input streams on the capture source's.
+pub struct SplitBackend {
+    output: Arc<dyn Backend>,
+    capture: Arc<dyn Backend>,
+}
+
+impl SplitBackend {
+    pub fn new(output: Arc<dyn Backend>, capture: Arc<dyn Backend>) -> SplitBackend {
+        SplitBackend { output, capture }
+    }
+}
+
+impl Backend for SplitBackend {
+    /// The output backend's name.
+    fn name(&self) -> &'static str {
+        self.output.name()
+    }
+
+    fn formats(&self) -> u64 {
+        self.output.formats()
+    }
+
+    fn open_output(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn OutputStream>, BackendError> {
+        self.output.open_output(stream_id, params, stats)
+    }
+
+    fn open_input(
+        &self,
+        stream_id: u32,
+        params: &PcmParams,
+        stats: &Arc<SoundStats>,
+    ) -> Result<Box<dyn InputStream>, BackendError> {
+        self.capture.open_input(stream_id, params, stats)
+    }
+
+    fn input_caps(&self) -> Option<StreamCaps> {
+        // The capture source's formats, not the output's, even when it has no narrower caps.
+        Some(self.capture.input_caps().unwrap_or(StreamCaps {
+            formats: self.capture.formats(),
+            rates: super::wire::all_rates_mask(),
+            channels_min: 1,
+            channels_max: 8,
+        }))
+    }
 }
 
 /// A prepared output stream, driven by its period thread.
@@ -204,6 +292,40 @@ pub trait InputStream: Send {
 /// Builds the backend a configuration names. ALSA devices are opened only when a stream is
 /// prepared; WAV files are created here, so a bad path fails at startup.
 pub fn create(config: &SoundConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    let output = create_output(config)?;
+    Ok(match &config.capture {
+        Some(capture) if config.inputs > 0 => {
+            Arc::new(SplitBackend::new(output, create_capture(capture)?))
+        }
+        _ => output,
+    })
+}
+
+/// The capture source a grant names. A WAV file is opened and its header read here.
+fn create_capture(capture: &CaptureConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(match capture {
+        #[cfg(feature = "snd-alsa")]
+        CaptureConfig::Alsa { device } => Arc::new(alsa::AlsaBackend::new(device)?),
+        #[cfg(feature = "snd-wav")]
+        CaptureConfig::Wav { path } => Arc::new(wav_capture::WavCaptureBackend::open(path)?),
+        CaptureConfig::Null => Arc::new(null::NullBackend),
+        #[allow(unreachable_patterns)]
+        other => return Err(capture_not_built(other)),
+    })
+}
+
+/// The error for a capture source this build left out.
+#[allow(dead_code)]
+fn capture_not_built(config: &CaptureConfig) -> BackendError {
+    let (backend, feature) = match config {
+        CaptureConfig::Alsa { .. } => ("ALSA", "snd-alsa"),
+        CaptureConfig::Wav { .. } => ("WAV", "snd-wav"),
+        CaptureConfig::Null => ("null", "none"),
+    };
+    BackendError::NotBuilt { backend, feature }
+}
+
+fn create_output(config: &SoundConfig) -> Result<Arc<dyn Backend>, BackendError> {
     Ok(match &config.backend {
         #[cfg(feature = "snd-alsa")]
         BackendConfig::Alsa { device } => Arc::new(alsa::AlsaBackend::new(device)?),
@@ -230,11 +352,16 @@ fn not_built(config: &BackendConfig) -> BackendError {
 /// direction the topology uses; WAV creates its files; null always works. The VMM calls it at
 /// startup and falls back to null when ALSA fails.
 pub fn probe(config: &SoundConfig) -> Result<(), BackendError> {
+    if let Some(capture) = config.capture.as_ref().filter(|_| config.inputs > 0) {
+        match capture {
+            #[cfg(feature = "snd-alsa")]
+            CaptureConfig::Alsa { device } => alsa::probe(device, false, true)?,
+            other => drop(create_capture(other)?),
+        }
+    }
     match &config.backend {
         #[cfg(feature = "snd-alsa")]
-        BackendConfig::Alsa { device } => {
-            alsa::probe(device, config.outputs > 0, config.inputs > 0)
-        }
+        BackendConfig::Alsa { device } => alsa::probe(device, config.outputs > 0, false),
         #[cfg(feature = "snd-wav")]
         BackendConfig::Wav { path } => wav::WavBackend::new(path, config.outputs).map(|_| ()),
         BackendConfig::Null => Ok(()),

@@ -8,8 +8,13 @@
 //!
 //! Output stream 0 writes the configured path; output stream N > 0 writes `<stem>-N.<ext>` next
 //! to it. Files are created when the backend is built, so a bad path fails at startup. Several
-//! prepare/release cycles with the same format append to the file; a different format starts it
-//! over. The header is brought up to date on every release and when the device goes away.
+//! prepare/release cycles with the same format append to the file. A different format never
+//! touches what was recorded: it starts the stream's next file, `<stem>.K.<ext>` for the K-th
+//! change (`out.wav`, `out.1.wav`, `out.2.wav`, ...; stream 1: `out-1.wav`, `out-1.1.wav`, ...),
+//! unless nothing was recorded yet, in which case the current file is reused for the new format.
+//! A stream makes at most [`MAX_FILES_PER_STREAM`] files, so a guest that keeps changing formats
+//! cannot fill the directory; past that, a format change fails the PREPARE. The header is brought
+//! up to date on every release, on a format change and when the device goes away.
 
 use std::fs::File;
 use std::io::Cursor;
@@ -38,20 +43,38 @@ const WAV_FORMATS: [PcmFormat; 6] = [
 /// The format a fresh file's header describes until a stream is prepared.
 const INITIAL_FORMAT: (PcmFormat, u32, u8) = (PcmFormat::S16, 48000, 2);
 
-/// The path output stream `index` records into.
-pub fn output_path(base: &Path, index: u32) -> PathBuf {
-    if index == 0 {
-        return base.to_path_buf();
-    }
+/// The most files one output stream writes (its first one and one per format change).
+pub const MAX_FILES_PER_STREAM: u32 = 256;
+
+/// `base` with `separator` and `n` appended to its file stem.
+fn with_stem_suffix(base: &Path, separator: char, n: u32) -> PathBuf {
     let stem = base
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let name = match base.extension() {
-        Some(ext) => format!("{stem}-{index}.{}", ext.to_string_lossy()),
-        None => format!("{stem}-{index}"),
+        Some(ext) => format!("{stem}{separator}{n}.{}", ext.to_string_lossy()),
+        None => format!("{stem}{separator}{n}"),
     };
     base.with_file_name(name)
+}
+
+/// The path output stream `index` records into.
+pub fn output_path(base: &Path, index: u32) -> PathBuf {
+    if index == 0 {
+        return base.to_path_buf();
+    }
+    with_stem_suffix(base, '-', index)
+}
+
+/// The file output stream `index` records into after its `change`-th format change (0: none).
+/// Streams are told apart by `-N`, format changes by `.K`, so no two names collide.
+pub fn output_file_path(base: &Path, index: u32, change: u32) -> PathBuf {
+    let stream_path = output_path(base, index);
+    if change == 0 {
+        return stream_path;
+    }
+    with_stem_suffix(&stream_path, '.', change)
 }
 
 /// Encodes the RIFF/WAVE header (with zero lengths) for a format.
@@ -85,6 +108,11 @@ fn header(format: PcmFormat, rate_hz: u32, channels: u8) -> Result<Vec<u8>, Back
 /// One output stream's file.
 #[derive(Debug)]
 struct WavFile {
+    /// The stream's first file; later files are named from it.
+    stream_path: PathBuf,
+    stream: u32,
+    /// How many times a format change started a new file.
+    changes: u32,
     path: PathBuf,
     file: File,
     format: (PcmFormat, u32, u8),
@@ -101,12 +129,12 @@ struct WavFile {
 }
 
 impl WavFile {
-    fn create(path: PathBuf) -> Result<WavFile, BackendError> {
-        let file = File::create(&path).map_err(|source| BackendError::WavCreate {
-            path: path.clone(),
-            source,
-        })?;
+    fn create(path: PathBuf, stream: u32) -> Result<WavFile, BackendError> {
+        let file = create_file(&path)?;
         let mut wav = WavFile {
+            stream_path: path.clone(),
+            stream,
+            changes: 0,
             path,
             file,
             format: INITIAL_FORMAT,
@@ -142,22 +170,44 @@ impl WavFile {
         Ok(())
     }
 
-    /// Gets the file ready for a prepared stream: appends if the format is unchanged.
+    /// Gets the file ready for a prepared stream: appends if the format is unchanged; for a new
+    /// format, reuses the file if it holds no audio yet, else starts the stream's next file and
+    /// leaves this one complete.
     fn begin(&mut self, params: &PcmParams) -> Result<(), BackendError> {
-        self.finalize_every = u64::from(params.rate_hz) * u64::from(params.frame_bytes());
         let format = (params.format, params.rate_hz, params.channels);
-        if format == self.format {
-            return Ok(());
+        if format != self.format {
+            // Checked first so that an unstorable format changes nothing.
+            header(format.0, format.1, format.2)?;
+            if self.data_len > 0 {
+                self.start_next_file()?;
+            }
+            self.restart(format)?;
         }
-        if self.data_len > 0 {
-            crate::warn_limited!(
-                "virtio-snd: {} restarts for a new format {format:?} ({} bytes of {:?} dropped)",
-                self.path.display(),
-                self.data_len,
-                self.format
-            );
+        self.finalize_every = u64::from(params.rate_hz) * u64::from(params.frame_bytes());
+        Ok(())
+    }
+
+    /// Finalizes this file and switches to the stream's next one (empty until `restart`).
+    fn start_next_file(&mut self) -> Result<(), BackendError> {
+        let change = self.changes + 1;
+        let path = with_stem_suffix(&self.stream_path, '.', change);
+        if change >= MAX_FILES_PER_STREAM {
+            return Err(BackendError::WavTooManyFiles {
+                path,
+                stream: self.stream,
+                max: MAX_FILES_PER_STREAM,
+            });
         }
-        self.restart(format)
+        self.finalize()?;
+        let file = create_file(&path)?;
+        self.file = file;
+        self.path = path;
+        self.changes = change;
+        self.data_len = 0;
+        self.dirty = false;
+        self.unfinalized = 0;
+        self.dropped = 0;
+        Ok(())
     }
 
     fn append(&mut self, data: &[u8]) -> Result<(), BackendError> {
@@ -224,6 +274,13 @@ impl WavFile {
     }
 }
 
+fn create_file(path: &Path) -> Result<File, BackendError> {
+    File::create(path).map_err(|source| BackendError::WavCreate {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 impl Drop for WavFile {
     fn drop(&mut self) {
         if let Err(e) = self.finalize() {
@@ -245,7 +302,9 @@ impl WavBackend {
     /// Creates (or truncates) the file of each of `outputs` output streams.
     pub fn new(path: &Path, outputs: u32) -> Result<WavBackend, BackendError> {
         let slots = (0..outputs)
-            .map(|index| WavFile::create(output_path(path, index)).map(|f| Mutex::new(Some(f))))
+            .map(|index| {
+                WavFile::create(output_path(path, index), index).map(|f| Mutex::new(Some(f)))
+            })
             .collect::<Result<Slots, _>>()?;
         Ok(WavBackend {
             slots: Arc::new(slots),
@@ -380,6 +439,13 @@ mod tests {
         assert_eq!(output_path(base, 0), base);
         assert_eq!(output_path(base, 2), Path::new("/tmp/out-2.wav"));
         assert_eq!(output_path(Path::new("rec"), 1), Path::new("rec-1"));
+        assert_eq!(output_file_path(base, 0, 0), base);
+        assert_eq!(output_file_path(base, 0, 3), Path::new("/tmp/out.3.wav"));
+        assert_eq!(output_file_path(base, 2, 1), Path::new("/tmp/out-2.1.wav"));
+        assert_eq!(
+            output_file_path(Path::new("rec"), 1, 2),
+            Path::new("rec-1.2")
+        );
     }
 
     #[test]
@@ -469,25 +535,103 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
+    /// Plays one period of `data` in `format` on stream `index`, then releases it.
+    fn play_once(backend: &WavBackend, index: u32, format: PcmFormat, channels: u8, data: &[u8]) {
+        let mut p = params(format, channels);
+        p.period_bytes = data.len() as u32;
+        p.buffer_bytes = p.period_bytes * 4;
+        let mut out = backend.open_output(index, &p, &stats()).unwrap();
+        out.period_buffer()[..data.len()].copy_from_slice(data);
+        assert_eq!(out.play_period(data.len()).unwrap(), 0);
+        out.finish().unwrap();
+        out.close(None);
+    }
+
+    fn assert_wav(path: &Path, format: SampleFormat, bits: u16, channels: u16, data: &[u8]) {
+        let reader = hound::WavReader::open(path).unwrap();
+        let spec = reader.spec();
+        assert_eq!(
+            (spec.sample_format, spec.bits_per_sample, spec.channels),
+            (format, bits, channels),
+            "{}",
+            path.display()
+        );
+        assert_eq!(reader.len() as usize * usize::from(bits / 8), data.len());
+        drop(reader);
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(
+            &bytes[bytes.len() - data.len()..],
+            data,
+            "{}",
+            path.display()
+        );
+    }
+
     #[test]
-    fn a_new_format_restarts_the_file() {
-        let path = temp_path("restart.wav");
+    fn a_new_format_starts_a_new_file_and_keeps_the_old_one_whole() {
+        let path = temp_path("formats.wav");
+        let second = output_file_path(&path, 0, 1);
+        let third = output_file_path(&path, 0, 2);
         let backend = WavBackend::new(&path, 1).unwrap();
-        let mut out = backend
+        let s16: Vec<u8> = (0..64u32).map(|i| (i * 5 + 1) as u8).collect();
+        let float: Vec<u8> = (0..32u32).map(|i| (i * 11 + 2) as u8).collect();
+        // Two releases in S16 stereo append; Float mono then starts the next file; S16 again
+        // starts a third (files keep the order of the guest's streams).
+        play_once(&backend, 0, PcmFormat::S16, 2, &s16[..32]);
+        play_once(&backend, 0, PcmFormat::S16, 2, &s16[32..]);
+        play_once(&backend, 0, PcmFormat::Float, 1, &float);
+        play_once(&backend, 0, PcmFormat::S16, 2, &s16[..8]);
+        drop(backend);
+        assert_wav(&path, SampleFormat::Int, 16, 2, &s16);
+        assert_wav(&second, SampleFormat::Float, 32, 1, &float);
+        assert_wav(&third, SampleFormat::Int, 16, 2, &s16[..8]);
+        for file in [path, second, third] {
+            std::fs::remove_file(&file).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_new_format_before_any_audio_reuses_the_file() {
+        let path = temp_path("first-format.wav");
+        let backend = WavBackend::new(&path, 1).unwrap();
+        // Prepared and released without audio in S16, then played in Float: one file.
+        let out = backend
             .open_output(0, &params(PcmFormat::S16, 2), &stats())
             .unwrap();
-        out.play_period(8).unwrap();
         out.close(None);
-        let mut out = backend
-            .open_output(0, &params(PcmFormat::Float, 1), &stats())
-            .unwrap();
-        out.play_period(4).unwrap();
-        out.close(None);
+        let float = [1u8, 2, 3, 4, 5, 6, 7, 8];
+        play_once(&backend, 0, PcmFormat::Float, 1, &float);
         drop(backend);
-        let reader = hound::WavReader::open(&path).unwrap();
-        assert_eq!(reader.spec().sample_format, SampleFormat::Float);
-        assert_eq!(reader.len(), 1);
+        assert_wav(&path, SampleFormat::Float, 32, 1, &float);
+        assert!(!output_file_path(&path, 0, 1).exists());
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn format_changes_make_a_bounded_number_of_files() {
+        let path = temp_path("many.wav");
+        let backend = WavBackend::new(&path, 1).unwrap();
+        let formats = [(PcmFormat::S16, 2), (PcmFormat::U8, 1)];
+        for change in 0..MAX_FILES_PER_STREAM {
+            let (format, channels) = formats[change as usize % 2];
+            play_once(&backend, 0, format, channels, &[7; 4]);
+        }
+        let (format, channels) = formats[MAX_FILES_PER_STREAM as usize % 2];
+        let Err(err) = backend.open_output(0, &params(format, channels), &stats()) else {
+            panic!("format change {MAX_FILES_PER_STREAM} was accepted");
+        };
+        assert!(matches!(err, BackendError::WavTooManyFiles { .. }), "{err}");
+        // The last file is still the stream's, complete, and the same format still appends.
+        let (format, channels) = formats[(MAX_FILES_PER_STREAM as usize - 1) % 2];
+        play_once(&backend, 0, format, channels, &[9; 4]);
+        drop(backend);
+        let last = output_file_path(&path, 0, MAX_FILES_PER_STREAM - 1);
+        let bytes = std::fs::read(&last).unwrap();
+        assert_eq!(&bytes[bytes.len() - 8..], &[7, 7, 7, 7, 9, 9, 9, 9]);
+        assert!(!output_file_path(&path, 0, MAX_FILES_PER_STREAM).exists());
+        for change in 0..MAX_FILES_PER_STREAM {
+            std::fs::remove_file(output_file_path(&path, 0, change)).unwrap();
+        }
     }
 
     #[test]
