@@ -214,6 +214,28 @@ pub fn write_zero_page(
         })
 }
 
+/// Tells a kernel whose boot structures are already written where the ACPI RSDP is: the PVH
+/// start info's `rsdp_paddr` (`pvh`) or the zero page's `acpi_rsdp_addr`. Without it the kernel
+/// would scan the BIOS area for the RSDP, slowly when interpreted.
+pub fn set_acpi_rsdp(mem: &GuestMemoryMmap, pvh: bool, rsdp: u64) -> Result<(), Error> {
+    let write_error = |what| move |source| Error::Write { what, source };
+    if pvh {
+        let mut info: StartInfo = mem
+            .read_obj(GuestAddress(PVH_INFO_START))
+            .map_err(write_error("PVH start info"))?;
+        info.0.rsdp_paddr = rsdp;
+        mem.write_obj(info, GuestAddress(PVH_INFO_START))
+            .map_err(write_error("PVH start info"))
+    } else {
+        let mut params: BootParams = mem
+            .read_obj(GuestAddress(ZERO_PAGE_START))
+            .map_err(write_error("zero page"))?;
+        params.0.acpi_rsdp_addr = rsdp;
+        mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
+            .map_err(write_error("zero page"))
+    }
+}
+
 /// Write the PVH `hvm_start_info` (magic XEN_HVM_START_MAGIC_VALUE, version 1) at PVH_INFO_START,
 /// with the command line address, the memory map from [`e820_map`] at PVH_MEMMAP_START and, for
 /// an initramfs, one `hvm_modlist_entry` at PVH_MODLIST_START (right after the memory map).
@@ -669,5 +691,23 @@ mod tests {
         assert_eq!(initrd_addr_max(&header), 0x37ff_ffff);
         header.version = 0x020f;
         assert_eq!(initrd_addr_max(&header), 0x7fff_ffff);
+    }
+    #[test]
+    fn acpi_rsdp_goes_into_the_start_info_or_the_zero_page() {
+        let mem = guest_memory();
+        write_pvh_start_info(&mem, 64 * MIB, CMDLINE_START, None).unwrap();
+        set_acpi_rsdp(&mem, true, 0xe0000).unwrap();
+        let info = read_start_info(&mem);
+        assert_eq!(info.rsdp_paddr, 0xe0000);
+        assert_eq!(info.cmdline_paddr, CMDLINE_START, "the rest is kept");
+        write_zero_page(&mem, 64 * MIB, CMDLINE_START, 10, None, None).unwrap();
+        set_acpi_rsdp(&mem, false, 0xe0000).unwrap();
+        let params = read_zero_page(&mem);
+        assert_eq!({ params.acpi_rsdp_addr }, 0xe0000);
+        assert_eq!(
+            { params.hdr.cmd_line_ptr },
+            CMDLINE_START as u32,
+            "the rest is kept"
+        );
     }
 }

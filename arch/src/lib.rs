@@ -8,6 +8,7 @@
 
 #![cfg(target_arch = "x86_64")]
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod e820;
@@ -41,6 +42,9 @@ pub enum Error {
     /// vCPU register setup.
     #[error(transparent)]
     Regs(#[from] regs::Error),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
     /// Zero page, PVH start info, initramfs placement.
     #[error(transparent)]
     Boot(#[from] boot::Error),

@@ -18,10 +18,12 @@ use crate::console::{EscapeCommand, EscapeDecoder, ESCAPE_HELP};
 use crate::signals::StopSignals;
 use crate::vcpu::{ExitReporter, VmExit};
 
-/// Ends the event loop when a vCPU reports the VM's end or the guest pulses the i8042 reset.
+/// Ends the event loop when a vCPU reports the VM's end, the guest resets (i8042 reset line,
+/// ACPI reset register) or powers off (ACPI S5).
 pub struct ExitWatcher {
     pub vcpu_exit: Arc<EventFd>,
     pub reset: Arc<EventFd>,
+    pub power_off: Arc<EventFd>,
     pub exit: ExitReporter,
     pub done: Arc<AtomicBool>,
 }
@@ -31,6 +33,9 @@ impl MutEventSubscriber for ExitWatcher {
         if events.fd() == self.reset.as_raw_fd() {
             let _ = self.reset.read();
             self.exit.report(VmExit::Reset);
+        } else if events.fd() == self.power_off.as_raw_fd() {
+            let _ = self.power_off.read();
+            self.exit.report(VmExit::PowerOff);
         } else {
             let _ = self.vcpu_exit.read();
         }
@@ -38,7 +43,7 @@ impl MutEventSubscriber for ExitWatcher {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [&*self.vcpu_exit, &*self.reset] {
+        for fd in [&*self.vcpu_exit, &*self.reset, &*self.power_off] {
             if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
                 log::error!("cannot watch the VM's exit events: {e:?}");
             }

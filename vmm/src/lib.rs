@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use canto_arch::regs::{self, BootEntry};
 use canto_devices::bus::Bus;
 use canto_devices::legacy::{
-    I8042Reset, SerialConsole, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+    AcpiPmRegisters, I8042Reset, SerialConsole, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN,
+    I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
 use canto_devices::pci::PciDeviceInfo;
 use canto_devices::virtio::SharedSubscriber;
@@ -44,7 +45,7 @@ use terminal::RawTerminal;
 use vcpu::{ExitReporter, VcpuContext, VcpuThread, VmExit};
 
 /// The serial console's legacy interrupt (COM1).
-const SERIAL_IRQ: u32 = 4;
+pub(crate) const SERIAL_IRQ: u32 = 4;
 
 /// Everything that can stop Canto before or while the guest runs.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +148,7 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialConsole>>,
     serial_mode: SerialConfig,
     reset_evt: Arc<EventFd>,
+    power_off_evt: Arc<EventFd>,
     events: EventManager<SharedSubscriber>,
     pci: devices::PciDevices,
     vcpus: Vec<VcpuFd>,
@@ -177,7 +179,7 @@ impl Vmm {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
 
-        let (serial, reset_evt) = add_legacy_devices(&vm, &pio, &config.serial)?;
+        let (serial, reset_evt, power_off_evt) = add_legacy_devices(&vm, &pio, &config.serial)?;
 
         let events: EventManager<SharedSubscriber> =
             EventManager::new().map_err(Error::EventLoop)?;
@@ -203,6 +205,7 @@ impl Vmm {
             serial,
             serial_mode: config.serial.clone(),
             reset_evt,
+            power_off_evt,
             events,
             pci,
             vcpus,
@@ -235,6 +238,7 @@ impl Vmm {
             serial,
             serial_mode,
             reset_evt,
+            power_off_evt,
             mut events,
             pci,
             vcpus,
@@ -246,6 +250,7 @@ impl Vmm {
         events.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
             vcpu_exit: vcpu_exit_evt,
             reset: reset_evt,
+            power_off: power_off_evt,
             exit: exit.clone(),
             done: done.clone(),
         })));
@@ -325,13 +330,17 @@ impl Vmm {
     }
 }
 
-/// COM1 (its interrupt an irqfd on IRQ 4) and the i8042 reset line on the port I/O bus.
-/// Returns the console (for host input) and the eventfd the reset line signals.
+/// The serial console (for host input), the eventfd a reset signals, the one a power-off signals.
+type LegacyDevices = (Arc<Mutex<SerialConsole>>, Arc<EventFd>, Arc<EventFd>);
+
+/// COM1 (its interrupt an irqfd on IRQ 4), the i8042 reset line and the ACPI power-management
+/// registers on the port I/O bus. Returns the console (for host input), the eventfd a reset
+/// signals and the one a power-off signals.
 fn add_legacy_devices(
     vm: &vm::Vm,
     pio: &Bus,
     serial_mode: &SerialConfig,
-) -> Result<(Arc<Mutex<SerialConsole>>, Arc<EventFd>), Error> {
+) -> Result<LegacyDevices, Error> {
     let serial_irq = eventfd("serial interrupt eventfd")?;
     vm.fd
         .register_irqfd(&serial_irq, SERIAL_IRQ)
@@ -342,17 +351,26 @@ fn add_legacy_devices(
     )));
     pio.insert(serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
     let reset_evt = Arc::new(eventfd("reset eventfd")?);
-    let reset_dup = reset_evt.try_clone().map_err(|source| Error::Io {
-        what: "reset eventfd",
-        source,
-    })?;
+    let dup = |evt: &EventFd, what| evt.try_clone().map_err(|source| Error::Io { what, source });
     pio.insert(
-        Arc::new(Mutex::new(I8042Reset::new(reset_dup))),
+        Arc::new(Mutex::new(I8042Reset::new(dup(
+            &reset_evt,
+            "reset eventfd",
+        )?))),
         I8042_PORT_BASE,
         I8042_PORT_LEN,
     )?;
+    let power_off_evt = Arc::new(eventfd("power-off eventfd")?);
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPmRegisters::new(
+            dup(&power_off_evt, "power-off eventfd")?,
+            dup(&reset_evt, "reset eventfd")?,
+        ))),
+        ACPI_PM_PORT_BASE,
+        ACPI_PM_PORT_LEN,
+    )?;
 
-    Ok((serial, reset_evt))
+    Ok((serial, reset_evt, power_off_evt))
 }
 
 /// Creates the vCPUs; all get CPUID, MSRs and LAPIC LINTs, the boot vCPU its entry registers

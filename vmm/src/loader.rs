@@ -5,8 +5,14 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use canto_arch::acpi::AcpiPlatform;
 use canto_arch::regs::BootEntry;
-use canto_arch::{boot, layout, mptable};
+use canto_arch::{acpi, boot, layout, mptable};
+use canto_devices::legacy::{
+    ACPI_PM_PORT_BASE, RESET_OFFSET, RESET_VALUE, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+    SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
+};
+use canto_devices::pci::{PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
@@ -174,7 +180,29 @@ pub fn load_initramfs(
     Ok((addr, size))
 }
 
-/// Writes the command line, MP table and the kernel's boot structures.
+/// The platform Canto's ACPI tables describe for `num_cpus` vCPUs: the devices
+/// [`crate::Vmm::build`] adds, at their ports.
+pub fn acpi_platform(num_cpus: u8) -> AcpiPlatform {
+    AcpiPlatform {
+        num_cpus,
+        sleep_control_port: (ACPI_PM_PORT_BASE + SLEEP_CONTROL_OFFSET) as u16,
+        sleep_status_port: (ACPI_PM_PORT_BASE + SLEEP_STATUS_OFFSET) as u16,
+        reset_port: (ACPI_PM_PORT_BASE + RESET_OFFSET) as u16,
+        reset_value: RESET_VALUE,
+        pci_config_port: PCI_CONFIG_IO_BASE as u16,
+        pci_config_len: PCI_CONFIG_IO_LEN as u8,
+        pci_mmio32: (
+            layout::PCI_MMIO32_START as u32,
+            (layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE) as u32,
+        ),
+        serial_port: SERIAL_PORT_BASE as u16,
+        serial_len: SERIAL_PORT_LEN as u8,
+        serial_irq: crate::SERIAL_IRQ,
+    }
+}
+
+/// Writes the command line, the MP table, the ACPI tables and the kernel's boot structures (which
+/// point at the ACPI RSDP).
 pub fn write_boot_structures(
     mem: &GuestMemoryMmap,
     mem_size: u64,
@@ -200,6 +228,10 @@ pub fn write_boot_structures(
         what: "the MP table",
         reason: e.to_string(),
     })?;
+    let rsdp = acpi::setup_acpi(mem, &acpi_platform(num_cpus)).map_err(|e| LoadError::Boot {
+        what: "the ACPI tables",
+        reason: e.to_string(),
+    })?;
     match kernel.entry {
         BootEntry::Pvh { .. } => {
             boot::write_pvh_start_info(mem, mem_size, layout::CMDLINE_START, initrd)
@@ -217,6 +249,8 @@ pub fn write_boot_structures(
             .map_err(boot_err("the zero page"))?;
         }
     }
+    let pvh = matches!(kernel.entry, BootEntry::Pvh { .. });
+    boot::set_acpi_rsdp(mem, pvh, rsdp).map_err(boot_err("the ACPI RSDP address"))?;
     Ok(())
 }
 

@@ -21,7 +21,8 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 pub enum VmExit {
     /// The guest rebooted (i8042 reset, or a triple fault): Canto ends the VM, as Firecracker does.
     Reset,
-    /// The guest stopped for good: KVM_SYSTEM_EVENT shutdown, or every way out halted.
+    /// The guest stopped for good: ACPI S5 (`poweroff`), KVM_SYSTEM_EVENT shutdown, or every way
+    /// out halted.
     PowerOff,
     /// KVM could not go on: the message says where.
     Failed(String),
