@@ -525,17 +525,27 @@ mod tests {
         assert!(rng.worker.is_none());
     }
 
-    #[test]
-    fn through_the_pci_transport_with_reset_mid_use() {
+    use crate::pci::msix::test_utils::RecordingMsiGroup;
+    use crate::virtio::transport::pci::test_utils::LocalRegistrar;
+    use crate::virtio::transport::pci::{VirtioPciDevice, BAR_INDEX};
+
+    /// Writes `len` bytes of `value` at `offset` of the function's BAR.
+    fn write_bar(dev: &mut VirtioPciDevice, offset: u64, value: u64, len: usize) {
+        use crate::pci::PciDevice;
+        dev.write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
+    }
+
+    /// virtio-rng behind the real virtio-pci transport, with bus mastering on (as every driver
+    /// does first) and MSI-X on with vector 1 unmasked.
+    fn rng_behind_the_transport(
+        mem: &GuestMemoryMmap,
+    ) -> (VirtioPciDevice, Arc<RecordingMsiGroup>, Arc<LocalRegistrar>) {
         use crate::pci::config::COMMAND_BUS_MASTER;
-        use crate::pci::msix::test_utils::RecordingMsiGroup;
         use crate::pci::msix::MSIX_CONTROL_ENABLE;
         use crate::pci::PciDevice;
-        use crate::virtio::transport::pci::test_utils::{FakeIoEvents, LocalRegistrar};
-        use crate::virtio::transport::pci::*;
+        use crate::virtio::transport::pci::test_utils::FakeIoEvents;
+        use crate::virtio::transport::pci::MSIX_TABLE_OFFSET;
 
-        let ram = memory();
-        let mem = &ram.mem;
         let msi = Arc::new(RecordingMsiGroup::default());
         let registrar = LocalRegistrar::new();
         let mut dev = VirtioPciDevice::new(
@@ -546,10 +556,6 @@ mod tests {
             registrar.clone(),
         )
         .unwrap();
-        let write = |dev: &mut VirtioPciDevice, offset: u64, value: u64, len: usize| {
-            dev.write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
-        };
-        // Bus mastering on, as every driver does first.
         dev.write_config_register(1, 0, &COMMAND_BUS_MASTER.to_le_bytes());
         // MSI-X on (capability found by walking the list), vector 1 unmasked.
         let mut at = (dev.read_config_register(13) & 0xff) as usize;
@@ -557,8 +563,19 @@ mod tests {
             at = (dev.read_config_register(at / 4) >> 8 & 0xff) as usize;
         }
         dev.write_config_register(at / 4, 2, &MSIX_CONTROL_ENABLE.to_le_bytes());
-        write(&mut dev, MSIX_TABLE_OFFSET + 16, 0xfee0_0000, 4);
-        write(&mut dev, MSIX_TABLE_OFFSET + 16 + 12, 0, 4);
+        write_bar(&mut dev, MSIX_TABLE_OFFSET + 16, 0xfee0_0000, 4);
+        write_bar(&mut dev, MSIX_TABLE_OFFSET + 16 + 12, 0, 4);
+        (dev, msi, registrar)
+    }
+
+    #[test]
+    fn through_the_pci_transport_with_reset_mid_use() {
+        use crate::virtio::transport::pci::*;
+
+        let ram = memory();
+        let mem = &ram.mem;
+        let (mut dev, msi, registrar) = rng_behind_the_transport(mem);
+        let write = write_bar;
 
         for round in 0..2 {
             let mut driver = DriverQueue::at(0x4_0000 * (round + 1), 16);
@@ -608,38 +625,16 @@ mod tests {
     #[test]
     fn bus_master_clear_means_no_dma_and_no_msi_until_set() {
         use crate::pci::config::COMMAND_BUS_MASTER;
-        use crate::pci::msix::test_utils::RecordingMsiGroup;
-        use crate::pci::msix::MSIX_CONTROL_ENABLE;
         use crate::pci::PciDevice;
-        use crate::virtio::transport::pci::test_utils::{FakeIoEvents, LocalRegistrar};
         use crate::virtio::transport::pci::*;
 
         let ram = memory();
         let mem = &ram.mem;
-        let msi = Arc::new(RecordingMsiGroup::default());
-        let registrar = LocalRegistrar::new();
-        let mut dev = VirtioPciDevice::new(
-            Arc::new(Mutex::new(Rng::new())),
-            mem.clone(),
-            msi.clone(),
-            Arc::new(FakeIoEvents::default()),
-            registrar.clone(),
-        )
-        .unwrap();
-        let write = |dev: &mut VirtioPciDevice, offset: u64, value: u64, len: usize| {
-            dev.write_bar(BAR_INDEX, offset, &value.to_le_bytes()[..len]);
-        };
+        let (mut dev, msi, registrar) = rng_behind_the_transport(mem);
+        let write = write_bar;
         let set_command = |dev: &mut VirtioPciDevice, command: u16| {
             dev.write_config_register(1, 0, &command.to_le_bytes());
         };
-        set_command(&mut dev, COMMAND_BUS_MASTER);
-        let mut at = (dev.read_config_register(13) & 0xff) as usize;
-        while dev.read_config_register(at / 4) & 0xff != 0x11 {
-            at = (dev.read_config_register(at / 4) >> 8 & 0xff) as usize;
-        }
-        dev.write_config_register(at / 4, 2, &MSIX_CONTROL_ENABLE.to_le_bytes());
-        write(&mut dev, MSIX_TABLE_OFFSET + 16, 0xfee0_0000, 4);
-        write(&mut dev, MSIX_TABLE_OFFSET + 16 + 12, 0, 4);
         let mut driver = DriverQueue::at(0x4_0000, 16);
         for (offset, value, len) in [
             (0x14, 1, 1),
