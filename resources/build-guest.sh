@@ -21,7 +21,8 @@ KSRC_DIR=linux-source-6.12 # top directory inside the tarball
 # Everything the build needs on a fresh Debian bookworm machine.
 # (linux-source-6.12 comes from bookworm-security.)
 PKGS=(make gcc libc6-dev bison flex libelf-dev bc cpio xz-utils patch binutils
-      python3 gzip coreutils util-linux "$KSRC_PKG" busybox-static alsa-utils libasound2-data)
+      python3 gzip coreutils util-linux "$KSRC_PKG" busybox-static alsa-utils libasound2-data
+      libasound2-dev pkg-config)
 
 ensure_packages() {
     local missing=() p
@@ -142,6 +143,40 @@ build_wav() {
     mv "$OUT/test.wav.tmp" "$OUT/test.wav"
 }
 
+# ---------------------------------------------------------- ALSA selftests --
+# The kernel's own ALSA selftests (tools/testing/selftests/alsa: mixer-test and pcm-test), from
+# the guest kernel's source package, built against the host's alsa-lib: the same Debian
+# libasound the guest gets with aplay. Only their sources are taken out of the tarball (cached per
+# source version); the kernel build is not involved. The tests run them from
+# /canto/alsa-selftests (pcm-test reads pcm-test.conf and conf.d/ from its working directory;
+# conf.d/canto.conf is Canto's card).
+build_alsa_selftests() {
+    local ver src out t
+    ver=$(dpkg-query -W -f='${Version}' "$KSRC_PKG")
+    src=$CACHE/alsa-selftests-$ver
+    if [ ! -f "$src/.extracted" ]; then
+        log "alsa selftests: extracting tools/testing/selftests/alsa from $KSRC_TAR"
+        rm -rf "$src"
+        mkdir -p "$src"
+        tar -xJf "$KSRC_TAR" -C "$src" --strip-components=4 \
+            "$KSRC_DIR/tools/testing/selftests/alsa" "$KSRC_DIR/tools/testing/selftests/kselftest.h" \
+            || die "cannot extract the ALSA selftests from $KSRC_TAR"
+        touch "$src/.extracted"
+    fi
+    out=$OUT/alsa-selftests
+    rm -rf "$out"
+    mkdir -p "$out/conf.d"
+    for t in mixer-test pcm-test; do
+        # conf.c is the selftests' libatest.so, linked in: no rpath games in the guest.
+        gcc -O2 $(pkg-config --cflags alsa) -o "$out/$t" "$src/alsa/$t.c" "$src/alsa/conf.c" \
+            $(pkg-config --libs alsa) -lm -lpthread > "$out/$t.log" 2>&1 \
+            || { cat "$out/$t.log" >&2; die "building the ALSA selftest $t failed"; }
+        rm -f "$out/$t.log"
+    done
+    install -m 0644 "$src/alsa/pcm-test.conf" "$out/pcm-test.conf"
+    install -m 0644 "$RES/alsa-selftests/canto.conf" "$out/conf.d/canto.conf"
+}
+
 # --------------------------------------------------------------- initramfs --
 # Copy a file (following symlinks) to the same path under the staging root.
 stage_file() {
@@ -193,6 +228,18 @@ build_initramfs() {
     done
     install -m 0644 "$OUT/test.wav" "$STAGE/canto/test.wav"
 
+    # The ALSA selftests (build_alsa_selftests), with any library they need beyond aplay's.
+    local st
+    mkdir -p "$STAGE/canto/alsa-selftests/conf.d"
+    for st in mixer-test pcm-test; do
+        install -m 0755 "$OUT/alsa-selftests/$st" "$STAGE/canto/alsa-selftests/$st"
+        for lib in $(ldd "$OUT/alsa-selftests/$st" | grep -o '/[^ ]*'); do
+            [ -e "$STAGE$lib" ] || stage_file "$lib" "$lib"
+        done
+    done
+    install -m 0644 "$OUT/alsa-selftests/pcm-test.conf" "$STAGE/canto/alsa-selftests/pcm-test.conf"
+    install -m 0644 "$OUT/alsa-selftests/conf.d/canto.conf" "$STAGE/canto/alsa-selftests/conf.d/canto.conf"
+
     # Reproducible newc archive: sorted names, root owner, mtime 0,
     # renumbered inodes (--reproducible).
     find "$STAGE" -exec touch -h -d @0 {} +
@@ -222,5 +269,6 @@ ensure_packages
 mkdir -p "$OUT"
 build_kernel
 build_wav
+build_alsa_selftests
 build_initramfs
 log "done: $(cd "$ROOT" && for f in target/guest/vmlinux target/guest/initramfs.cpio target/guest/test.wav; do printf '%s (%s bytes) ' "$f" "$(stat -c %s "$f")"; done)"

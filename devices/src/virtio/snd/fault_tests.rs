@@ -24,7 +24,9 @@ use super::stream::PcmState;
 use super::waker::Waker;
 use super::wire::*;
 use super::*;
-use crate::virtio::test_utils::sound::{fast_params, null_config, pattern, Sent, SoundRig};
+use crate::virtio::test_utils::sound::{
+    fast_params, null_config, pattern, Captured, Recorder, Sent, SoundRig, STALE,
+};
 use crate::virtio::test_utils::{prerequisite, HookedBackend, PulseServer};
 
 /// A TX message in flight and the PCM it carries.
@@ -401,6 +403,81 @@ fn a_host_xrun_is_recovered_and_the_stream_continues() {
     let stats = h.sound.stats();
     eprintln!("{stats:?}");
     // Every message completed OK (checked one by one above).
+    assert_eq!(stats.io_errors, 0, "{stats:?}");
+}
+
+/// The input stream's period thread stalls for 500 ms while it records from the pulse PCM (10 ms
+/// periods, a 40 ms buffer): the host capture device overruns, the read fails with EPIPE, the
+/// device recovers (prepare and start again, one xrun counted) and every RX message still comes
+/// back full and OK, the stream going on at the real-time pace.
+#[test]
+fn a_host_capture_xrun_is_recovered_counted_and_capture_goes_on() {
+    let Some(dir) = pulse_child("a_host_capture_xrun_is_recovered_counted_and_capture_goes_on")
+    else {
+        return;
+    };
+    let _server = PulseServer::start_in(&dir);
+    let inner = HookedBackend::new(Arc::new(AlsaBackend::new("pulse").unwrap()), |_| {});
+    let backend = inner.with_capture_hook(|_, period| {
+        if period == 30 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let config = SoundConfig {
+        capture: Some(CaptureConfig::Alsa {
+            device: "pulse".into(),
+        }),
+        ..config(BackendConfig::Null)
+    };
+    let sound = Sound::with_backend(config, Arc::new(backend)).unwrap();
+    let mut h = SoundRig::activate(sound, VIRTIO_F_VERSION_1);
+    let params = SetParams {
+        stream_id: 1,
+        ..params_10ms(0)
+    };
+    assert_eq!(h.set_params(params), S_OK);
+    assert_eq!(h.pcm(R_PCM_PREPARE, 1), S_OK);
+    let mut recorder = Recorder::new(1, params.period_bytes, 4);
+    recorder.fill(&mut h);
+    assert_eq!(h.pcm(R_PCM_START, 1), S_OK);
+    let patience = Duration::from_secs(3);
+    let full_and_ok = |captured: &[Captured]| {
+        for (i, message) in captured.iter().enumerate() {
+            assert_eq!(message.status, S_OK, "message {i}");
+            assert_eq!(message.used_len, 1920 + 8, "message {i} not full");
+            assert!(
+                !message.data.iter().all(|b| *b == STALE),
+                "message {i} is stale"
+            );
+        }
+    };
+    full_and_ok(&recorder.record(&mut h, 20, patience));
+    assert_eq!(h.sound.stats().backend_xruns, 0, "{:?}", h.sound.stats());
+    // The stall comes with period 30.
+    let before = Instant::now();
+    full_and_ok(&recorder.record(&mut h, 30, patience));
+    let stalled = before.elapsed();
+    let stats = h.sound.stats();
+    eprintln!("30 periods with a 500 ms stall in {stalled:?}: {stats:?}");
+    assert!(stalled >= Duration::from_millis(500), "{stalled:?}");
+    assert_eq!(
+        stats.backend_xruns, 1,
+        "one stall, one xrun recovered: {stats:?}"
+    );
+    // The stale audio the host buffered during the stall was dropped, not handed to the guest
+    // as a burst faster than its buffers come back (which overruns it on the device).
+    assert_eq!(stats.rx_overruns, 0, "{stats:?}");
+    // The stream goes on in real time.
+    let before = Instant::now();
+    full_and_ok(&recorder.record(&mut h, 50, patience));
+    let after = before.elapsed();
+    eprintln!("50 more periods in {after:?}");
+    assert!(after >= Duration::from_millis(430), "not paced: {after:?}");
+    assert_eq!(h.pcm(R_PCM_STOP, 1), S_OK);
+    assert_eq!(h.pcm(R_PCM_RELEASE, 1), S_OK);
+    recorder.forget();
+    let stats = h.sound.stats();
+    assert_eq!(stats.backend_xruns, 1, "{stats:?}");
     assert_eq!(stats.io_errors, 0, "{stats:?}");
 }
 

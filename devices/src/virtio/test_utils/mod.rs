@@ -18,5 +18,5 @@ pub mod stream;
 pub use interrupt::InterruptRecorder;
 pub use pulse::{prerequisite, PulseServer};
 pub use queue::{Bump, ChainOpts, Desc, DriverQueue, GuestRam};
-pub use sound::{LoopMode, RigLayout, Sent, SoundRig};
-pub use stream::{HookedBackend, HookedOutput, PlayedPeriod};
+pub use sound::{Captured, LoopMode, Recorder, RigLayout, Sent, SoundRig, STALE};
+pub use stream::{HookedBackend, HookedInput, HookedOutput, PlayedPeriod};

@@ -632,3 +632,108 @@ pub fn paced_alsa_pcm() -> Option<String> {
     };
     Some(device)
 }
+
+/// What every RX buffer holds before the device writes it: a byte of it left in a completed
+/// message is stale data (it is no silence of any format).
+pub const STALE: u8 = 0xaa;
+
+/// One RX message the device returned.
+pub struct Captured {
+    pub status: u32,
+    /// The used length: status plus captured bytes.
+    pub used_len: u32,
+    /// The message's whole PCM area as the guest reads it.
+    pub data: Vec<u8>,
+    /// When the fake driver saw it come back.
+    pub at: Instant,
+}
+
+/// Records like the Linux driver: keeps `depth` RX messages of `message_bytes` queued on one
+/// stream, each pre-filled with [`STALE`], re-queueing one each time one comes back, and checks
+/// they come back in order. No wait is unbounded: a message later than the patience it is
+/// given panics.
+pub struct Recorder {
+    pub stream: u32,
+    pub message_bytes: u32,
+    pub depth: usize,
+    in_flight: std::collections::VecDeque<Sent>,
+}
+
+impl Recorder {
+    pub fn new(stream: u32, message_bytes: u32, depth: usize) -> Recorder {
+        Recorder {
+            stream,
+            message_bytes,
+            depth,
+            in_flight: Default::default(),
+        }
+    }
+
+    /// Queues messages until `depth` are in flight, then kicks once.
+    pub fn fill(&mut self, h: &mut SoundRig) {
+        if self.in_flight.len() >= self.depth {
+            return;
+        }
+        while self.in_flight.len() < self.depth {
+            let sent = h.add_io(RXQ, self.stream, &[], self.message_bytes);
+            h.mem
+                .write_slice(
+                    &vec![STALE; self.message_bytes as usize],
+                    GuestAddress(sent.data),
+                )
+                .unwrap();
+            self.in_flight.push_back(sent);
+        }
+        h.kick(RXQ);
+    }
+
+    /// Waits for the oldest message and returns what it holds.
+    #[track_caller]
+    pub fn next(&mut self, h: &mut SoundRig, patience: Duration) -> Captured {
+        let (head, used_len) = h.next_used(RXQ, patience).unwrap_or_else(|| {
+            panic!(
+                "no RX message came back within {patience:?} ({} in flight)",
+                self.in_flight.len()
+            )
+        });
+        let at = Instant::now();
+        let heads: Vec<u16> = self.in_flight.iter().map(|m| m.head).collect();
+        let sent = self.in_flight.pop_front().expect("a message in flight");
+        assert_eq!(
+            head, sent.head,
+            "RX messages came back out of order: in flight {heads:?}"
+        );
+        let mut data = vec![0u8; self.message_bytes as usize];
+        h.mem
+            .read_slice(&mut data, GuestAddress(sent.data))
+            .unwrap();
+        Captured {
+            status: h.status_of(&sent).0,
+            used_len,
+            data,
+            at,
+        }
+    }
+
+    /// Waits for `count` messages, re-queueing after each (so `depth` stay in flight).
+    #[track_caller]
+    pub fn record(&mut self, h: &mut SoundRig, count: usize, patience: Duration) -> Vec<Captured> {
+        let mut out = Vec::with_capacity(count);
+        self.fill(h);
+        while out.len() < count {
+            out.push(self.next(h, patience));
+            self.fill(h);
+        }
+        out
+    }
+
+    /// Messages queued and not returned yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Forgets the messages in flight (RELEASE returned them).
+    pub fn forget(&mut self) {
+        self.in_flight.clear();
+    }
+}

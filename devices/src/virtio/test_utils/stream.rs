@@ -1,11 +1,13 @@
 //! A backend that hands everything to another one and calls a hook before every period it
 //! plays: to record periods (the bench), or to stall the period thread (the host-fault tests).
+//! Input streams can be hooked too, before every period they capture
+//! ([`HookedBackend::with_capture_hook`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::virtio::snd::backend::{
-    Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness,
+    Backend, BackendError, InputStream, OutputStream, PcmParams, Readiness, StreamCaps,
 };
 use crate::virtio::snd::stats::SoundStats;
 use crate::virtio::snd::waker::Waker;
@@ -27,11 +29,17 @@ pub type PlayHook = dyn Fn(&PlayedPeriod<'_>) + Send + Sync;
 /// given the bytes asked for and the deadline, returns the bytes taken.
 pub type FlushHook = dyn Fn(usize, Instant) -> usize + Send + Sync;
 
-/// Wraps a backend: its output streams are [`HookedOutput`]s; input streams are the inner ones.
+/// What [`HookedBackend::with_capture_hook`] calls, on the period thread, before each period an
+/// input stream captures: the stream id and how many periods it captured before this one.
+pub type CaptureHook = dyn Fn(u32, u64) + Send + Sync;
+
+/// Wraps a backend: its output streams are [`HookedOutput`]s; input streams are the inner ones,
+/// or [`HookedInput`]s with a capture hook.
 pub struct HookedBackend {
     inner: Arc<dyn Backend>,
     hook: Arc<PlayHook>,
     flush: Option<Arc<FlushHook>>,
+    capture: Option<Arc<CaptureHook>>,
 }
 
 impl HookedBackend {
@@ -43,7 +51,18 @@ impl HookedBackend {
             inner,
             hook: Arc::new(hook),
             flush: None,
+            capture: None,
         }
+    }
+
+    /// Input streams call `capture` before each period they capture (e.g. to stall the period
+    /// thread until the host device overruns).
+    pub fn with_capture_hook(
+        mut self,
+        capture: impl Fn(u32, u64) + Send + Sync + 'static,
+    ) -> HookedBackend {
+        self.capture = Some(Arc::new(capture));
+        self
     }
 
     /// Output streams answer a RELEASE flush with `flush` instead of the inner stream (e.g. a
@@ -87,7 +106,57 @@ impl Backend for HookedBackend {
         params: &PcmParams,
         stats: &Arc<SoundStats>,
     ) -> Result<Box<dyn InputStream>, BackendError> {
-        self.inner.open_input(stream_id, params, stats)
+        let inner = self.inner.open_input(stream_id, params, stats)?;
+        Ok(match &self.capture {
+            Some(hook) => Box::new(HookedInput {
+                inner,
+                hook: hook.clone(),
+                stream_id,
+                periods: 0,
+            }),
+            None => inner,
+        })
+    }
+
+    fn input_caps(&self) -> Option<StreamCaps> {
+        self.inner.input_caps()
+    }
+}
+
+/// An input stream that calls its hook before each period it captures and delegates
+/// everything.
+pub struct HookedInput {
+    inner: Box<dyn InputStream>,
+    hook: Arc<CaptureHook>,
+    stream_id: u32,
+    periods: u64,
+}
+
+impl InputStream for HookedInput {
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.inner.start()
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.inner.stop()
+    }
+
+    fn wait_ready(&mut self, waker: &Waker) -> Result<Readiness, BackendError> {
+        self.inner.wait_ready(waker)
+    }
+
+    fn capture_period(&mut self) -> Result<&[u8], BackendError> {
+        (self.hook)(self.stream_id, self.periods);
+        self.periods += 1;
+        self.inner.capture_period()
+    }
+
+    fn latency_bytes(&mut self) -> u32 {
+        self.inner.latency_bytes()
+    }
+
+    fn close(self: Box<Self>) {
+        self.inner.close()
     }
 }
 
