@@ -42,10 +42,12 @@ fn guest() -> Option<GuestImage> {
 }
 
 /// `canto run ARGS` with `envs`, stdin closed, bounded (a boot is under a minute here; the
-/// selftests take a few more).
-fn canto_run(args: &[&str], envs: &[(String, String)]) -> Output {
+/// selftests take a few more). The guest's console goes to `console` (shown when a test fails).
+fn canto_run(args: &[&str], envs: &[(String, String)], console: &Path) -> Output {
+    let serial = format!("file={}", console.display());
     let mut child = Command::new(canto_bin())
         .arg("run")
+        .args(["--serial", &serial])
         .args(args)
         .envs(envs.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -82,6 +84,12 @@ fn stdout_reader(
         let _ = pipe.read_to_end(&mut bytes);
         bytes
     })
+}
+
+/// The end of the guest's console log in `dir`.
+fn console_tail(dir: &Path) -> String {
+    let log = std::fs::read(dir.join("console.log")).unwrap_or_default();
+    text(&log[log.len().saturating_sub(4000)..])
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -173,12 +181,14 @@ fn arecord_in_the_guest_gets_a_wav_source_bit_exact_from_its_first_frame() {
             &command,
         ],
         &[],
+        &dir.join("console.log"),
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(
         out.status.success() && stdout.contains("CANTO-ARECORD rc=0"),
-        "{:?}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
+        "{:?}\nstdout: {stdout}\nstderr: {stderr}\nconsole: {}",
+        out.status,
+        console_tail(&dir)
     );
     let got = std::fs::read(&recording).expect("the recording was not copied out");
     assert_eq!(got.len(), 3 * SECOND, "arecord -d 3 records 144000 frames");
@@ -283,14 +293,16 @@ fn arecord_in_the_guest_gets_a_pulseaudio_source_bit_exact_and_contiguous() {
             &command,
         ],
         &envs,
+        &dir.join("console.log"),
     );
     stop.store(true, Ordering::Release);
     let plays = player.join().unwrap();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(
         out.status.success() && stdout.contains("CANTO-ARECORD rc=0"),
-        "{:?}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
+        "{:?}\nstdout: {stdout}\nstderr: {stderr}\nconsole: {}",
+        out.status,
+        console_tail(&dir)
     );
     assert!(plays > 0, "pacat never played the clip");
     let got = std::fs::read(&recording).expect("the recording was not copied out");
@@ -411,6 +423,7 @@ fn the_kernels_alsa_selftests_pass_in_the_guest() {
         return;
     };
     let _one = one_guest_at_a_time();
+    let dir = scratch_dir("selftests");
     let command = "cd /canto/alsa-selftests || exit 9; \
                    echo CANTO-MIXER-TEST; ./mixer-test; echo \"CANTO-MIXER-TEST-END rc=$?\"; \
                    echo CANTO-PCM-TEST; ./pcm-test; echo \"CANTO-PCM-TEST-END rc=$?\"";
@@ -426,13 +439,15 @@ fn the_kernels_alsa_selftests_pass_in_the_guest() {
             command,
         ],
         &[],
+        &dir.join("console.log"),
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     eprintln!("{stdout}");
     assert!(
         out.status.success() && stdout.contains("CANTO-PCM-TEST-END"),
-        "{:?}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
+        "{:?}\nstdout: {stdout}\nstderr: {stderr}\nconsole: {}",
+        out.status,
+        console_tail(&dir)
     );
     let require_all = std::env::var("CANTO_ALSA_SELFTESTS_ALL").as_deref() == Ok("1");
 
