@@ -265,7 +265,7 @@ fn arecord_in_the_guest_gets_a_pulseaudio_source_bit_exact_and_contiguous() {
     // holds at least three whole copies wherever it starts.
     let signal = noise(SECOND, 0x51_9a1);
     let mut clip = signal.clone();
-    clip.extend(std::iter::repeat(0u8).take(SECOND / 2));
+    clip.resize(clip.len() + SECOND / 2, 0);
     let clip_path = dir.join("clip.raw");
     std::fs::write(&clip_path, &clip).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
