@@ -595,8 +595,12 @@ impl Backend for AlsaBackend {
         // Capture is started explicitly at START, never by a read.
         set_sw_params(&setup.pcm, setup.buffer_frames * 2, period.max(1))?;
         let buffer_frames = setup.buffer_frames;
+        let buffer_time =
+            params.duration_of(buffer_frames as u64 * u64::from(params.frame_bytes()));
         Ok(Box::new(AlsaInput {
             buffer_frames,
+            buffer_time,
+            last_read: None,
             pcm: Pcm::new(setup, &self.device, params, period.max(1), 0, stats),
             period: vec![0; params.period_bytes as usize],
             device: self.device.clone(),
@@ -743,8 +747,12 @@ impl OutputStream for AlsaOutput {
 
 struct AlsaInput {
     pcm: Pcm,
-    /// The capture buffer the PCM was configured with: holding more is an overrun.
+    /// The capture buffer the PCM was configured with, in frames and in time: a buffer held full
+    /// after the thread read nothing for that long is an overrun.
     buffer_frames: Frames,
+    buffer_time: Duration,
+    /// When the thread last read a period (or started the stream).
+    last_read: Option<Instant>,
     period: Vec<u8>,
     device: String,
     /// Shared by the backend's input streams: one line per device.
@@ -755,6 +763,7 @@ impl InputStream for AlsaInput {
     fn start(&mut self) -> Result<(), BackendError> {
         self.pcm.resume()?;
         self.pcm.start_capture()?;
+        self.last_read = Some(Instant::now());
         announce_recording(&self.recording_announced, &self.device);
         Ok(())
     }
@@ -774,10 +783,16 @@ impl InputStream for AlsaInput {
         // A device that overruns reports EPIPE (recovered in `transfer`), but a sound server's
         // plugin does not: `pulse` keeps its buffer full to within a frame and refills it from
         // what the server buffered, so after a stall of the period thread the guest would get
-        // that old audio as a burst faster than real time (and overrun there). A buffer that is
-        // full (to within a frame) is an overrun all the same: recovered, the stale audio
-        // dropped, and counted.
-        if matches!(self.pcm.pcm.avail_update(), Ok(avail) if avail + 1 >= self.buffer_frames) {
+        // that old audio as a burst faster than real time (and overrun there). A buffer held
+        // full when nothing was read for a whole buffer's time is an overrun all the same:
+        // recovered, the stale audio dropped, and counted. (PCMs that do not pace, such as
+        // `null`, are always full, but read every period: no overrun.)
+        let stalled = self
+            .last_read
+            .is_some_and(|at| at.elapsed() >= self.buffer_time);
+        if stalled
+            && matches!(self.pcm.pcm.avail_update(), Ok(avail) if avail + 1 >= self.buffer_frames)
+        {
             self.pcm.overrun()?;
         }
         let len = self.period.len();
@@ -785,6 +800,7 @@ impl InputStream for AlsaInput {
         self.pcm.transfer(Direction::Capture, len, |pcm, done| {
             pcm.io_bytes().readi(&mut period[done..len])
         })?;
+        self.last_read = Some(Instant::now());
         Ok(&self.period)
     }
 
@@ -827,7 +843,8 @@ mod tests {
             buffer_bytes: 480 * 4,
             ..params()
         };
-        let mut input = backend.open_input(1, &p, &stats()).unwrap();
+        let stats = stats();
+        let mut input = backend.open_input(1, &p, &stats).unwrap();
         let waker = Waker::new().unwrap();
         input.start().unwrap();
         let start = Instant::now();
@@ -847,6 +864,9 @@ mod tests {
         while input.wait_ready(&waker).unwrap() != Readiness::Ready {}
         input.capture_period().unwrap();
         input.close();
+        // The null PCM is held to real time by the guard, not by a buffer: reading it is no
+        // overrun.
+        assert_eq!(stats.snapshot().backend_xruns, 0);
     }
 
     /// Plays 2 s of a tone through a real, paced PCM; run with a PulseAudio server reachable
