@@ -46,6 +46,7 @@ pub mod config;
 pub(crate) mod control;
 pub(crate) mod io;
 pub(crate) mod mailbox;
+pub mod mixer;
 pub(crate) mod period;
 pub mod stats;
 pub(crate) mod stream;
