@@ -367,6 +367,42 @@ impl Gain {
     }
 }
 
+impl Gain {
+    /// The capture side of [`Gain::copy_into`]: hands `data[start..end]` (part of a captured
+    /// period, which starts on a sample boundary) to `write(offset, bytes)` through this gain,
+    /// `offset` counting from `start`. Samples are scaled whole from `data` into a stack
+    /// buffer, so a sample two messages share comes out the same in both. Unity writes `data`
+    /// itself; a trailing partial sample (a period that is not whole samples) goes raw.
+    pub fn copy_from<E>(
+        &self,
+        format: PcmFormat,
+        data: &[u8],
+        start: usize,
+        end: usize,
+        mut write: impl FnMut(usize, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if *self == Gain::Unity {
+            return write(0, &data[start..end]);
+        }
+        let size = format.sample_bytes() as usize;
+        let mut scratch = [0u8; SCRATCH_BYTES];
+        let mut pos = start;
+        while pos < end {
+            let first = pos - pos % size;
+            let whole_end = first + (data.len() - first).min(SCRATCH_BYTES) / size * size;
+            if whole_end == first {
+                return write(pos - start, &data[pos..end]);
+            }
+            let scaled = &mut scratch[..whole_end - first];
+            self.apply(format, &data[first..whole_end], scaled);
+            let take_end = whole_end.min(end);
+            write(pos - start, &scaled[pos - first..take_end - first])?;
+            pos = take_end;
+        }
+        Ok(())
+    }
+}
+
 /// `round_half_even(x * q16 / 65536)`.
 fn scale_q16(x: i64, q16: i64) -> i64 {
     let product = x * q16;
@@ -589,6 +625,31 @@ mod tests {
         }
         assert_eq!(Gain::new(VOLUME_UNITY, true), Gain::Unity);
         assert_eq!(Gain::new(VOLUME_UNITY, false), Gain::Mute);
+    }
+
+    #[test]
+    fn captured_samples_cut_between_messages_are_scaled_whole() {
+        for gain in [gain_db(-12), Gain::Mute, Gain::Unity] {
+            for format in PcmFormat::ALL {
+                let data: Vec<u8> = (0..7200u32).map(|i| (i * 13 % 253) as u8).collect();
+                let mut whole = vec![0u8; data.len()];
+                gain.apply(format, &data, &mut whole);
+                for cuts in [[1usize, 3500, 5001], [3, 3073, 7000], [2, 4, 7199]] {
+                    let mut out = vec![0u8; data.len()];
+                    let mut at = 0;
+                    for end in cuts.iter().copied().chain([data.len()]) {
+                        let base = at;
+                        gain.copy_from(format, &data, at, end, |off, bytes: &[u8]| {
+                            out[base + off..base + off + bytes.len()].copy_from_slice(bytes);
+                            Ok::<(), ()>(())
+                        })
+                        .unwrap();
+                        at = end;
+                    }
+                    assert!(out == whole, "{gain:?} {format:?} {cuts:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@
 pub mod backend;
 pub mod config;
 pub(crate) mod control;
+pub mod events;
 pub(crate) mod io;
 pub(crate) mod mailbox;
 pub mod mixer;
@@ -65,9 +66,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 pub use backend::{probe, Backend, BackendError};
 pub use config::{BackendConfig, CaptureConfig, ConfigError, SoundConfig};
+pub use io::Direction;
+pub use mixer::{ControlKind, Controls};
 pub use stats::{SoundStats, SoundStatsSnapshot};
 
 use self::control::Topology;
+use self::events::{Event, Jacks, SoundEvents};
 use self::wire::NUM_QUEUES;
 use self::worker::{SoundWorker, WorkerQueues};
 use super::queue::DeviceQueue;
@@ -93,6 +97,7 @@ pub struct Sound {
     config: SoundConfig,
     backend: Arc<dyn Backend>,
     topology: Arc<Topology>,
+    events: Arc<SoundEvents>,
     config_space: [u8; 16],
     queue_sizes: [u16; NUM_QUEUES],
     stats: Arc<SoundStats>,
@@ -122,13 +127,25 @@ impl Sound {
     /// Builds the device on a given backend (tests, or a backend the VMM made itself).
     pub fn with_backend(config: SoundConfig, backend: Arc<dyn Backend>) -> Result<Sound, Error> {
         config.validate()?;
-        let mut topology = Topology::new(&config, backend.formats());
+        let events = Arc::new(SoundEvents::default());
+        // Jack N is stream N's: connected while its host device can be opened.
+        let initial: Vec<bool> = (0..config.streams())
+            .map(|id| {
+                backend.device_available(if id < config.outputs {
+                    Direction::Output
+                } else {
+                    Direction::Input
+                })
+            })
+            .collect();
+        let jacks = Arc::new(Jacks::new(&initial, events.clone()));
+        let mut topology = Topology::new(&config, backend.formats(), jacks);
         if let Some(caps) = backend.input_caps() {
             // The capture source's own formats (a WAV file's single format, rate and channels).
             for stream in topology
                 .streams
                 .iter_mut()
-                .filter(|s| s.direction == io::Direction::Input)
+                .filter(|s| s.direction == Direction::Input)
             {
                 stream.formats = caps.formats;
                 stream.rates = caps.rates;
@@ -137,14 +154,18 @@ impl Sound {
             }
         }
         let mut config_space = [0u8; 16];
-        config_space[0..4].copy_from_slice(&config.jacks.to_le_bytes());
+        // One jack per stream; a channel map per stream and channel count; two controls per
+        // stream (`controls` means something only with VIRTIO_SND_F_CTLS, but reads the same
+        // either way).
+        config_space[0..4].copy_from_slice(&(topology.jacks.len() as u32).to_le_bytes());
         config_space[4..8].copy_from_slice(&config.streams().to_le_bytes());
-        // One channel map per stream; `controls` (VIRTIO 1.3) stays 0.
         config_space[8..12].copy_from_slice(&(topology.chmaps.len() as u32).to_le_bytes());
+        config_space[12..16].copy_from_slice(&topology.controls.count().to_le_bytes());
         Ok(Sound {
             config,
             backend,
             topology: Arc::new(topology),
+            events,
             config_space,
             queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
             stats: Arc::new(SoundStats::default()),
@@ -178,6 +199,34 @@ impl Sound {
         self.stats.clone()
     }
 
+    /// Every stream's volume and switch (read them; set them with [`Sound::set_control`]).
+    pub fn controls(&self) -> &Arc<Controls> {
+        &self.topology.controls
+    }
+
+    /// Sets control `id` from the host side (not the guest): a change is sent to the driver as
+    /// CTL_NOTIFY, so the guest's mixer shows it. Returns whether the value changed; None for a
+    /// value out of the control's range or an unknown control.
+    pub fn set_control(&self, id: u32, value: i32) -> Option<bool> {
+        match self.topology.controls.write(id, value) {
+            mixer::WriteResult::Changed => {
+                // At most 32 controls.
+                self.events.post(Event::CtlNotify {
+                    control: id as u16,
+                    mask: wire::CTL_EVT_MASK_VALUE,
+                });
+                Some(true)
+            }
+            mixer::WriteResult::Unchanged => Some(false),
+            mixer::WriteResult::Invalid => None,
+        }
+    }
+
+    /// Whether jack `jack` (stream `jack`'s) is connected now.
+    pub fn jack_connected(&self, jack: u32) -> bool {
+        self.topology.jack_state.is_connected(jack)
+    }
+
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
             let running = worker
@@ -206,7 +255,7 @@ impl VirtioDevice for Sound {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX
+        VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX | 1 << wire::F_CTLS
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -278,6 +327,10 @@ impl VirtioDevice for Sound {
             self.topology.clone(),
             self.backend.clone(),
             self.stats.clone(),
+            worker::Extras {
+                events: self.events.clone(),
+                ctls: ctx.acked_features & (1 << wire::F_CTLS) != 0,
+            },
         )
         .map_err(ActivateError::Worker)?;
         let worker = Arc::new(Mutex::new(worker));
