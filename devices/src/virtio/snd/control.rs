@@ -478,7 +478,10 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(decode(&query(0x0307, 0, 1, 16)), Request::Unsupported(0x0307));
+        assert_eq!(
+            decode(&query(0x0307, 0, 1, 16)),
+            Request::Unsupported(0x0307)
+        );
         for code in [R_JACK_INFO, R_PCM_INFO, R_CHMAP_INFO] {
             let full = query(code, 1, 2, 3);
             assert!(matches!(
@@ -546,7 +549,10 @@ mod tests {
         // The value union is 512 bytes: a write without all of it is malformed.
         assert_eq!(decode(&write[..519]), Request::Malformed);
         assert_eq!(decode(&write[..12]), Request::Malformed);
-        assert_eq!(decode(&query(R_CTL_INFO, 0, 1, 96)[..15]), Request::Malformed);
+        assert_eq!(
+            decode(&query(R_CTL_INFO, 0, 1, 96)[..15]),
+            Request::Malformed
+        );
     }
 
     #[test]
@@ -560,7 +566,10 @@ mod tests {
         assert_eq!(t.ctl(CtlRequest::Read(6)), bad);
         assert_eq!(t.ctl(CtlRequest::Read(u32::MAX)), bad);
         assert_eq!(t.ctl(CtlRequest::Write(0, 88)), (Reply::Status(S_OK), true));
-        assert_eq!(t.ctl(CtlRequest::Write(0, 88)), (Reply::Status(S_OK), false));
+        assert_eq!(
+            t.ctl(CtlRequest::Write(0, 88)),
+            (Reply::Status(S_OK), false)
+        );
         assert_eq!(t.ctl(CtlRequest::Read(0)), (Reply::CtlValue(88), false));
         assert_eq!(t.ctl(CtlRequest::Write(0, 113)), bad);
         assert_eq!(t.ctl(CtlRequest::Write(0, i32::MIN)), bad);
@@ -574,7 +583,11 @@ mod tests {
         assert_eq!(t.ctl(CtlRequest::EnumItems(9)), bad);
         assert_eq!(t.ctl(CtlRequest::TlvRead(0)), (Reply::Tlv, false));
         assert_eq!(t.ctl(CtlRequest::TlvRead(4)), (Reply::Tlv, false));
-        assert_eq!(t.ctl(CtlRequest::TlvRead(1)), not_supp, "a switch has no TLV");
+        assert_eq!(
+            t.ctl(CtlRequest::TlvRead(1)),
+            not_supp,
+            "a switch has no TLV"
+        );
         assert_eq!(t.ctl(CtlRequest::TlvRead(6)), bad);
         for id in 0..6 {
             assert_eq!(t.ctl(CtlRequest::TlvWrite(id)), not_supp);
@@ -588,7 +601,10 @@ mod tests {
             count,
             size,
         };
-        assert!(matches!(t.info(InfoKind::Ctl, q(0, 6, 96)), Reply::Info { count: 6, .. }));
+        assert!(matches!(
+            t.info(InfoKind::Ctl, q(0, 6, 96)),
+            Reply::Info { count: 6, .. }
+        ));
         assert_eq!(t.info(InfoKind::Ctl, q(0, 7, 96)), Reply::Status(S_BAD_MSG));
         assert_eq!(t.info(InfoKind::Ctl, q(0, 1, 95)), Reply::Status(S_BAD_MSG));
     }
@@ -613,11 +629,23 @@ mod tests {
             assert!(kind <= 5, "known type");
             let max_count = [128, 128, 64, 128, 512, 1][kind as usize];
             assert!(count >= 1 && count <= max_count);
-            let name_end = info[24..68].iter().position(|b| *b == 0).expect("NUL-terminated");
-            let name = std::str::from_utf8(&info[24..24 + name_end]).unwrap().to_string();
-            assert!(names.insert((name.clone(), le32(&info, 20))), "{name} twice");
+            let name_end = info[24..68]
+                .iter()
+                .position(|b| *b == 0)
+                .expect("NUL-terminated");
+            let name = std::str::from_utf8(&info[24..24 + name_end])
+                .unwrap()
+                .to_string();
+            assert!(
+                names.insert((name.clone(), le32(&info, 20))),
+                "{name} twice"
+            );
             if kind == CTL_TYPE_INTEGER {
-                let (min, max, step) = (le32(&info, 72) as i32, le32(&info, 76) as i32, le32(&info, 80) as i32);
+                let (min, max, step) = (
+                    le32(&info, 72) as i32,
+                    le32(&info, 76) as i32,
+                    le32(&info, 80) as i32,
+                );
                 assert!(min < max && step >= 1);
             }
         }

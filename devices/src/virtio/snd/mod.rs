@@ -58,6 +58,8 @@ pub(crate) mod worker;
 // The device tests record through the WAV backend and meet host faults through ALSA: they need
 // both backends built (the default).
 #[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
+mod ctl_tests;
+#[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
 mod fault_tests;
 #[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
 mod tests;
