@@ -114,7 +114,7 @@ impl Controls {
         if stream >= self.streams.len() {
             return None;
         }
-        let kind = if id % 2 == 0 {
+        let kind = if id.is_multiple_of(2) {
             ControlKind::Volume
         } else {
             ControlKind::Switch
@@ -348,7 +348,7 @@ impl Gain {
             let head = (size - phase).min(n);
             read(0, &mut buffer[at..at + head])?;
             done = head;
-            if (at + head) % size == 0 {
+            if (at + head).is_multiple_of(size) {
                 self.apply_in_place(format, &mut buffer[at + head - size..at + head]);
             }
         }
