@@ -261,8 +261,8 @@ fn the_gain_is_applied_in_the_copy_and_mute_is_silence() {
     h.prepare(params);
     assert_eq!(h.pcm(R_PCM_START, 0), S_OK);
     // Loud samples, so that +6 dB clips.
-    let loud: Vec<u8> = (0..320)
-        .flat_map(|i| (((i * 997) % 60000) as i32 - 30000).to_le_bytes()[..2].to_vec())
+    let loud: Vec<u8> = (0..320i32)
+        .flat_map(|i| ((i * 997) % 60000 - 30000).to_le_bytes()[..2].to_vec())
         .collect();
     // Unity: bit-exact.
     play(&mut h, &loud);
