@@ -60,7 +60,7 @@ fn has_amixer(image: &GuestImage) -> bool {
     found
 }
 
-/// One boot: `amixer -c 0 contents` lists the volume, the switch (with its dB scale) and the
+/// One boot: `amixer -D hw:0 contents` lists the volume, the switch (with its dB scale) and the
 /// jack, and the probe logged no virtio_snd error; `amixer` sets the volume to -6 dB and aplay
 /// plays test.wav, then `amixer sset PCM mute` and aplay plays it again. The WAV file holds
 /// test.wav scaled by the documented gain, then only silence.
@@ -79,13 +79,13 @@ fn amixer_sets_volume_and_mute_and_the_wav_holds_the_scaled_pcm() {
     let script = br#"#!/bin/sh
 dmesg -n 1
 echo CANTO-CONTENTS-BEGIN
-amixer -c 0 contents
+amixer -D hw:0 contents
 echo "CANTO-CONTENTS-END rc=$?"
-amixer -c 0 cset name='PCM Playback Volume' 88
+amixer -D hw:0 cset name='PCM Playback Volume' 88
 echo "CANTO-CSET rc=$?"
 aplay -D hw:0,0 --period-time=125000 --buffer-time=500000 /canto/test.wav
 echo "CANTO-APLAY-1 rc=$?"
-amixer -c 0 sset PCM mute
+amixer -D hw:0 sset PCM mute
 echo "CANTO-MUTE rc=$?"
 aplay -D hw:0,0 --period-time=125000 --buffer-time=500000 /canto/test.wav
 echo "CANTO-APLAY-2 rc=$?"
@@ -177,17 +177,17 @@ fn the_line_out_jack_follows_the_pulseaudio_server() {
     let script = br#"#!/bin/sh
 dmesg -n 1
 echo CANTO-JACK-BEFORE
-amixer -c 0 cget iface=CARD,name='Line Out Jack'
+amixer -D hw:0 cget iface=CARD,name='Line Out Jack'
 echo CANTO-KILL-PULSE
 sleep 2
 aplay -D hw:0,0 --period-time=125000 --buffer-time=500000 /canto/test.wav
 echo "CANTO-APLAY-DEAD rc=$?"
 echo CANTO-JACK-DEAD
-amixer -c 0 cget iface=CARD,name='Line Out Jack'
+amixer -D hw:0 cget iface=CARD,name='Line Out Jack'
 echo CANTO-RESTART-PULSE
 sleep 4
 echo CANTO-JACK-BACK
-amixer -c 0 cget iface=CARD,name='Line Out Jack'
+amixer -D hw:0 cget iface=CARD,name='Line Out Jack'
 echo CANTO-JACK-END
 "#;
     let image = image_with_script(&image, &dir, "jack", script);
