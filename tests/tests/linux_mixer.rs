@@ -47,7 +47,9 @@ fn section<'a>(stdout: &'a str, begin: &str, end: &str) -> &'a str {
         .find(begin)
         .unwrap_or_else(|| panic!("no {begin} in: {stdout}"));
     let rest = &stdout[start + begin.len()..];
-    &rest[..rest.find(end).unwrap_or_else(|| panic!("no {end} in: {stdout}"))]
+    &rest[..rest
+        .find(end)
+        .unwrap_or_else(|| panic!("no {end} in: {stdout}"))]
 }
 
 /// An image without amixer (the lead's older build) cannot run these.
@@ -55,7 +57,9 @@ fn has_amixer(image: &GuestImage) -> bool {
     let initramfs = std::fs::read(&image.initramfs).unwrap_or_default();
     let found = initramfs.windows(10).any(|w| w == b"bin/amixer");
     if !found {
-        eprintln!("skipped: the guest image has no amixer (rebuild it: bash resources/build-guest.sh)");
+        eprintln!(
+            "skipped: the guest image has no amixer (rebuild it: bash resources/build-guest.sh)"
+        );
     }
     found
 }
@@ -217,8 +221,16 @@ echo CANTO-JACK-END
     let dead = section(&out.stdout, "CANTO-JACK-DEAD", "CANTO-RESTART-PULSE");
     let back = section(&out.stdout, "CANTO-JACK-BACK", "CANTO-JACK-END");
     assert!(before.contains(": values=on"), "before: {before}");
-    assert!(dead.contains(": values=off"), "after the kill: {dead}\n{}", out.stderr);
-    assert!(back.contains(": values=on"), "after the restart: {back}\n{}", out.stderr);
+    assert!(
+        dead.contains(": values=off"),
+        "after the kill: {dead}\n{}",
+        out.stderr
+    );
+    assert!(
+        back.contains(": values=on"),
+        "after the restart: {back}\n{}",
+        out.stderr
+    );
     assert!(
         out.stderr.contains("jack 0 disconnected") && out.stderr.contains("jack 0 connected"),
         "{}",

@@ -14,9 +14,10 @@
 //!
 //! # Design
 //! - Topology: output streams, then input streams ([`SoundConfig`]), each offering every rate
-//!   from 8 to 192 kHz, 1 to 8 channels and the backend's formats; one stereo channel map per
-//!   stream; optional jacks (always connected, no remapping). No features, no events: the
-//!   eventq's buffers are held and never used.
+//!   from 8 to 192 kHz, 1 to 8 channels and the backend's formats; a channel map per stream and
+//!   channel count; one jack per stream (connected while its host device works, no remapping);
+//!   with VIRTIO_SND_F_CTLS a volume and a switch per stream ([`mixer`]), applied in the period
+//!   copy. The eventq's buffers are held for jack events and CTL_NOTIFY ([`events`]).
 //! - The event loop runs the device's worker: control requests are carried out and answered at
 //!   once; TX/RX messages are validated and queued on their stream as references to guest
 //!   memory (no copy). Malformed messages come back at once with IO_ERR (or with length 0 if
