@@ -51,6 +51,18 @@ fn post_event_buffers(h: &mut SoundRig, n: usize) -> Vec<(u16, u64)> {
     buffers
 }
 
+/// Gives the device `n` 8-byte event buffers without a notification, as the Linux driver fills
+/// the eventq at probe.
+fn post_event_buffers_unkicked(h: &mut SoundRig, n: usize) -> Vec<(u16, u64)> {
+    (0..n)
+        .map(|_| {
+            let addr = h.alloc(8);
+            let head = h.queues[usize::from(EVENTQ)].add(&h.mem, &[(addr, 8u32, true)]);
+            (head, addr)
+        })
+        .collect()
+}
+
 /// The next event the device sent, within `timeout`.
 fn next_event(h: &mut SoundRig, buffers: &[(u16, u64)], timeout: Duration) -> Option<[u8; 8]> {
     let (head, len) = h.next_used(EVENTQ, timeout)?;
@@ -458,6 +470,16 @@ fn jacks_follow_the_host_device_through_failure_and_recovery() {
 
 fn event_bytes(code: u32, data: u32) -> [u8; 8] {
     event(code, data)
+}
+
+/// The Linux driver never kicks the eventq at probe: its buffers must be found anyway.
+#[test]
+fn event_buffers_the_driver_never_notified_are_used() {
+    let mut h = SoundRig::with_features(null_config(), CTLS);
+    let buffers = post_event_buffers_unkicked(&mut h, 2);
+    assert_eq!(h.sound.set_control(0, 50), Some(true));
+    let event = next_event(&mut h, &buffers, Duration::from_secs(1)).expect("CTL_NOTIFY");
+    assert_eq!(event, ctl_event(0, CTL_EVT_MASK_VALUE));
 }
 
 #[test]

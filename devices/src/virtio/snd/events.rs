@@ -84,20 +84,7 @@ impl SoundEvents {
         let Some(queue) = inner.queue.clone() else {
             return;
         };
-        let mut refused = Vec::new();
-        for walk in queue.pop_available(budget) {
-            match walk.result {
-                Ok(buffers) if buffers.writable.len() >= EVENT_SIZE as u64 => {
-                    inner.held.push_back(buffers)
-                }
-                // No room for an event: back at once, empty.
-                _ => refused.push(Completion {
-                    head: walk.head,
-                    len: 0,
-                }),
-            }
-        }
-        queue.complete(&refused);
+        take_available(&mut inner, &queue, budget);
         deliver(&mut inner, &queue);
     }
 
@@ -134,8 +121,32 @@ impl SoundEvents {
     }
 }
 
-/// Writes waiting events into held buffers and returns them to the driver.
+/// Takes the buffers the driver made available (within `budget`) and holds them.
+fn take_available(inner: &mut Inner, queue: &DeviceQueue, budget: &mut KickBudget) {
+    let mut refused = Vec::new();
+    for walk in queue.pop_available(budget) {
+        match walk.result {
+            Ok(buffers) if buffers.writable.len() >= EVENT_SIZE as u64 => {
+                inner.held.push_back(buffers)
+            }
+            // No room for an event: back at once, empty.
+            _ => refused.push(Completion {
+                head: walk.head,
+                len: 0,
+            }),
+        }
+    }
+    queue.complete(&refused);
+}
+
+/// Writes waiting events into held buffers and returns them to the driver. With none held, it
+/// looks at the available ring first: the Linux driver fills the eventq at probe without a
+/// notification (`virtsnd_find_vqs` adds every buffer with `notify` false), so the buffers may
+/// be there with no kick ever telling the device.
 fn deliver(inner: &mut Inner, queue: &DeviceQueue) {
+    if !inner.pending.is_empty() && inner.held.is_empty() {
+        take_available(inner, queue, &mut KickBudget::new());
+    }
     let mut done = Vec::new();
     {
         let Some(mem) = queue.dma() else {
