@@ -77,6 +77,19 @@ pub enum Request {
     Unsupported(u32),
 }
 
+/// Decodes a request for a device whose driver did (`ctls`) or did not accept
+/// VIRTIO_SND_F_CTLS: without it, a control element code is unknown (NOT_SUPP) whatever its
+/// length, as it was before the device offered the feature.
+pub fn decode_for(request: &[u8], ctls: bool) -> Request {
+    if !ctls && request.len() >= HDR_SIZE {
+        let code = request_code(request);
+        if (R_CTL_INFO..=R_CTL_TLV_COMMAND).contains(&code) {
+            return Request::Unsupported(code);
+        }
+    }
+    decode(request)
+}
+
 /// Decodes the first bytes of a request's readable part.
 pub fn decode(request: &[u8]) -> Request {
     if request.len() < HDR_SIZE {
@@ -528,6 +541,26 @@ mod tests {
             out.extend(union);
         }
         out
+    }
+
+    #[test]
+    fn control_element_codes_are_unknown_without_the_feature() {
+        for code in R_CTL_INFO..=R_CTL_TLV_COMMAND {
+            // Short or whole, they are NOT_SUPP, not BAD_MSG.
+            for len in [4, 8, 16, 520] {
+                let mut request = code.to_le_bytes().to_vec();
+                request.resize(len, 0);
+                assert_eq!(decode_for(&request, false), Request::Unsupported(code));
+            }
+        }
+        assert_eq!(
+            decode_for(&query(R_CTL_INFO, 0, 1, 96)[..8], true),
+            Request::Malformed
+        );
+        assert_eq!(
+            decode_for(&R_PCM_START.to_le_bytes(), false),
+            Request::Malformed
+        );
     }
 
     #[test]

@@ -91,6 +91,9 @@ fn control_requests_need_the_feature() {
         assert_eq!(h.control(&ctl_request(code, 0)), S_NOT_SUPP, "{code:#x}");
     }
     assert_eq!(h.control(&ctl_write(0, 50)), S_NOT_SUPP);
+    // Short ones too: an unknown code, not a malformed request.
+    assert_eq!(h.control(&[0x00, 0x03, 0, 0, 0, 0, 0, 0]), S_NOT_SUPP);
+    assert_eq!(h.control(&R_CTL_READ.to_le_bytes()), S_NOT_SUPP);
     assert_eq!(h.sound.controls().read(0), Some(100), "nothing changed");
 }
 

@@ -20,7 +20,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vm_memory::GuestMemoryMmap;
 
 use super::backend::Backend;
-use super::control::{self, InfoKind, Reply, Request, Topology};
+use super::control::{self, Reply, Request, Topology};
 use super::events::SoundEvents;
 use super::io::{Completion, Direction, IoMessage};
 use super::stats::SoundStats;
@@ -220,7 +220,7 @@ impl SoundWorker {
         {
             Reply::Status(S_BAD_MSG)
         } else {
-            let request = control::decode(&request[..len]);
+            let request = control::decode_for(&request[..len], self.ctls);
             log::trace!("virtio-snd: control {request:?}");
             self.execute(request, budget)
         };
@@ -234,15 +234,6 @@ impl SoundWorker {
 
     fn execute(&mut self, request: Request, budget: &mut KickBudget) -> Reply {
         let status = match request {
-            Request::Info {
-                kind: InfoKind::Ctl,
-                ..
-            }
-            | Request::Ctl(_)
-                if !self.ctls =>
-            {
-                S_NOT_SUPP
-            }
             Request::Info { kind, query } => return self.topology.info(kind, query),
             // The guest's own write: no CTL_NOTIFY back to it.
             Request::Ctl(request) => return self.topology.ctl(request).0,
