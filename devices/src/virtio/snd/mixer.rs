@@ -404,15 +404,14 @@ impl Gain {
 }
 
 /// `round_half_even(x * q16 / 65536)`.
+/// Branch-free, so that the per-format loops vectorize.
+#[inline(always)]
 fn scale_q16(x: i64, q16: i64) -> i64 {
     let product = x * q16;
     let floor = product >> 16;
     let rest = product & 0xffff;
-    if rest > 0x8000 || (rest == 0x8000 && floor & 1 == 1) {
-        floor + 1
-    } else {
-        floor
-    }
+    let up = i64::from(rest > 0x8000) | (i64::from(rest == 0x8000) & floor & 1);
+    floor + up
 }
 
 /// Silence for `buf`, which starts `at` bytes into a sample-aligned period.
