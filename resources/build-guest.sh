@@ -207,6 +207,13 @@ build_initramfs() {
     for lib in $(ldd "$aplay" | grep -o '/[^ ]*'); do
         stage_file "$lib" "$lib"
     done
+    # amixer (the mixer controls, VIRTIO_SND_F_CTLS) the same way.
+    local amixer
+    amixer=$(command -v amixer)
+    stage_file "$amixer" /bin/amixer
+    for lib in $(ldd "$amixer" | grep -o '/[^ ]*'); do
+        stage_file "$lib" "$lib"
+    done
 
     # alsa-lib's configuration: alsa.conf defines every PCM/CTL name,
     # including "hw" (used by `aplay -D hw:0,0`).

@@ -10,6 +10,9 @@
 //!   an unpaced backend, amortized over many periods in flight: the period thread's copy and
 //!   completion, the event loop's taking of the message, the fake driver's re-send.
 //! - `tx/memcpy_1920B`: copying the same 1920 B, for scale.
+//! - `gain/*`: the cost of the volume control per period: one 1920 B period copied through
+//!   `Gain::copy_into` (what the period thread does, from a source slice standing for guest
+//!   RAM) at unity (the plain copy), at -6 dB in S16 and FLOAT, and muted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +20,8 @@ use std::time::{Duration, Instant};
 use canto_bench::backends::UnpacedBackend;
 use canto_bench::device::{stereo_48k, Device, LoopMode};
 use canto_devices::virtio::snd::backend::null::NullBackend;
-use canto_devices::virtio::snd::wire::{SetParams, S_OK, TXQ};
+use canto_devices::virtio::snd::mixer::Gain;
+use canto_devices::virtio::snd::wire::{PcmFormat, SetParams, S_OK, TXQ};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 
@@ -90,6 +94,36 @@ fn tx(c: &mut Criterion) {
     dev.stop_release(0);
 }
 
+fn gain(c: &mut Criterion) {
+    let mut group = c.benchmark_group("gain");
+    let len = 1920usize;
+    let source: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+    let mut period = vec![0u8; len];
+    let cases = [
+        ("unity_s16_1920B", Gain::new(100, true), PcmFormat::S16),
+        ("minus6db_s16_1920B", Gain::new(88, true), PcmFormat::S16),
+        (
+            "minus6db_float_1920B",
+            Gain::new(88, true),
+            PcmFormat::Float,
+        ),
+        ("mute_s16_1920B", Gain::new(100, false), PcmFormat::S16),
+    ];
+    for (name, gain, format) in cases {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let read = |at: usize, dst: &mut [u8]| {
+                    dst.copy_from_slice(&black_box(&source)[at..at + dst.len()]);
+                    Ok::<(), ()>(())
+                };
+                let _ = gain.copy_into(format, &mut period, 0, len, read);
+                black_box(&mut period);
+            })
+        });
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -100,6 +134,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = control, parse, tx
+    targets = control, parse, tx, gain
 }
 criterion_main!(benches);

@@ -43,6 +43,22 @@ fn rows(report: &mut Report, home: &Path) {
             "TX step per 10 ms period (1920 B), unpaced backend, amortized",
         ),
         ("tx/memcpy_1920B", "memcpy of 1920 B (reference)"),
+        (
+            "gain/unity_s16_1920B",
+            "period copy through the volume at 0 dB (plain copy), 1920 B",
+        ),
+        (
+            "gain/minus6db_s16_1920B",
+            "period copy through the volume at -6 dB, S16, 1920 B",
+        ),
+        (
+            "gain/minus6db_float_1920B",
+            "period copy through the volume at -6 dB, FLOAT, 1920 B",
+        ),
+        (
+            "gain/mute_s16_1920B",
+            "muted period (silence, no read), 1920 B",
+        ),
     ];
     let found: Vec<(&str, &str, Option<f64>)> = ids
         .iter()

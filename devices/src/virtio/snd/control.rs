@@ -2,16 +2,20 @@
 //! (JACK_INFO, PCM_INFO, CHMAP_INFO) and writing replies into the driver's buffer.
 //!
 //! Every request is answered at once, on the event loop. A request shorter than its structure is
-//! BAD_MSG; an unknown code (the VIRTIO 1.3 control elements included: VIRTIO_SND_F_CTLS is not
-//! offered) is NOT_SUPP. An *_INFO reply is `count * size` bytes after the header, with `size`
+//! BAD_MSG; an unknown code is NOT_SUPP, and so are the control element requests (VIRTIO 1.3)
+//! when the driver did not accept VIRTIO_SND_F_CTLS. An *_INFO reply is `count * size` bytes after the header, with `size`
 //! at least the structure's size and at most [`MAX_INFO_ITEM_SIZE`] (the tail of each item is
 //! zeroed) and `start_id + count` within the configured items: nothing is allocated from the
 //! guest's numbers.
 
+use std::sync::Arc;
+
 use vm_memory::GuestMemoryMmap;
 
 use super::config::SoundConfig;
+use super::events::Jacks;
 use super::io::Direction;
+use super::mixer::{volume_tlv, Controls, WriteResult};
 use super::stream::StreamInfo;
 use super::wire::*;
 use crate::virtio::chain::Segments;
@@ -25,6 +29,7 @@ pub enum InfoKind {
     Jack,
     Pcm,
     Chmap,
+    Ctl,
 }
 
 impl InfoKind {
@@ -33,8 +38,21 @@ impl InfoKind {
             InfoKind::Jack => JACK_INFO_SIZE as u32,
             InfoKind::Pcm => PCM_INFO_SIZE as u32,
             InfoKind::Chmap => CHMAP_INFO_SIZE as u32,
+            InfoKind::Ctl => CTL_INFO_SIZE as u32,
         }
     }
+}
+
+/// A control element request other than CTL_INFO, by control id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtlRequest {
+    EnumItems(u32),
+    Read(u32),
+    /// The control id and the value's first member (the only one: every control has count 1).
+    Write(u32, i32),
+    TlvRead(u32),
+    TlvWrite(u32),
+    TlvCommand(u32),
 }
 
 /// A decoded control request.
@@ -52,10 +70,24 @@ pub enum Request {
     Release(u32),
     Start(u32),
     Stop(u32),
+    Ctl(CtlRequest),
     /// Shorter than its structure: BAD_MSG.
     Malformed,
     /// A code the device does not implement: NOT_SUPP.
     Unsupported(u32),
+}
+
+/// Decodes a request for a device whose driver did (`ctls`) or did not accept
+/// VIRTIO_SND_F_CTLS: without it, a control element code is unknown (NOT_SUPP) whatever its
+/// length, as it was before the device offered the feature.
+pub fn decode_for(request: &[u8], ctls: bool) -> Request {
+    if !ctls && request.len() >= HDR_SIZE {
+        let code = request_code(request);
+        if (R_CTL_INFO..=R_CTL_TLV_COMMAND).contains(&code) {
+            return Request::Unsupported(code);
+        }
+    }
+    decode(request)
 }
 
 /// Decodes the first bytes of a request's readable part.
@@ -65,7 +97,11 @@ pub fn decode(request: &[u8]) -> Request {
     }
     let code = request_code(request);
     let needed = match code {
-        R_JACK_INFO | R_PCM_INFO | R_CHMAP_INFO => QUERY_INFO_SIZE,
+        R_JACK_INFO | R_PCM_INFO | R_CHMAP_INFO | R_CTL_INFO => QUERY_INFO_SIZE,
+        R_CTL_ENUM_ITEMS | R_CTL_READ | R_CTL_TLV_READ | R_CTL_TLV_WRITE | R_CTL_TLV_COMMAND => {
+            CTL_HDR_SIZE
+        }
+        R_CTL_WRITE => CTL_WRITE_SIZE,
         R_JACK_REMAP => JACK_REMAP_SIZE,
         R_PCM_SET_PARAMS => PCM_SET_PARAMS_SIZE,
         R_PCM_PREPARE | R_PCM_RELEASE | R_PCM_START | R_PCM_STOP => PCM_HDR_SIZE,
@@ -87,6 +123,23 @@ pub fn decode(request: &[u8]) -> Request {
             kind: InfoKind::Chmap,
             query: QueryInfo::decode(request),
         },
+        R_CTL_INFO => Request::Info {
+            kind: InfoKind::Ctl,
+            query: QueryInfo::decode(request),
+        },
+        R_CTL_ENUM_ITEMS => Request::Ctl(CtlRequest::EnumItems(ctl_id(request))),
+        R_CTL_READ => Request::Ctl(CtlRequest::Read(ctl_id(request))),
+        R_CTL_WRITE => {
+            let mut member = [0u8; 4];
+            member.copy_from_slice(&request[CTL_HDR_SIZE..CTL_HDR_SIZE + 4]);
+            Request::Ctl(CtlRequest::Write(
+                ctl_id(request),
+                i32::from_le_bytes(member),
+            ))
+        }
+        R_CTL_TLV_READ => Request::Ctl(CtlRequest::TlvRead(ctl_id(request))),
+        R_CTL_TLV_WRITE => Request::Ctl(CtlRequest::TlvWrite(ctl_id(request))),
+        R_CTL_TLV_COMMAND => Request::Ctl(CtlRequest::TlvCommand(ctl_id(request))),
         R_JACK_REMAP => Request::JackRemap {
             jack_id: jack_id(request),
         },
@@ -110,35 +163,47 @@ pub enum Reply {
         count: u32,
         size: u32,
     },
+    /// OK followed by a `virtio_snd_ctl_value` whose first member is this.
+    CtlValue(i32),
+    /// OK, then the volume's TLV in the bytes after the header.
+    Tlv,
 }
 
-/// The device's fixed items: jacks, streams and channel maps.
-#[derive(Debug, Clone)]
+/// The device's items: jacks, streams, channel maps and controls.
+#[derive(Clone)]
 pub struct Topology {
     pub jacks: Vec<JackInfo>,
     pub streams: Vec<StreamInfo>,
     pub chmaps: Vec<ChmapInfo>,
+    /// Every stream's volume and switch.
+    pub controls: Arc<Controls>,
+    /// Whether each jack's host device works now (JACK_INFO's `connected`).
+    pub jack_state: Arc<Jacks>,
 }
 
-/// HDA pin default configurations (HDA §7.3.3.31): a green 1/8" line out at the rear,
-/// association 1, and a pink 1/8" microphone in at the rear, association 2.
-const LINE_OUT_DEFCONF: u32 = 0x0101_4010;
-const MIC_IN_DEFCONF: u32 = 0x01a1_9020;
+/// HDA pin default configurations (HDA §7.3.3.31): port connectivity 0 (a jack) in bits 31:30,
+/// location 0x01 (external, rear) in 29:24, default device in 23:20 (0x0 line out, 0xa mic
+/// in), connection type 0x1 (1/8" jack) in 19:16, colour in 15:12 (0x4 green, 0x9 pink), misc
+/// 0 (jack detect available) in 11:8, default association in 7:4 (1 for output, 2 for input),
+/// sequence 0 in 3:0. The Linux driver labels them "Line Out" and "Mic" (`virtio_jack.c`).
+pub(crate) const LINE_OUT_DEFCONF: u32 = 0x0101_4010;
+pub(crate) const MIC_IN_DEFCONF: u32 = 0x01a1_9020;
 /// HDA pin capabilities (HDA §7.3.4.9): presence detect plus output or input capable.
 const LINE_OUT_CAPS: u32 = 0x14;
 const MIC_IN_CAPS: u32 = 0x24;
 
 impl Topology {
     /// Output streams first, then input streams; each with every rate Canto knows, 1 to 8
-    /// channels and the backend's formats; jacks alternate line out and microphone, all
-    /// connected.
+    /// channels and the backend's formats. One jack per stream, jack N for stream N: a line
+    /// out on an output stream's nid, a microphone on an input stream's; `jack_state` says
+    /// whether each is connected (its host device works).
     ///
     /// Each stream is its own guest PCM device: the N-th output stream and the N-th input
     /// stream have `hda_fn_nid` N, so the Linux driver makes `hw:C,N` with (at most) one
     /// playback and one capture substream, never two streams of one direction behind one
     /// device. Every stream has one channel map per channel count it offers (1 to 8 channels,
     /// [`standard_positions`]), on its own nid and direction.
-    pub fn new(config: &SoundConfig, formats: u64) -> Topology {
+    pub fn new(config: &SoundConfig, formats: u64, jack_state: Arc<Jacks>) -> Topology {
         let (channels_min, channels_max) = (1u8, 8u8);
         let streams: Vec<StreamInfo> = (0..config.streams())
             .map(|id| {
@@ -174,15 +239,15 @@ impl Topology {
                 })
             })
             .collect();
-        let jacks = (0..config.jacks)
-            .map(|id| {
-                let (defconf, caps) = if id % 2 == 0 {
-                    (LINE_OUT_DEFCONF, LINE_OUT_CAPS)
-                } else {
-                    (MIC_IN_DEFCONF, MIC_IN_CAPS)
+        let jacks = streams
+            .iter()
+            .map(|stream| {
+                let (defconf, caps) = match stream.direction {
+                    Direction::Output => (LINE_OUT_DEFCONF, LINE_OUT_CAPS),
+                    Direction::Input => (MIC_IN_DEFCONF, MIC_IN_CAPS),
                 };
                 JackInfo {
-                    hda_fn_nid: 0,
+                    hda_fn_nid: stream.pcm_device,
                     features: 0,
                     hda_reg_defconf: defconf,
                     hda_reg_caps: caps,
@@ -190,10 +255,18 @@ impl Topology {
                 }
             })
             .collect();
+        let controls = Arc::new(Controls::new(
+            &streams
+                .iter()
+                .map(|s| (s.direction == Direction::Output, s.pcm_device))
+                .collect::<Vec<_>>(),
+        ));
         Topology {
             jacks,
             streams,
             chmaps,
+            controls,
+            jack_state,
         }
     }
 
@@ -202,22 +275,30 @@ impl Topology {
             InfoKind::Jack => self.jacks.len(),
             InfoKind::Pcm => self.streams.len(),
             InfoKind::Chmap => self.chmaps.len(),
+            InfoKind::Ctl => self.controls.count() as usize,
         };
         // Bounded by the configuration limits.
         len as u32
     }
 
     /// Item `id` encoded; its length is `kind.item_size()`.
-    fn encode(&self, kind: InfoKind, id: u32) -> Option<[u8; 32]> {
-        let mut out = [0u8; 32];
-        let id = id as usize;
+    fn encode(&self, kind: InfoKind, id: u32) -> Option<[u8; CTL_INFO_SIZE]> {
+        let mut out = [0u8; CTL_INFO_SIZE];
+        let index = id as usize;
         match kind {
-            InfoKind::Jack => out[..JACK_INFO_SIZE].copy_from_slice(&self.jacks.get(id)?.encode()),
+            InfoKind::Jack => {
+                let info = JackInfo {
+                    connected: self.jack_state.is_connected(id),
+                    ..*self.jacks.get(index)?
+                };
+                out[..JACK_INFO_SIZE].copy_from_slice(&info.encode())
+            }
+            InfoKind::Ctl => out.copy_from_slice(&self.controls.info(id)?.encode()),
             InfoKind::Pcm => {
-                out[..PCM_INFO_SIZE].copy_from_slice(&self.streams.get(id)?.pcm_info().encode())
+                out[..PCM_INFO_SIZE].copy_from_slice(&self.streams.get(index)?.pcm_info().encode())
             }
             InfoKind::Chmap => {
-                out[..CHMAP_INFO_SIZE].copy_from_slice(&self.chmaps.get(id)?.encode())
+                out[..CHMAP_INFO_SIZE].copy_from_slice(&self.chmaps.get(index)?.encode())
             }
         }
         Some(out)
@@ -237,6 +318,38 @@ impl Topology {
             start: query.start_id,
             count: query.count,
             size: query.size,
+        }
+    }
+
+    /// A control element request (the driver accepted VIRTIO_SND_F_CTLS). An unknown control id
+    /// is BAD_MSG, and so is a value out of the control's range, or ENUM_ITEMS on a control that
+    /// is not ENUMERATED (none is). TLV_READ works on volumes (they have TLV_READ access);
+    /// TLV_READ on a switch, and TLV_WRITE and TLV_COMMAND on anything (no control has those
+    /// access rights), are NOT_SUPP. Returns the reply and whether a value changed.
+    pub fn ctl(&self, request: CtlRequest) -> (Reply, bool) {
+        let exists = |id: u32| self.controls.info(id);
+        let status = |code| (Reply::Status(code), false);
+        match request {
+            // No control is ENUMERATED: the request is not one its control can take.
+            CtlRequest::EnumItems(_) => status(S_BAD_MSG),
+            CtlRequest::Read(id) => match self.controls.read(id) {
+                Some(value) => (Reply::CtlValue(value), false),
+                None => status(S_BAD_MSG),
+            },
+            CtlRequest::Write(id, value) => match self.controls.write(id, value) {
+                WriteResult::Changed => (Reply::Status(S_OK), true),
+                WriteResult::Unchanged => (Reply::Status(S_OK), false),
+                WriteResult::Invalid => status(S_BAD_MSG),
+            },
+            CtlRequest::TlvRead(id) => match exists(id) {
+                Some(info) if info.access & CTL_ACCESS_TLV_READ != 0 => (Reply::Tlv, false),
+                Some(_) => status(S_NOT_SUPP),
+                None => status(S_BAD_MSG),
+            },
+            CtlRequest::TlvWrite(id) | CtlRequest::TlvCommand(id) => match exists(id) {
+                Some(_) => status(S_NOT_SUPP),
+                None => status(S_BAD_MSG),
+            },
         }
     }
 
@@ -270,6 +383,33 @@ pub fn write_reply(
     };
     let (kind, start, count, size) = match reply {
         Reply::Status(code) => return status(code),
+        Reply::CtlValue(value) => {
+            let needed = (HDR_SIZE + CTL_VALUE_SIZE) as u64;
+            if writable.len() < needed {
+                return status(S_BAD_MSG);
+            }
+            let mut out = [0u8; HDR_SIZE + CTL_VALUE_SIZE];
+            out[..4].copy_from_slice(&S_OK.to_le_bytes());
+            out[4..8].copy_from_slice(&value.to_le_bytes());
+            return match writable.write_at(mem, 0, &out) {
+                Ok(()) => needed as u32,
+                Err(_) => 0,
+            };
+        }
+        Reply::Tlv => {
+            let tlv = volume_tlv();
+            let needed = (HDR_SIZE + tlv.len()) as u64;
+            if writable.len() < needed {
+                return status(S_BAD_MSG);
+            }
+            let mut out = [0u8; HDR_SIZE + 16];
+            out[..4].copy_from_slice(&S_OK.to_le_bytes());
+            out[4..].copy_from_slice(&tlv);
+            return match writable.write_at(mem, 0, &out) {
+                Ok(()) => needed as u32,
+                Err(_) => 0,
+            };
+        }
         Reply::Info {
             kind,
             start,
@@ -277,7 +417,7 @@ pub fn write_reply(
             size,
         } => (kind, start, count, size),
     };
-    // count <= 128 items (16 streams, 8 channel maps each) and size <= 1 KiB: no overflow, and
+    // count <= 128 items (16 streams, 8 channel maps each; 32 controls) and size <= 1 KiB: no overflow, and
     // the reply fits in a u32.
     let needed = HDR_SIZE as u64 + u64::from(count) * u64::from(size);
     if writable.len() < needed {
@@ -327,7 +467,12 @@ mod tests {
             inputs: 1,
             jacks: 2,
         };
-        Topology::new(&config, PcmFormat::S16.bit())
+        Topology::new(&config, PcmFormat::S16.bit(), all_connected(3))
+    }
+
+    fn all_connected(n: usize) -> Arc<Jacks> {
+        let events = Arc::new(crate::virtio::snd::events::SoundEvents::default());
+        Arc::new(Jacks::new(&vec![true; n], events))
     }
 
     #[test]
@@ -338,10 +483,17 @@ mod tests {
             decode(&0x9999u32.to_le_bytes()),
             Request::Unsupported(0x9999)
         );
-        // Control elements (VIRTIO 1.3) are not offered.
+        // Control elements (VIRTIO 1.3): CTL_INFO is a query like the others.
+        assert!(matches!(
+            decode(&query(R_CTL_INFO, 0, 1, 96)),
+            Request::Info {
+                kind: InfoKind::Ctl,
+                ..
+            }
+        ));
         assert_eq!(
-            decode(&query(0x0300, 0, 1, 16)),
-            Request::Unsupported(0x0300)
+            decode(&query(0x0307, 0, 1, 16)),
+            Request::Unsupported(0x0307)
         );
         for code in [R_JACK_INFO, R_PCM_INFO, R_CHMAP_INFO] {
             let full = query(code, 1, 2, 3);
@@ -378,6 +530,169 @@ mod tests {
         assert_eq!(decode(&remap), Request::JackRemap { jack_id: 5 });
         remap.truncate(12);
         assert_eq!(decode(&remap), Request::Malformed);
+    }
+
+    fn ctl_request(code: u32, id: u32, value: Option<i32>) -> Vec<u8> {
+        let mut out = code.to_le_bytes().to_vec();
+        out.extend(id.to_le_bytes());
+        if let Some(value) = value {
+            let mut union = [0u8; CTL_VALUE_SIZE];
+            union[..4].copy_from_slice(&value.to_le_bytes());
+            out.extend(union);
+        }
+        out
+    }
+
+    #[test]
+    fn control_element_codes_are_unknown_without_the_feature() {
+        for code in R_CTL_INFO..=R_CTL_TLV_COMMAND {
+            // Short or whole, they are NOT_SUPP, not BAD_MSG.
+            for len in [4, 8, 16, 520] {
+                let mut request = code.to_le_bytes().to_vec();
+                request.resize(len, 0);
+                assert_eq!(decode_for(&request, false), Request::Unsupported(code));
+            }
+        }
+        assert_eq!(
+            decode_for(&query(R_CTL_INFO, 0, 1, 96)[..8], true),
+            Request::Malformed
+        );
+        assert_eq!(
+            decode_for(&R_PCM_START.to_le_bytes(), false),
+            Request::Malformed
+        );
+    }
+
+    #[test]
+    fn decodes_control_element_requests_with_size_checks() {
+        let cases = [
+            (R_CTL_ENUM_ITEMS, CtlRequest::EnumItems(5)),
+            (R_CTL_READ, CtlRequest::Read(5)),
+            (R_CTL_TLV_READ, CtlRequest::TlvRead(5)),
+            (R_CTL_TLV_WRITE, CtlRequest::TlvWrite(5)),
+            (R_CTL_TLV_COMMAND, CtlRequest::TlvCommand(5)),
+        ];
+        for (code, want) in cases {
+            let request = ctl_request(code, 5, None);
+            assert_eq!(decode(&request), Request::Ctl(want));
+            assert_eq!(decode(&request[..7]), Request::Malformed, "{code:#x}");
+        }
+        let write = ctl_request(R_CTL_WRITE, 3, Some(-7));
+        assert_eq!(decode(&write), Request::Ctl(CtlRequest::Write(3, -7)));
+        // The value union is 512 bytes: a write without all of it is malformed.
+        assert_eq!(decode(&write[..519]), Request::Malformed);
+        assert_eq!(decode(&write[..12]), Request::Malformed);
+        assert_eq!(
+            decode(&query(R_CTL_INFO, 0, 1, 96)[..15]),
+            Request::Malformed
+        );
+    }
+
+    #[test]
+    fn control_element_requests_get_their_status() {
+        let t = topology();
+        let bad = (Reply::Status(S_BAD_MSG), false);
+        let not_supp = (Reply::Status(S_NOT_SUPP), false);
+        // 3 streams: controls 0 to 5.
+        assert_eq!(t.ctl(CtlRequest::Read(0)), (Reply::CtlValue(100), false));
+        assert_eq!(t.ctl(CtlRequest::Read(1)), (Reply::CtlValue(1), false));
+        assert_eq!(t.ctl(CtlRequest::Read(6)), bad);
+        assert_eq!(t.ctl(CtlRequest::Read(u32::MAX)), bad);
+        assert_eq!(t.ctl(CtlRequest::Write(0, 88)), (Reply::Status(S_OK), true));
+        assert_eq!(
+            t.ctl(CtlRequest::Write(0, 88)),
+            (Reply::Status(S_OK), false)
+        );
+        assert_eq!(t.ctl(CtlRequest::Read(0)), (Reply::CtlValue(88), false));
+        assert_eq!(t.ctl(CtlRequest::Write(0, 113)), bad);
+        assert_eq!(t.ctl(CtlRequest::Write(0, i32::MIN)), bad);
+        assert_eq!(t.ctl(CtlRequest::Write(1, 2)), bad, "a BOOLEAN is 0 or 1");
+        assert_eq!(t.ctl(CtlRequest::Write(1, -1)), bad);
+        assert_eq!(t.ctl(CtlRequest::Write(6, 0)), bad);
+        assert_eq!(t.ctl(CtlRequest::Read(0)), (Reply::CtlValue(88), false));
+        assert_eq!(t.ctl(CtlRequest::Write(5, 0)), (Reply::Status(S_OK), true));
+        // No control is ENUMERATED.
+        assert_eq!(t.ctl(CtlRequest::EnumItems(0)), bad);
+        assert_eq!(t.ctl(CtlRequest::EnumItems(9)), bad);
+        assert_eq!(t.ctl(CtlRequest::TlvRead(0)), (Reply::Tlv, false));
+        assert_eq!(t.ctl(CtlRequest::TlvRead(4)), (Reply::Tlv, false));
+        assert_eq!(
+            t.ctl(CtlRequest::TlvRead(1)),
+            not_supp,
+            "a switch has no TLV"
+        );
+        assert_eq!(t.ctl(CtlRequest::TlvRead(6)), bad);
+        for id in 0..6 {
+            assert_eq!(t.ctl(CtlRequest::TlvWrite(id)), not_supp);
+            assert_eq!(t.ctl(CtlRequest::TlvCommand(id)), not_supp);
+        }
+        assert_eq!(t.ctl(CtlRequest::TlvWrite(6)), bad);
+        assert_eq!(t.ctl(CtlRequest::TlvCommand(6)), bad);
+        // CTL_INFO is bounded like the other queries.
+        let q = |start_id, count, size| QueryInfo {
+            start_id,
+            count,
+            size,
+        };
+        assert!(matches!(
+            t.info(InfoKind::Ctl, q(0, 6, 96)),
+            Reply::Info { count: 6, .. }
+        ));
+        assert_eq!(t.info(InfoKind::Ctl, q(0, 7, 96)), Reply::Status(S_BAD_MSG));
+        assert_eq!(t.info(InfoKind::Ctl, q(0, 1, 95)), Reply::Status(S_BAD_MSG));
+    }
+
+    /// What `virtsnd_kctl_validate_info` checks (one failure fails the guest's probe), and what
+    /// the guest's mixer needs: names unique with their index, ranges sane.
+    #[test]
+    fn control_info_passes_the_linux_drivers_validation() {
+        let config = SoundConfig {
+            backend: BackendConfig::Null,
+            capture: Some(crate::virtio::snd::CaptureConfig::Null),
+            outputs: 8,
+            inputs: 8,
+            jacks: 0,
+        };
+        let t = Topology::new(&config, PcmFormat::S16.bit(), all_connected(16));
+        let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        let mut names = std::collections::HashSet::new();
+        for id in 0..t.controls.count() {
+            let info = t.encode(InfoKind::Ctl, id).unwrap();
+            let (kind, count) = (le32(&info, 8), le32(&info, 12 + 4));
+            assert!(kind <= 5, "known type");
+            let max_count = [128, 128, 64, 128, 512, 1][kind as usize];
+            assert!(count >= 1 && count <= max_count);
+            let name_end = info[24..68]
+                .iter()
+                .position(|b| *b == 0)
+                .expect("NUL-terminated");
+            let name = std::str::from_utf8(&info[24..24 + name_end])
+                .unwrap()
+                .to_string();
+            assert!(
+                names.insert((name.clone(), le32(&info, 20))),
+                "{name} twice"
+            );
+            if kind == CTL_TYPE_INTEGER {
+                let (min, max, step) = (
+                    le32(&info, 72) as i32,
+                    le32(&info, 76) as i32,
+                    le32(&info, 80) as i32,
+                );
+                assert!(min < max && step >= 1);
+            }
+        }
+        assert_eq!(names.len(), 32);
+        assert!(t.encode(InfoKind::Ctl, 32).is_none());
+        // Jacks: line outs on the output nids, mics on the input nids.
+        for id in 0..16u32 {
+            let jack = t.encode(InfoKind::Jack, id).unwrap();
+            let (nid, defconf) = (le32(&jack, 0), le32(&jack, 8));
+            assert_eq!(nid, id % 8);
+            // Default device, bits 23:20: 0 line out, 0xa mic in.
+            assert_eq!((defconf >> 20) & 0xf, if id < 8 { 0x0 } else { 0xa });
+            assert_eq!(jack[16], 1);
+        }
     }
 
     #[test]
@@ -423,7 +738,9 @@ mod tests {
         ));
         assert_eq!(ok(InfoKind::Chmap, q(0, 25, 24)), bad);
         assert_eq!(t.jack_remap(1), Reply::Status(S_NOT_SUPP));
-        assert_eq!(t.jack_remap(2), Reply::Status(S_BAD_MSG));
+        // One jack per stream: jacks 0 to 2.
+        assert_eq!(t.jack_remap(2), Reply::Status(S_NOT_SUPP));
+        assert_eq!(t.jack_remap(3), Reply::Status(S_BAD_MSG));
         assert_eq!(t.jack_remap(u32::MAX), Reply::Status(S_BAD_MSG));
     }
 
@@ -436,7 +753,9 @@ mod tests {
         assert_eq!(t.chmaps[2 * 8].direction, D_INPUT);
         assert_eq!(t.chmaps[1].channels, 2);
         assert_eq!(&t.chmaps[1].positions[..3], &[CHMAP_FL, CHMAP_FR, 0]);
-        assert_eq!(t.jacks[1].hda_reg_defconf, MIC_IN_DEFCONF);
+        // One jack per stream: line outs for the outputs, a mic for the input.
+        assert_eq!(t.jacks[1].hda_reg_defconf, LINE_OUT_DEFCONF);
+        assert_eq!(t.jacks[2].hda_reg_defconf, MIC_IN_DEFCONF);
         let pcm = t.encode(InfoKind::Pcm, 0).unwrap();
         assert_eq!(pcm[25..27], [1, 8]);
         assert!(t.encode(InfoKind::Pcm, 3).is_none());
@@ -453,7 +772,7 @@ mod tests {
             inputs: 8,
             jacks: 0,
         };
-        let t = Topology::new(&config, PcmFormat::S16.bit());
+        let t = Topology::new(&config, PcmFormat::S16.bit(), all_connected(16));
         assert!(matches!(
             t.info(
                 InfoKind::Pcm,
@@ -499,7 +818,7 @@ mod tests {
 
         let valid_positions = CHMAP_MONO..=CHMAP_RC;
         for (i, &(direction, nid)) in pcm.iter().enumerate() {
-            let maps: Vec<[u8; 32]> = (0..128)
+            let maps: Vec<[u8; CTL_INFO_SIZE]> = (0..128)
                 .map(|id| t.encode(InfoKind::Chmap, id).unwrap())
                 .filter(|m| m[4] == direction && le32(&m[0..4]) == nid)
                 .collect();

@@ -14,9 +14,10 @@
 //!
 //! # Design
 //! - Topology: output streams, then input streams ([`SoundConfig`]), each offering every rate
-//!   from 8 to 192 kHz, 1 to 8 channels and the backend's formats; one stereo channel map per
-//!   stream; optional jacks (always connected, no remapping). No features, no events: the
-//!   eventq's buffers are held and never used.
+//!   from 8 to 192 kHz, 1 to 8 channels and the backend's formats; a channel map per stream and
+//!   channel count; one jack per stream (connected while its host device works, no remapping);
+//!   with VIRTIO_SND_F_CTLS a volume and a switch per stream ([`mixer`]), applied in the period
+//!   copy. The eventq's buffers are held for jack events and CTL_NOTIFY ([`events`]).
 //! - The event loop runs the device's worker: control requests are carried out and answered at
 //!   once; TX/RX messages are validated and queued on their stream as references to guest
 //!   memory (no copy). Malformed messages come back at once with IO_ERR (or with length 0 if
@@ -44,8 +45,10 @@
 pub mod backend;
 pub mod config;
 pub(crate) mod control;
+pub mod events;
 pub(crate) mod io;
 pub(crate) mod mailbox;
+pub mod mixer;
 pub(crate) mod period;
 pub mod stats;
 pub(crate) mod stream;
@@ -58,6 +61,8 @@ pub(crate) mod worker;
 #[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
 mod capture_tests;
 #[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
+mod ctl_tests;
+#[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
 mod fault_tests;
 #[cfg(all(test, feature = "snd-alsa", feature = "snd-wav"))]
 mod tests;
@@ -66,9 +71,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 pub use backend::{probe, Backend, BackendError};
 pub use config::{BackendConfig, CaptureConfig, ConfigError, SoundConfig};
+pub use io::Direction;
+pub use mixer::{ControlKind, Controls};
 pub use stats::{SoundStats, SoundStatsSnapshot};
 
 use self::control::Topology;
+use self::events::{Event, Jacks, SoundEvents};
 use self::wire::NUM_QUEUES;
 use self::worker::{SoundWorker, WorkerQueues};
 use super::queue::DeviceQueue;
@@ -94,6 +102,7 @@ pub struct Sound {
     config: SoundConfig,
     backend: Arc<dyn Backend>,
     topology: Arc<Topology>,
+    events: Arc<SoundEvents>,
     config_space: [u8; 16],
     queue_sizes: [u16; NUM_QUEUES],
     stats: Arc<SoundStats>,
@@ -123,13 +132,25 @@ impl Sound {
     /// Builds the device on a given backend (tests, or a backend the VMM made itself).
     pub fn with_backend(config: SoundConfig, backend: Arc<dyn Backend>) -> Result<Sound, Error> {
         config.validate()?;
-        let mut topology = Topology::new(&config, backend.formats());
+        let events = Arc::new(SoundEvents::default());
+        // Jack N is stream N's: connected while its host device can be opened.
+        let initial: Vec<bool> = (0..config.streams())
+            .map(|id| {
+                backend.device_available(if id < config.outputs {
+                    Direction::Output
+                } else {
+                    Direction::Input
+                })
+            })
+            .collect();
+        let jacks = Arc::new(Jacks::new(&initial, events.clone()));
+        let mut topology = Topology::new(&config, backend.formats(), jacks);
         if let Some(caps) = backend.input_caps() {
             // The capture source's own formats (a WAV file's single format, rate and channels).
             for stream in topology
                 .streams
                 .iter_mut()
-                .filter(|s| s.direction == io::Direction::Input)
+                .filter(|s| s.direction == Direction::Input)
             {
                 stream.formats = caps.formats;
                 stream.rates = caps.rates;
@@ -138,14 +159,18 @@ impl Sound {
             }
         }
         let mut config_space = [0u8; 16];
-        config_space[0..4].copy_from_slice(&config.jacks.to_le_bytes());
+        // One jack per stream; a channel map per stream and channel count; two controls per
+        // stream (`controls` means something only with VIRTIO_SND_F_CTLS, but reads the same
+        // either way).
+        config_space[0..4].copy_from_slice(&(topology.jacks.len() as u32).to_le_bytes());
         config_space[4..8].copy_from_slice(&config.streams().to_le_bytes());
-        // One channel map per stream; `controls` (VIRTIO 1.3) stays 0.
         config_space[8..12].copy_from_slice(&(topology.chmaps.len() as u32).to_le_bytes());
+        config_space[12..16].copy_from_slice(&topology.controls.count().to_le_bytes());
         Ok(Sound {
             config,
             backend,
             topology: Arc::new(topology),
+            events,
             config_space,
             queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
             stats: Arc::new(SoundStats::default()),
@@ -179,6 +204,34 @@ impl Sound {
         self.stats.clone()
     }
 
+    /// Every stream's volume and switch (read them; set them with [`Sound::set_control`]).
+    pub fn controls(&self) -> &Arc<Controls> {
+        &self.topology.controls
+    }
+
+    /// Sets control `id` from the host side (not the guest): a change is sent to the driver as
+    /// CTL_NOTIFY, so the guest's mixer shows it. Returns whether the value changed; None for a
+    /// value out of the control's range or an unknown control.
+    pub fn set_control(&self, id: u32, value: i32) -> Option<bool> {
+        match self.topology.controls.write(id, value) {
+            mixer::WriteResult::Changed => {
+                // At most 32 controls.
+                self.events.post(Event::CtlNotify {
+                    control: id as u16,
+                    mask: wire::CTL_EVT_MASK_VALUE,
+                });
+                Some(true)
+            }
+            mixer::WriteResult::Unchanged => Some(false),
+            mixer::WriteResult::Invalid => None,
+        }
+    }
+
+    /// Whether jack `jack` (stream `jack`'s) is connected now.
+    pub fn jack_connected(&self, jack: u32) -> bool {
+        self.topology.jack_state.is_connected(jack)
+    }
+
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
             let running = worker
@@ -207,7 +260,7 @@ impl VirtioDevice for Sound {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX
+        VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX | 1 << wire::F_CTLS
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -279,6 +332,10 @@ impl VirtioDevice for Sound {
             self.topology.clone(),
             self.backend.clone(),
             self.stats.clone(),
+            worker::Extras {
+                events: self.events.clone(),
+                ctls: ctx.acked_features & (1 << wire::F_CTLS) != 0,
+            },
         )
         .map_err(ActivateError::Worker)?;
         let worker = Arc::new(Mutex::new(worker));

@@ -43,6 +43,8 @@ pub struct PeriodContext {
     pub queue: Arc<DeviceQueue>,
     pub stats: Arc<SoundStats>,
     pub params: PcmParams,
+    /// The stream's gain (its controls) and its jack (its host device's state).
+    pub topology: Arc<super::control::Topology>,
 }
 
 /// A message being consumed (TX) or filled (RX).
@@ -68,14 +70,22 @@ impl InFlight {
     }
 }
 
-/// Logs the first of a run of backend errors loudly, the rest quietly.
-#[derive(Default)]
+/// Logs the first of a run of backend errors loudly, the rest quietly; the first also
+/// disconnects the stream's jack, and the first success after a run connects it again.
 struct ErrorLog {
     streak: u64,
+    jacks: Arc<super::events::Jacks>,
 }
 
 impl ErrorLog {
+    fn new(jacks: Arc<super::events::Jacks>) -> ErrorLog {
+        ErrorLog { streak: 0, jacks }
+    }
+
     fn failed(&mut self, stream: u32, error: &BackendError) {
+        if self.streak == 0 {
+            self.jacks.set(stream, false);
+        }
         if self.streak == 0 {
             crate::warn_limited!("virtio-snd: stream {stream}: {error}");
         } else {
@@ -87,7 +97,10 @@ impl ErrorLog {
         self.streak += 1;
     }
 
-    fn succeeded(&mut self) {
+    fn succeeded(&mut self, stream: u32) {
+        if self.streak > 0 {
+            self.jacks.set(stream, true);
+        }
         self.streak = 0;
     }
 }
@@ -108,6 +121,7 @@ struct PeriodLoop {
 
 impl PeriodLoop {
     fn new(ctx: PeriodContext) -> PeriodLoop {
+        let errors = ErrorLog::new(ctx.topology.jack_state.clone());
         PeriodLoop {
             ctx,
             running: false,
@@ -115,7 +129,7 @@ impl PeriodLoop {
             current: None,
             finished: Vec::new(),
             completions: Vec::new(),
-            errors: ErrorLog::default(),
+            errors,
         }
     }
 
@@ -368,6 +382,8 @@ impl OutputThread {
             return;
         };
         let stream_id = period_loop.ctx.mailbox.id;
+        // Once per period: a control changed now takes effect from the next period.
+        let gain = period_loop.ctx.topology.controls.gain(stream_id);
         let mut filled = 0;
         let mut copied = 0u64;
         // Bus Master Enable clear: no message is read or returned; the backend gets silence.
@@ -377,13 +393,14 @@ impl OutputThread {
                 break;
             };
             let n = (period - filled).min(current.remaining());
-            let piece = &mut buffer[filled..filled + n];
             if !play {
                 current.failed = true;
-            } else if let Err(e) = current.message.read_data(&mem, current.offset, piece) {
+            } else if let Err(e) = gain.copy_into(format, buffer, filled, n, |at, dst| {
+                current.message.read_data(&mem, current.offset + at, dst)
+            }) {
                 log::debug!("virtio-snd: stream {stream_id}: cannot read PCM: {e}");
                 current.failed = true;
-                format.fill_silence(piece);
+                format.fill_silence(&mut buffer[filled..filled + n]);
             } else {
                 copied += n as u64;
             }
@@ -398,7 +415,7 @@ impl OutputThread {
             match self.stream.play_period(filled) {
                 Ok(silence) => {
                     self.pcm_bytes_written += copied;
-                    period_loop.errors.succeeded();
+                    period_loop.errors.succeeded(stream_id);
                     period_loop.ctx.stats.tx_played(copied);
                     period_loop.ctx.stats.tx_silence(silence as u64);
                 }
@@ -589,7 +606,7 @@ impl InputThread {
         let stats = period_loop.ctx.stats.clone();
         let data = match self.stream.capture_period() {
             Ok(data) => {
-                period_loop.errors.succeeded();
+                period_loop.errors.succeeded(period_loop.ctx.mailbox.id);
                 data
             }
             Err(e) => {
@@ -603,6 +620,9 @@ impl InputThread {
             return;
         };
         let mut offset = 0;
+        let stream_id = period_loop.ctx.mailbox.id;
+        let gain = period_loop.ctx.topology.controls.gain(stream_id);
+        let format = period_loop.ctx.params.format;
         // Bus Master Enable clear: the captured period is dropped, no message is written.
         let dma_allowed = queue.dma_allowed();
         while offset < data.len() && dma_allowed {
@@ -616,10 +636,11 @@ impl InputThread {
                 break;
             };
             let n = (data.len() - offset).min(current.remaining());
-            match current
-                .message
-                .write_data(&mem, current.offset, &data[offset..offset + n])
-            {
+            // The capture volume and switch, in the same copy.
+            let written = gain.copy_from(format, data, offset, offset + n, |at, bytes| {
+                current.message.write_data(&mem, current.offset + at, bytes)
+            });
+            match written {
                 Ok(()) => stats.rx_copied(n as u64),
                 Err(_) => current.failed = true,
             }

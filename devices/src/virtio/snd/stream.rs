@@ -131,6 +131,8 @@ pub fn validate_params(request: &SetParams, info: &StreamInfo) -> Result<PcmPara
 /// What PREPARE needs to start a period thread.
 pub struct StreamResources<'a> {
     pub backend: &'a Arc<dyn Backend>,
+    /// The controls (the period thread's gain) and the jacks (its host device's state).
+    pub topology: &'a Arc<super::control::Topology>,
     pub tx: &'a Arc<DeviceQueue>,
     pub rx: &'a Arc<DeviceQueue>,
     pub stats: &'a Arc<SoundStats>,
@@ -234,6 +236,7 @@ impl StreamControl {
             },
             stats: resources.stats.clone(),
             params,
+            topology: resources.topology.clone(),
         };
         let id = self.info.id;
         let spawned = match self.info.direction {
@@ -246,6 +249,8 @@ impl StreamControl {
                 .open_input(id, &params, resources.stats)
                 .map(|stream| period::spawn_input(context, stream)),
         };
+        // The host device opened or not: the stream's jack says so.
+        resources.topology.jack_state.set(id, spawned.is_ok());
         match spawned {
             Ok(Ok(thread)) => {
                 self.thread = Some(thread);

@@ -79,16 +79,19 @@ fn config_space_and_features() {
     let sound = Sound::new(config).unwrap();
     assert_eq!(sound.device_type(), 25);
     assert_eq!(sound.queue_max_sizes(), &[QUEUE_SIZE; 4]);
+    // VIRTIO_SND_F_CTLS is bit 0.
     assert_eq!(
         sound.features(),
-        VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX
+        VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX | 1
     );
     assert_eq!(sound.backend_name(), "null");
     let mut space = [0xffu8; 20];
     sound.read_config(0, &mut space);
-    // 3 jacks, 3 streams, 8 channel maps (1 to 8 channels) per stream.
+    // 3 jacks (one per stream), 3 streams, 8 channel maps (1 to 8 channels) per stream, 6
+    // controls (a volume and a switch per stream).
     assert_eq!(&space[..12], &[3, 0, 0, 0, 3, 0, 0, 0, 24, 0, 0, 0]);
-    assert_eq!(&space[12..], &[0; 8]);
+    assert_eq!(&space[12..16], &[6, 0, 0, 0]);
+    assert_eq!(&space[16..], &[0; 4]);
     let mut one = [0xffu8; 2];
     sound.read_config(4, &mut one);
     assert_eq!(one, [3, 0]);
@@ -208,7 +211,7 @@ fn info_requests_with_bad_ranges_or_sizes_are_bad_msg() {
         query(R_PCM_INFO, 0, 1, 0),
         query(R_PCM_INFO, 0, 1, 0xffff_ffff),
         query(R_PCM_INFO, 0, 2, 0x8000_0000),
-        query(R_JACK_INFO, 1, 1, 24),
+        query(R_JACK_INFO, 2, 1, 24),
         query(R_JACK_INFO, 0, 1, 23),
         query(R_CHMAP_INFO, 0, 17, 24),
         query(R_CHMAP_INFO, 16, 1, 24),
@@ -256,14 +259,15 @@ fn malformed_and_unknown_requests_are_answered() {
     ] {
         assert_eq!(h.control(&query(code, 0, 0, 0)), S_NOT_SUPP, "{code:#x}");
     }
-    // JACK_REMAP: no such jack, or no remapping support.
-    assert_eq!(h.control(&query(R_JACK_REMAP, 0, 0, 0)), S_BAD_MSG);
+    // JACK_REMAP: no such jack, or no remapping support (one jack per stream: 0 and 1).
+    assert_eq!(h.control(&query(R_JACK_REMAP, 2, 0, 0)), S_BAD_MSG);
     let mut jacks = SoundRig::new(SoundConfig {
         jacks: 1,
         ..null_config()
     });
     assert_eq!(jacks.control(&query(R_JACK_REMAP, 0, 1, 2)), S_NOT_SUPP);
-    assert_eq!(jacks.control(&query(R_JACK_REMAP, 1, 1, 2)), S_BAD_MSG);
+    assert_eq!(jacks.control(&query(R_JACK_REMAP, 1, 1, 2)), S_NOT_SUPP);
+    assert_eq!(jacks.control(&query(R_JACK_REMAP, 2, 1, 2)), S_BAD_MSG);
     // Stream ids out of range.
     for id in [2, 3, u32::MAX] {
         for code in [R_PCM_PREPARE, R_PCM_START, R_PCM_STOP, R_PCM_RELEASE] {

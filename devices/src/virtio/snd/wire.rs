@@ -24,6 +24,36 @@ pub const R_PCM_RELEASE: u32 = 0x0103;
 pub const R_PCM_START: u32 = 0x0104;
 pub const R_PCM_STOP: u32 = 0x0105;
 pub const R_CHMAP_INFO: u32 = 0x0200;
+/// Control element requests (VIRTIO 1.3 `VIRTIO_SND_F_CTLS`).
+pub const R_CTL_INFO: u32 = 0x0300;
+pub const R_CTL_ENUM_ITEMS: u32 = 0x0301;
+pub const R_CTL_READ: u32 = 0x0302;
+pub const R_CTL_WRITE: u32 = 0x0303;
+pub const R_CTL_TLV_READ: u32 = 0x0304;
+pub const R_CTL_TLV_WRITE: u32 = 0x0305;
+pub const R_CTL_TLV_COMMAND: u32 = 0x0306;
+
+/// Event codes (§5.14.6.1).
+pub const EVT_JACK_CONNECTED: u32 = 0x1000;
+pub const EVT_JACK_DISCONNECTED: u32 = 0x1001;
+pub const EVT_PCM_PERIOD_ELAPSED: u32 = 0x1100;
+pub const EVT_PCM_XRUN: u32 = 0x1101;
+pub const EVT_CTL_NOTIFY: u32 = 0x1200;
+/// `virtio_snd_event` and `virtio_snd_ctl_event` are both 8 bytes.
+pub const EVENT_SIZE: usize = 8;
+
+/// Device feature bit: control elements.
+pub const F_CTLS: u32 = 0;
+
+/// Control element roles, types, access bits and event masks.
+pub const CTL_ROLE_VOLUME: u32 = 1;
+pub const CTL_ROLE_MUTE: u32 = 2;
+pub const CTL_TYPE_BOOLEAN: u32 = 0;
+pub const CTL_TYPE_INTEGER: u32 = 1;
+pub const CTL_ACCESS_READ: u32 = 1 << 0;
+pub const CTL_ACCESS_WRITE: u32 = 1 << 1;
+pub const CTL_ACCESS_TLV_READ: u32 = 1 << 4;
+pub const CTL_EVT_MASK_VALUE: u16 = 1 << 0;
 
 /// Status codes, for control replies and for I/O message status.
 pub const S_OK: u32 = 0x8000;
@@ -42,13 +72,26 @@ pub const JACK_HDR_SIZE: usize = 8;
 pub const JACK_REMAP_SIZE: usize = 16;
 pub const PCM_HDR_SIZE: usize = 8;
 pub const PCM_SET_PARAMS_SIZE: usize = 24;
+/// `virtio_snd_ctl_hdr`.
+pub const CTL_HDR_SIZE: usize = 8;
+/// `virtio_snd_ctl_value`: a union of 128 le32, 64 le64 or 512 bytes.
+pub const CTL_VALUE_SIZE: usize = 512;
+/// CTL_WRITE: the header, then the value.
+pub const CTL_WRITE_SIZE: usize = CTL_HDR_SIZE + CTL_VALUE_SIZE;
 /// The largest request Canto decodes; longer requests are read up to this size.
-pub const MAX_REQUEST_SIZE: usize = PCM_SET_PARAMS_SIZE;
+pub const MAX_REQUEST_SIZE: usize = CTL_WRITE_SIZE;
 
 /// Sizes of the information structures in *_INFO replies.
 pub const JACK_INFO_SIZE: usize = 24;
 pub const PCM_INFO_SIZE: usize = 32;
 pub const CHMAP_INFO_SIZE: usize = 24;
+/// `virtio_snd_ctl_info` as C lays it out on every 64-bit Linux target (and as the Linux driver
+/// sizes its CTL_INFO query): the value union holds `le64` members, so it is 8-aligned at
+/// offset 72 after the 68 bytes of header, fields and name, and the structure is 96 bytes.
+pub const CTL_INFO_SIZE: usize = 96;
+/// The length of `virtio_snd_ctl_info::name`.
+pub const CTL_NAME_SIZE: usize = 44;
+const CTL_INFO_VALUE_AT: usize = 72;
 
 /// I/O message header (`virtio_snd_pcm_xfer`) and status (`virtio_snd_pcm_status`) sizes.
 pub const PCM_XFER_SIZE: usize = 4;
@@ -239,6 +282,65 @@ impl ChmapInfo {
         out[6..].copy_from_slice(&self.positions);
         out
     }
+}
+
+/// `virtio_snd_ctl_info` of a BOOLEAN or INTEGER control (the only types Canto offers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtlInfo {
+    pub role: u32,
+    pub kind: u32,
+    pub access: u32,
+    pub count: u32,
+    pub index: u32,
+    pub name: &'static str,
+    /// INTEGER: (min, max, step).
+    pub range: (i32, i32, i32),
+}
+
+impl CtlInfo {
+    pub fn encode(&self) -> [u8; CTL_INFO_SIZE] {
+        let mut out = [0u8; CTL_INFO_SIZE];
+        // hda_fn_nid 0.
+        out[4..8].copy_from_slice(&self.role.to_le_bytes());
+        out[8..12].copy_from_slice(&self.kind.to_le_bytes());
+        out[12..16].copy_from_slice(&self.access.to_le_bytes());
+        out[16..20].copy_from_slice(&self.count.to_le_bytes());
+        out[20..24].copy_from_slice(&self.index.to_le_bytes());
+        // NUL-terminated: at most 43 bytes of name.
+        let name = self.name.as_bytes();
+        let len = name.len().min(CTL_NAME_SIZE - 1);
+        out[24..24 + len].copy_from_slice(&name[..len]);
+        if self.kind == CTL_TYPE_INTEGER {
+            let (min, max, step) = self.range;
+            let at = CTL_INFO_VALUE_AT;
+            out[at..at + 4].copy_from_slice(&min.to_le_bytes());
+            out[at + 4..at + 8].copy_from_slice(&max.to_le_bytes());
+            out[at + 8..at + 12].copy_from_slice(&step.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// The `control_id` of a `virtio_snd_ctl_hdr`; `bytes` holds at least [`CTL_HDR_SIZE`] bytes.
+pub fn ctl_id(bytes: &[u8]) -> u32 {
+    le32(bytes, 4)
+}
+
+/// A `virtio_snd_event`: a jack event carries the jack id in `data`.
+pub fn event(code: u32, data: u32) -> [u8; EVENT_SIZE] {
+    let mut out = [0u8; EVENT_SIZE];
+    out[0..4].copy_from_slice(&code.to_le_bytes());
+    out[4..8].copy_from_slice(&data.to_le_bytes());
+    out
+}
+
+/// A `virtio_snd_ctl_event` (CTL_NOTIFY).
+pub fn ctl_event(control_id: u16, mask: u16) -> [u8; EVENT_SIZE] {
+    let mut out = [0u8; EVENT_SIZE];
+    out[0..4].copy_from_slice(&EVT_CTL_NOTIFY.to_le_bytes());
+    out[4..6].copy_from_slice(&control_id.to_le_bytes());
+    out[6..8].copy_from_slice(&mask.to_le_bytes());
+    out
 }
 
 /// Encodes a `virtio_snd_pcm_status`.

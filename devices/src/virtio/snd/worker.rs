@@ -7,8 +7,9 @@
 //!   returned at once (IO_ERR, or length 0 when there is no room for a status); messages for
 //!   a stream that is not prepared/started/stopped get IO_ERR, the I/O status for an operation
 //!   the device cannot carry out.
-//! - eventq: the driver's buffers stay in the available ring, held for events; Canto sends none
-//!   (no jack hot-plug, no XRUN or PERIOD_ELAPSED notifications).
+//! - eventq: the driver's buffers are taken and held for events ([`SoundEvents`]): jack
+//!   hot-plug (a jack watcher thread looks once a second whether a failed host device is back)
+//!   and CTL_NOTIFY. No XRUN or PERIOD_ELAPSED events (Linux 6.12 ignores them).
 //! - Every queue is a [`DeviceQueue`]: chains are walked with [`CHAIN_LIMITS`] within one
 //!   kick's budget, and a broken ring stops its queue until reset (DEVICE_NEEDS_RESET, once).
 
@@ -20,10 +21,12 @@ use vm_memory::GuestMemoryMmap;
 
 use super::backend::Backend;
 use super::control::{self, Reply, Request, Topology};
+use super::events::SoundEvents;
 use super::io::{Completion, Direction, IoMessage};
 use super::stats::SoundStats;
 use super::stream::{join_within, StreamControl, StreamResources, RESET_JOIN_WAIT};
-use super::wire::{CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, TXQ};
+use super::waker::Waker;
+use super::wire::{CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, S_NOT_SUPP, TXQ};
 use crate::virtio::chain::{ChainBuffers, ChainLimits, Walk};
 use crate::virtio::drain::KickBudget;
 use crate::virtio::queue::DeviceQueue;
@@ -41,8 +44,13 @@ pub const CHAIN_LIMITS: ChainLimits = ChainLimits {
 /// The active device: its queues, streams and backend.
 pub struct SoundWorker {
     controlq: DeviceQueue,
-    /// Held, never popped: Canto sends no events.
-    eventq: DeviceQueue,
+    /// Its buffers are held by `events` until an event fills them.
+    eventq: Arc<DeviceQueue>,
+    events: Arc<SoundEvents>,
+    /// The driver accepted VIRTIO_SND_F_CTLS: control element requests are served.
+    ctls: bool,
+    /// Looks once a second whether a disconnected jack's host device is back.
+    jack_watcher: Option<(Arc<Waker>, JoinHandle<()>)>,
     tx: Arc<DeviceQueue>,
     rx: Arc<DeviceQueue>,
     streams: Vec<StreamControl>,
@@ -51,6 +59,15 @@ pub struct SoundWorker {
     stats: Arc<SoundStats>,
     stopped: bool,
 }
+
+/// What an activation adds to the queues: the event queue's state and the features.
+pub struct Extras {
+    pub events: Arc<SoundEvents>,
+    pub ctls: bool,
+}
+
+/// How often the jack watcher tries to open a failed host device.
+pub const JACK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The queues of an activation, in queue order.
 pub struct WorkerQueues {
@@ -66,6 +83,7 @@ impl SoundWorker {
         topology: Arc<Topology>,
         backend: Arc<dyn Backend>,
         stats: Arc<SoundStats>,
+        extras: Extras,
     ) -> std::io::Result<SoundWorker> {
         let tx_limit = usize::from(queues.txq.size().max(1));
         let rx_limit = usize::from(queues.rxq.size().max(1));
@@ -88,9 +106,15 @@ impl SoundWorker {
                     stats.messages_completed(index, n as u64)
                 })))
             };
+        let eventq = Arc::new(queues.eventq);
+        extras.events.attach(eventq.clone());
+        let jack_watcher = spawn_jack_watcher(&topology, &backend)?;
         Ok(SoundWorker {
             controlq: queues.controlq,
-            eventq: queues.eventq,
+            eventq,
+            events: extras.events,
+            ctls: extras.ctls,
+            jack_watcher: Some(jack_watcher),
             tx: counted(queues.txq),
             rx: counted(queues.rxq),
             streams,
@@ -121,10 +145,17 @@ impl SoundWorker {
         self.stopped = true;
         self.tx.revoke();
         self.rx.revoke();
+        self.eventq.revoke();
+        self.events.detach();
+        let mut watcher = self.jack_watcher.take().map(|(waker, thread)| {
+            waker.cancel();
+            thread
+        });
         let threads = self
             .streams
             .iter_mut()
             .flat_map(|stream| stream.reset())
+            .chain(watcher.take())
             .collect();
         let running = join_within(threads, RESET_JOIN_WAIT);
         if !running.is_empty() {
@@ -152,7 +183,7 @@ impl SoundWorker {
             CONTROLQ => self.process_controlq(&mut budget),
             TXQ => self.process_io(Direction::Output, &mut budget),
             RXQ => self.process_io(Direction::Input, &mut budget),
-            // The eventq's buffers stay available for events.
+            EVENTQ => self.events.refill(&mut budget),
             _ => {}
         }
     }
@@ -189,7 +220,7 @@ impl SoundWorker {
         {
             Reply::Status(S_BAD_MSG)
         } else {
-            let request = control::decode(&request[..len]);
+            let request = control::decode_for(&request[..len], self.ctls);
             log::trace!("virtio-snd: control {request:?}");
             self.execute(request, budget)
         };
@@ -204,11 +235,13 @@ impl SoundWorker {
     fn execute(&mut self, request: Request, budget: &mut KickBudget) -> Reply {
         let status = match request {
             Request::Info { kind, query } => return self.topology.info(kind, query),
+            // The guest's own write: no CTL_NOTIFY back to it.
+            Request::Ctl(request) => return self.topology.ctl(request).0,
             Request::JackRemap { jack_id } => return self.topology.jack_remap(jack_id),
             Request::Malformed => S_BAD_MSG,
             Request::Unsupported(code) => {
                 log::debug!("virtio-snd: unsupported control request {code:#x}");
-                super::wire::S_NOT_SUPP
+                S_NOT_SUPP
             }
             Request::SetParams(params) => match self.stream(params.stream_id) {
                 Some(stream) => stream.set_params(&params),
@@ -217,6 +250,7 @@ impl SoundWorker {
             Request::Prepare(id) => {
                 let resources = StreamResources {
                     backend: &self.backend,
+                    topology: &self.topology,
                     tx: &self.tx,
                     rx: &self.rx,
                     stats: &self.stats,
@@ -320,6 +354,39 @@ impl SoundWorker {
             },
         }
     }
+}
+
+/// Starts the thread that, once every [`JACK_RETRY`], tries to open the host device of each
+/// disconnected jack (off the event loop: an ALSA open may take a while) and reports it
+/// connected when that works. It sleeps on a waker the device reset cancels.
+fn spawn_jack_watcher(
+    topology: &Arc<Topology>,
+    backend: &Arc<dyn Backend>,
+) -> std::io::Result<(Arc<Waker>, JoinHandle<()>)> {
+    let waker = Arc::new(Waker::new()?);
+    let topology = topology.clone();
+    let backend = backend.clone();
+    let stop = waker.clone();
+    let thread = std::thread::Builder::new()
+        .name("snd-jacks".into())
+        .spawn(move || {
+            // `wait_for` returns true when woken or cancelled; only cancellation ends it.
+            while !stop.is_cancelled() {
+                stop.wait_for(JACK_RETRY);
+                if stop.is_cancelled() {
+                    break;
+                }
+                for jack in topology.jack_state.disconnected() {
+                    let Some(stream) = topology.streams.get(jack as usize) else {
+                        continue;
+                    };
+                    if backend.device_available(stream.direction) {
+                        topology.jack_state.set(jack, true);
+                    }
+                }
+            }
+        })?;
+    Ok((waker, thread))
 }
 
 impl MutEventSubscriber for SoundWorker {

@@ -85,6 +85,10 @@ impl Backend for HookedBackend {
         self.inner.formats()
     }
 
+    fn device_available(&self, direction: crate::virtio::snd::io::Direction) -> bool {
+        self.inner.device_available(direction)
+    }
+
     fn open_output(
         &self,
         stream_id: u32,

@@ -564,6 +564,11 @@ impl Backend for AlsaBackend {
         PcmFormat::mask_of(&PcmFormat::ALL)
     }
 
+    fn device_available(&self, direction: crate::virtio::snd::io::Direction) -> bool {
+        let output = direction == crate::virtio::snd::io::Direction::Output;
+        probe(&self.device, output, !output).is_ok()
+    }
+
     fn open_output(
         &self,
         _stream_id: u32,

@@ -192,6 +192,12 @@ pub trait Backend: Send + Sync {
     fn input_caps(&self) -> Option<StreamCaps> {
         None
     }
+    /// Whether the host device behind streams of `direction` can be opened now: a stream's jack
+    /// is connected while it can. ALSA opens and closes the PCM; files and null always can.
+    /// Called off the event loop (the jack watcher), at most once a second per jack.
+    fn device_available(&self, _direction: super::io::Direction) -> bool {
+        true
+    }
 }
 
 /// Output streams on one backend, input streams on the capture source's.
@@ -232,6 +238,13 @@ impl Backend for SplitBackend {
         stats: &Arc<SoundStats>,
     ) -> Result<Box<dyn InputStream>, BackendError> {
         self.capture.open_input(stream_id, params, stats)
+    }
+
+    fn device_available(&self, direction: super::io::Direction) -> bool {
+        match direction {
+            super::io::Direction::Output => self.output.device_available(direction),
+            super::io::Direction::Input => self.capture.device_available(direction),
+        }
     }
 
     fn input_caps(&self) -> Option<StreamCaps> {
