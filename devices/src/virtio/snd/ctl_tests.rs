@@ -196,10 +196,15 @@ fn every_control_request_and_malformed_variant_gets_its_status() {
 }
 
 #[test]
-fn host_side_changes_are_notified_and_the_guests_own_writes_are_not() {
+fn every_change_is_notified_the_guests_own_before_its_reply() {
     let mut h = SoundRig::with_features(null_config(), CTLS);
     let buffers = post_event_buffers(&mut h, 4);
-    // The guest's write: no event.
+    // The guest's write that changes the value: CTL_NOTIFY, already used when the reply is
+    // (Linux's put callback sends no event of its own; mixer-test wants it by the write's end).
+    assert_eq!(h.control(&ctl_write(0, 90)), S_OK);
+    let event = next_event(&mut h, &buffers, Duration::ZERO).expect("CTL_NOTIFY before the reply");
+    assert_eq!(event, ctl_event(0, CTL_EVT_MASK_VALUE));
+    // The same value again: no change, no event.
     assert_eq!(h.control(&ctl_write(0, 90)), S_OK);
     assert!(next_event(&mut h, &buffers, Duration::from_millis(50)).is_none());
     // The host's: CTL_NOTIFY, control 1, mask VALUE.

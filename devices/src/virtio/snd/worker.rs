@@ -20,13 +20,13 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vm_memory::GuestMemoryMmap;
 
 use super::backend::Backend;
-use super::control::{self, Reply, Request, Topology};
-use super::events::SoundEvents;
+use super::control::{self, CtlRequest, Reply, Request, Topology};
+use super::events::{Event, SoundEvents};
 use super::io::{Completion, Direction, IoMessage};
 use super::stats::SoundStats;
 use super::stream::{join_within, StreamControl, StreamResources, RESET_JOIN_WAIT};
 use super::waker::Waker;
-use super::wire::{CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, S_NOT_SUPP, TXQ};
+use super::wire::{self, CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, S_NOT_SUPP, TXQ};
 use crate::virtio::chain::{ChainBuffers, ChainLimits, Walk};
 use crate::virtio::drain::KickBudget;
 use crate::virtio::queue::DeviceQueue;
@@ -235,8 +235,21 @@ impl SoundWorker {
     fn execute(&mut self, request: Request, budget: &mut KickBudget) -> Reply {
         let status = match request {
             Request::Info { kind, query } => return self.topology.info(kind, query),
-            // The guest's own write: no CTL_NOTIFY back to it.
-            Request::Ctl(request) => return self.topology.ctl(request).0,
+            Request::Ctl(request) => {
+                let (reply, changed) = self.topology.ctl(request);
+                // The guest's own write that changed a value is notified too, and before the
+                // reply: Linux's put callback returns 0, so its ALSA core sends no event of its
+                // own, and applications (the kernel's mixer-test) expect the event by the time
+                // their write returns. The event's interrupt goes out first, so the guest has
+                // handled it when it sees the reply.
+                if let (true, CtlRequest::Write(id, _)) = (changed, request) {
+                    self.events.post(Event::CtlNotify {
+                        control: id as u16,
+                        mask: wire::CTL_EVT_MASK_VALUE,
+                    });
+                }
+                return reply;
+            }
             Request::JackRemap { jack_id } => return self.topology.jack_remap(jack_id),
             Request::Malformed => S_BAD_MSG,
             Request::Unsupported(code) => {
