@@ -17,12 +17,17 @@ pub struct Guest {
     pub name: &'static str,
     pub kernel: PathBuf,
     pub initramfs: Option<PathBuf>,
+    /// A read-only root disk (virtio-blk), e.g. BENCH_LINUX_ROOTFS.
+    pub disk: Option<PathBuf>,
     pub cmdline: String,
     pub memory_mib: u64,
     pub first: fn(&str) -> bool,
     pub ready: fn(&str) -> bool,
     /// The ready line's name in the table; empty when it is the first line.
     pub ready_label: &'static str,
+    /// The kernel's line as it starts init (the Linux guest: `Run /init as init process`), for
+    /// the boot breakdown; None: no breakdown.
+    pub init: Option<fn(&str) -> bool>,
     pub exit_note: &'static str,
     pub timeout: Duration,
 }
@@ -39,6 +44,12 @@ impl Guest {
         ];
         if let Some(initramfs) = &self.initramfs {
             args.extend(["--initramfs".to_string(), initramfs.display().to_string()]);
+        }
+        if let Some(disk) = &self.disk {
+            args.extend([
+                "--disk".to_string(),
+                format!("path={},readonly=on", disk.display()),
+            ]);
         }
         if !self.cmdline.is_empty() {
             args.extend(["--cmdline".to_string(), self.cmdline.clone()]);
@@ -87,6 +98,22 @@ impl Guest {
         if let Some(initramfs) = &self.initramfs {
             args.extend(["-initrd".to_string(), initramfs.display().to_string()]);
         }
+        if let Some(disk) = &self.disk {
+            let device = if cfg.qemu_machine.starts_with("microvm") {
+                "virtio-blk-device"
+            } else {
+                "virtio-blk-pci"
+            };
+            args.extend([
+                "-drive".to_string(),
+                format!(
+                    "id=root,file={},format=raw,if=none,readonly=on",
+                    disk.display()
+                ),
+                "-device".to_string(),
+                format!("{device},drive=root"),
+            ]);
+        }
         args.extend(["-append".to_string(), full]);
         Invocation {
             label: format!("qemu {}", self.name),
@@ -110,6 +137,9 @@ pub struct BootStats {
     pub maxrss_mib: Vec<f64>,
     pub overhead_mib: Vec<f64>,
     pub guest_mib: Vec<f64>,
+    /// Breakdown (Guest::init): first line → init starts, init starts → ready.
+    pub first_to_init: Vec<f64>,
+    pub init_to_ready: Vec<f64>,
     pub failures: Vec<String>,
 }
 
@@ -120,8 +150,15 @@ impl BootStats {
             self.failures.push(r.failure());
             return;
         }
-        if let Some(t) = r.first(guest.first) {
+        let first = r.first(guest.first);
+        if let Some(t) = first {
             self.first.push(t.as_secs_f64());
+        }
+        if let (Some(f), Some(i), Some(ready)) = (first, guest.init.and_then(|p| r.first(p)), ready)
+        {
+            self.first_to_init.push(i.saturating_sub(f).as_secs_f64());
+            self.init_to_ready
+                .push(ready.saturating_sub(i).as_secs_f64());
         }
         self.ready.extend(ready.map(|t| t.as_secs_f64()));
         self.exit.push(r.exit.as_secs_f64());
@@ -234,6 +271,23 @@ pub fn boot_rows(report: &mut Report, guest: &Guest, canto: &BootStats, qemu: Op
             |s| &s.ready,
             MS,
             "",
+        );
+    }
+    if guest.init.is_some() {
+        boot_row(
+            format!("{}: breakdown: first line → kernel runs /init", guest.name),
+            |s| &s.first_to_init,
+            MS,
+            "from the serial lines' arrival times: `Linux version` (printed when the serial console comes up, so spawn → first line is VMM setup + early kernel) to `Run /init as init process`",
+        );
+        boot_row(
+            format!(
+                "{}: breakdown: /init → first command ({})",
+                guest.name, guest.ready_label
+            ),
+            |s| &s.init_to_ready,
+            MS,
+            "the initramfs's /init (busybox sh) mounting and running its run script; the VMM's own setup is the pvh-hello spawn → first line row",
         );
     }
     boot_row(

@@ -99,7 +99,6 @@ fn qemu_has(qemu: &Path, device: &str) -> bool {
 /// The QEMU command line both QEMU runs share: `-M pc` (SeaBIOS; the sound devices are PCI and
 /// Canto's guest has no ACPI), the guest and its command line as Canto gives it.
 fn qemu_args(cfg: &Config, cmdline: &str, memory: &[&str]) -> Vec<String> {
-    let guest = linux_boot::guest(cfg);
     let full = vmm::cmdline::build(cmdline, cfg.kvm_pvm);
     let mut args: Vec<String> = [
         "-M",
@@ -124,10 +123,15 @@ fn qemu_args(cfg: &Config, cmdline: &str, memory: &[&str]) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     args.extend(memory.iter().map(|s| s.to_string()));
-    args.extend(["-kernel".into(), guest.kernel.display().to_string()]);
-    if let Some(i) = &guest.initramfs {
-        args.extend(["-initrd".into(), i.display().to_string()]);
-    }
+    args.extend([
+        "-kernel".into(),
+        cfg.root.join("target/guest/vmlinux").display().to_string(),
+        "-initrd".into(),
+        cfg.root
+            .join("target/guest/initramfs.cpio")
+            .display()
+            .to_string(),
+    ]);
     args.extend(["-append".into(), full]);
     args
 }
@@ -174,7 +178,13 @@ pub fn run(cfg: &Config, report: &mut Report) {
         report.skip(format!("peers audio: {} unreadable", clip_path.display()));
         return;
     };
-    let guest = linux_boot::guest(cfg);
+    // Always the initramfs (the root-disk switch is for the boot rows): QEMU's -M pc here boots
+    // the same files.
+    let guest = super::guest::Guest {
+        initramfs: Some(cfg.root.join("target/guest/initramfs.cpio")),
+        disk: None,
+        ..linux_boot::guest(cfg)
+    };
     let cmdline = "canto.run=play";
     let timeout = Duration::from_secs(600);
     let every = Duration::from_millis(5);

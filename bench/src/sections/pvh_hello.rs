@@ -15,11 +15,13 @@ pub fn run(cfg: &Config, report: &mut Report) {
             name: "pvh-hello",
             kernel: hello,
             initramfs: None,
+            disk: None,
             cmdline: String::new(),
             memory_mib: 64,
             first: |l| l.contains("BENCH-HELLO"),
             ready: |l| l.contains("BENCH-HELLO"),
             ready_label: "",
+            init: None,
             exit_note: "i8042 reset on Canto; on QEMU microvm (no i8042) the triple fault after it",
             timeout: Duration::from_secs(60),
         };
