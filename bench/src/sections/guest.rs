@@ -67,6 +67,7 @@ impl Guest {
             sample_memory: None,
             sample_threads: None,
             guest_bytes: self.memory_mib << 20,
+            stop_when_file: None,
         }
     }
 
@@ -124,6 +125,183 @@ impl Guest {
             sample_memory: None,
             sample_threads: None,
             guest_bytes: self.memory_mib << 20,
+            stop_when_file: None,
+        }
+    }
+}
+
+/// A further VMM to compare, named by an environment variable: `FIRECRACKER_BIN`, `CH_BIN`.
+#[derive(Clone)]
+pub struct OtherVmm {
+    pub name: &'static str,
+    pub program: PathBuf,
+    pub cloud_hypervisor: bool,
+}
+
+/// The VMMs the environment names; what is not set goes to the skipped list.
+pub fn other_vmms(report: &mut Report) -> Vec<OtherVmm> {
+    let mut out = Vec::new();
+    for (var, name, ch) in [
+        ("FIRECRACKER_BIN", "Firecracker", false),
+        ("CH_BIN", "Cloud Hypervisor", true),
+    ] {
+        match std::env::var_os(var).map(PathBuf::from) {
+            Some(p) if p.is_file() => out.push(OtherVmm {
+                name,
+                program: p,
+                cloud_hypervisor: ch,
+            }),
+            Some(p) => report.skip(format!(
+                "{name} column: {var}={} is not a file",
+                p.display()
+            )),
+            None => report.skip(format!(
+                "{name} column: {var} is not set (it is in no package registry: point {var} at a release binary)"
+            )),
+        }
+    }
+    out
+}
+
+impl Guest {
+    /// Another VMM with the same kernel, initramfs, memory and full command line. Firecracker:
+    /// `--no-api --config-file`, serial on stdout, ends on the i8042 reset. Cloud Hypervisor:
+    /// `--serial tty`, stopped at its `rebooting` event (its event monitor's file).
+    pub fn other(&self, cfg: &Config, vmm: &OtherVmm) -> Invocation {
+        let full = vmm::cmdline::build(&self.cmdline, cfg.kvm_pvm);
+        let tag = format!(
+            "{}-{}",
+            vmm.name.to_lowercase().replace(' ', "-"),
+            self.name.to_lowercase()
+        );
+        let mut stop_when_file = None;
+        let args = if vmm.cloud_hypervisor {
+            let events = cfg.out.join(format!("{tag}.events"));
+            let _ = std::fs::remove_file(&events);
+            let mut args: Vec<String> = vec![
+                "--kernel".into(),
+                self.kernel.display().to_string(),
+                "--cmdline".into(),
+                full,
+                "--memory".into(),
+                format!("size={}M", self.memory_mib),
+                "--cpus".into(),
+                "boot=1".into(),
+                "--serial".into(),
+                "tty".into(),
+                "--console".into(),
+                "off".into(),
+                "--event-monitor".into(),
+                format!("path={}", events.display()),
+            ];
+            if let Some(i) = &self.initramfs {
+                args.extend(["--initramfs".into(), i.display().to_string()]);
+            }
+            if let Some(d) = &self.disk {
+                args.extend(["--disk".into(), format!("path={},readonly=on", d.display())]);
+            }
+            stop_when_file = Some((events, "rebooting"));
+            args
+        } else {
+            let config = cfg.out.join(format!("{tag}.json"));
+            let initrd = self
+                .initramfs
+                .as_ref()
+                .map(|i| format!(r#", "initrd_path": "{}""#, i.display()))
+                .unwrap_or_default();
+            let drives = self
+                .disk
+                .as_ref()
+                .map(|d| {
+                    format!(
+                        r#"{{"drive_id": "root", "path_on_host": "{}", "is_root_device": false, "is_read_only": true}}"#,
+                        d.display()
+                    )
+                })
+                .unwrap_or_default();
+            let json = format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "{}"{initrd}}}, "drives": [{drives}], "machine-config": {{"vcpu_count": 1, "mem_size_mib": {}}}}}"#,
+                self.kernel.display(),
+                full.replace('\\', "\\\\").replace('"', "\\\""),
+                self.memory_mib
+            );
+            let _ = std::fs::write(&config, json);
+            vec![
+                "--no-api".into(),
+                "--config-file".into(),
+                config.display().to_string(),
+                "--level".into(),
+                "Error".into(),
+            ]
+        };
+        Invocation {
+            label: format!("{} {}", vmm.name, self.name),
+            program: vmm.program.clone(),
+            args,
+            env: Vec::new(),
+            timeout: self.timeout,
+            sample_memory: None,
+            sample_threads: None,
+            guest_bytes: self.memory_mib << 20,
+            stop_when_file,
+        }
+    }
+}
+
+/// Runs each other VMM `runs` times on the guest (after Canto's and QEMU's runs, in the same
+/// harness run), memory sampled in every run, and adds its rows against Canto's.
+pub fn other_rows(
+    cfg: &Config,
+    report: &mut Report,
+    guest: &Guest,
+    canto: &BootStats,
+    others: &[OtherVmm],
+    runs: usize,
+    mem_every: Duration,
+) {
+    for other in others {
+        let mut stats = BootStats::default();
+        for i in 0..runs {
+            let mut inv = guest.other(cfg, other);
+            inv.sample_memory = Some(mem_every);
+            progress(&format!("{} run {}/{runs}", inv.label, i + 1));
+            stats.add(guest, &run(&inv));
+        }
+        let figures: [(&str, fn(&BootStats) -> &Vec<f64>, (f64, &str, usize)); 4] = [
+            ("spawn → first guest line", |s| &s.first, (1e3, "ms", 0)),
+            ("spawn → exit", |s| &s.exit, (1e3, "ms", 0)),
+            ("peak RSS", |s| &s.maxrss_mib, (1.0, "MiB", 1)),
+            (
+                "VMM overhead (RSS − guest RAM RSS)",
+                |s| &s.overhead_mib,
+                (1.0, "MiB", 1),
+            ),
+        ];
+        for (figure, f, (scale, unit, d)) in figures {
+            let c = Summary::of(f(canto));
+            let o = Summary::of(f(&stats));
+            report.row(Row {
+                figure: format!("{}: {figure} — {}", guest.name, other.name),
+                canto: fmt_summary(c, scale, unit, d),
+                qemu: if stats.ready.is_empty() {
+                    format!(
+                        "failed: {}",
+                        stats
+                            .failures
+                            .first()
+                            .map(|f| f.chars().take(160).collect::<String>())
+                            .unwrap_or_default()
+                    )
+                } else {
+                    fmt_summary(o, scale, unit, d)
+                },
+                ratio: fmt_ratio(c, o),
+                note: format!(
+                    "{} in the peer column; its ratio is {} ÷ Canto",
+                    other.name, other.name
+                ),
+                ..Row::default()
+            });
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::report::Report;
 
-use super::guest::{boot_compare, boot_rows, Guest};
+use super::guest::{boot_compare, boot_rows, other_rows, other_vmms, Guest};
 
 /// The Linux guest, booting with `canto.run=boot`; vmm_audio.rs plays with it. With
 /// `BENCH_LINUX_ROOTFS=FILE` (an ext4 image of the same userspace, e.g. target/guest/rootfs.ext4)
@@ -52,4 +52,14 @@ pub fn run(cfg: &Config, report: &mut Report) {
         true,
     );
     boot_rows(report, &guest, &c, q.as_ref());
+    let others = other_vmms(report);
+    other_rows(
+        cfg,
+        report,
+        &guest,
+        &c,
+        &others,
+        cfg.linux_runs,
+        Duration::from_millis(250),
+    );
 }
