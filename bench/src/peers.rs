@@ -141,6 +141,11 @@ struct GrowingWav {
     frames: u64,
     first_sound: Option<(Duration, u64)>,
     last_sound: Option<(Duration, u64)>,
+    /// Frames in the file after the polls that saw the first and the last sound: a writer that
+    /// writes whole periods lands a period at once, so the pacing compares the frames that
+    /// arrived between those polls with the time between them.
+    frames_at_first: u64,
+    frames_at_last: u64,
 }
 
 /// Where the samples of a RIFF/WAVE file start: after the `data` chunk header. Chunk sizes are
@@ -183,6 +188,8 @@ impl GrowingWav {
         let mut buf = Vec::new();
         let _ = file.read_to_end(&mut buf);
         let whole = buf.len() / 4 * 4;
+        let had_sound = self.first_sound.is_some();
+        let last_before = self.last_sound;
         for frame in buf[..whole].chunks_exact(4) {
             if frame != [0; 4] {
                 if self.first_sound.is_none() {
@@ -193,6 +200,12 @@ impl GrowingWav {
             self.frames += 1;
         }
         self.read_to += whole as u64;
+        if !had_sound && self.first_sound.is_some() {
+            self.frames_at_first = self.frames;
+        }
+        if self.last_sound != last_before {
+            self.frames_at_last = self.frames;
+        }
     }
 }
 
@@ -219,6 +232,9 @@ pub struct PlaybackResult {
     /// (arrival time, frame index) of the first and the last non-silent frame in the sink.
     pub first_sound: Option<(Duration, u64)>,
     pub last_sound: Option<(Duration, u64)>,
+    /// Frames in the sink's file at the polls that saw the first and the last sound.
+    pub frames_at_first: u64,
+    pub frames_at_last: u64,
 }
 
 impl PlaybackResult {
@@ -397,6 +413,8 @@ fn run_vmm(p: &Playback, every: Duration, daemon_pid: Option<i32>, result: &mut 
     result.stderr = err.join().unwrap_or_default();
     result.first_sound = wav.first_sound;
     result.last_sound = wav.last_sound;
+    result.frames_at_first = wav.frames_at_first;
+    result.frames_at_last = wav.frames_at_last;
 }
 
 /// The samples (S16 interleaved stereo frames as u32) of a WAV file.
