@@ -472,6 +472,51 @@ pub fn exactness(clip: &[u32], capture: &[u32]) -> Option<Exactness> {
     })
 }
 
+/// A capture compared with its clip 10 ms chunk by chunk, for a sink that does not hold one
+/// contiguous copy: how many of the clip's (non-silent) chunks are in it exactly and in order,
+/// and the frames inserted or dropped between consecutive chunks found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Chunks {
+    pub total: usize,
+    pub found: usize,
+    pub inserted: u64,
+    pub dropped: u64,
+}
+
+pub fn chunk_alignment(clip: &[u32], capture: &[u32], chunk: usize) -> Chunks {
+    let mut c = Chunks::default();
+    // Where the search for the next chunk starts, and the last chunk found: (index, position).
+    let mut from = 0usize;
+    let mut last: Option<(usize, usize)> = None;
+    for (i, key) in clip.chunks_exact(chunk).enumerate() {
+        if key.iter().all(|&f| f == 0) {
+            continue;
+        }
+        c.total += 1;
+        // A lost chunk is looked for over 5 s past the last one found, not the whole capture.
+        let end = capture.len().min(from + 5 * 48_000 + chunk);
+        let Some(at) = capture
+            .get(from..end)
+            .and_then(|hay| hay.windows(chunk).position(|w| w == key))
+            .map(|p| p + from)
+        else {
+            continue;
+        };
+        c.found += 1;
+        if let Some((li, lp)) = last {
+            let expected = lp + (i - li) * chunk;
+            if at > expected {
+                c.inserted += (at - expected) as u64;
+            } else {
+                c.dropped += (expected - at) as u64;
+            }
+        }
+        last = Some((i, at));
+        from = at + chunk;
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,6 +554,23 @@ mod tests {
         assert_eq!((e.lost_start, e.lost_end, e.wrong_inside), (0, 150, 1));
         assert_eq!((e.added_start, e.added_end), (0, 0));
         assert!(exactness(&clip, &[0; 100]).is_none());
+    }
+
+    #[test]
+    fn chunks_count_frames_inserted_and_dropped() {
+        let clip: Vec<u32> = (1..=1000u32).collect();
+        let mut cap = vec![0; 7];
+        cap.extend(&clip[..300]);
+        cap.extend([9; 5]); // 5 frames inserted
+        cap.extend(&clip[300..700]);
+        cap.extend(&clip[703..]); // 3 frames dropped
+        let c = chunk_alignment(&clip, &cap, 100);
+        assert_eq!(c.total, 10);
+        // The chunk holding the drop is not there exactly.
+        assert_eq!(c.found, 9);
+        assert_eq!((c.inserted, c.dropped), (5, 3));
+        let exact = chunk_alignment(&clip, &clip, 100);
+        assert_eq!((exact.found, exact.inserted, exact.dropped), (10, 0, 0));
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::peers::{self, exactness, wav_frames, Exactness, Playback, PlaybackResult, Proc};
+use crate::peers::{
+    self, chunk_alignment, exactness, wav_frames, Chunks, Exactness, Playback, PlaybackResult, Proc,
+};
 use crate::report::{Plot, Report, Row};
 
 use super::{linux_boot, progress};
@@ -23,6 +25,7 @@ const RATE: f64 = 48_000.0;
 struct Figures {
     name: &'static str,
     exact: Option<Exactness>,
+    chunks: Chunks,
     /// Whether frames before and after the clip are the VMM's (a WAV sink it writes) or the
     /// recorder's (a running sink recorded from before the VMM started).
     sink_is_vmm: bool,
@@ -62,7 +65,7 @@ fn figures(
         return Err("no samples".into());
     };
     let d = (b.vmm + b.daemon) - (a.vmm + a.daemon);
-    let wall = (t1 - t0).as_secs_f64();
+    let capture = wav_frames(wav);
     let curve = r
         .samples
         .iter()
@@ -77,24 +80,46 @@ fn figures(
         .collect();
     Ok(Figures {
         name,
-        exact: wav_frames(wav).and_then(|cap| exactness(clip, &cap)),
+        exact: capture.as_deref().and_then(|cap| exactness(clip, cap)),
+        chunks: capture
+            .as_deref()
+            .map(|cap| chunk_alignment(clip, cap, 480))
+            .unwrap_or_default(),
         sink_is_vmm,
         audio_s,
         cpu_per_s: d.cpu_s / audio_s,
         vcpu_cpu_per_s: d.vcpu_cpu_s / audio_s,
         switches_per_s: d.switches as f64 / audio_s,
         switches_no_vcpu_per_s: d.switches_no_vcpu as f64 / audio_s,
-        pacing_error: {
-            // The frames that arrived after the first sound's poll, against the time since.
-            let arrived = r.frames_at_last.saturating_sub(r.frames_at_first) as f64 / RATE;
-            if arrived > 0.0 {
-                (wall - arrived) / arrived
-            } else {
-                f64::NAN
-            }
-        },
+        pacing_error: pacing_error(r, t0, t1),
         curve,
     })
+}
+
+/// The least-squares slope of frames in the sink against time, from the first to the last sound:
+/// (48000 ÷ slope) − 1, positive when the sink got the clip slower than real time. A fit, not
+/// end points: a VMM that writes whole periods (or its writer's buffer) makes a staircase.
+fn pacing_error(r: &PlaybackResult, t0: Duration, t1: Duration) -> f64 {
+    let pts: Vec<(f64, f64)> = r
+        .samples
+        .iter()
+        .filter(|s| s.at >= t0 && s.at <= t1)
+        .map(|s| ((s.at - t0).as_secs_f64(), s.frames as f64))
+        .collect();
+    let n = pts.len() as f64;
+    if n < 3.0 {
+        return f64::NAN;
+    }
+    let (mx, my) = (
+        pts.iter().map(|p| p.0).sum::<f64>() / n,
+        pts.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx <= 0.0 || sxy <= 0.0 {
+        return f64::NAN;
+    }
+    RATE / (sxy / sxx) - 1.0
 }
 
 fn qemu_has(qemu: &Path, device: &str) -> bool {
@@ -424,6 +449,17 @@ fn rows(report: &mut Report, done: &[Figures]) {
         "the sink's WAV against test.wav (96000 frames), aligned on the clip's first frames; 'added' only where the VMM writes the file (the PipeWire monitor records from before the guest plays)",
     );
     add(
+        "the clip in 10 ms chunks: found exactly and in order; frames inserted / dropped between them",
+        &|f| {
+            format!(
+                "{} of {}; +{} / −{}",
+                f.chunks.found, f.chunks.total, f.chunks.inserted, f.chunks.dropped
+            )
+        },
+        None,
+        "for a sink that holds no contiguous copy: each non-silent 480-frame chunk of test.wav looked for after the previous one",
+    );
+    add(
         "host CPU per second of playback (VMM without vCPU threads + daemon)",
         &|f| format!("{:.2} % of a core", f.cpu_per_s * 100.0),
         Some(|f| f.cpu_per_s),
@@ -451,7 +487,7 @@ fn rows(report: &mut Report, done: &[Figures]) {
         "pacing error over the clip (wall time from first to last sound frame vs the frames between)",
         &|f| format!("{:+.2} % ({:.2} s of audio)", f.pacing_error * 100.0, f.audio_s),
         None,
-        "frames that reached the sink's file after the poll (every 5 ms) that saw the first sound, against the wall time to the poll that saw the last: (wall − audio) ÷ audio; a 2 s clip gives ~0.3 % resolution; the PipeWire sink records on its own clock, so there gaps show as wrong frames instead",
+        "least-squares slope of the frames in the sink's file (polled every 5 ms) against time, from the first to the last sound: 48000 ÷ slope − 1 (+: slower than real time); one 2 s clip, so only large errors mean anything; the PipeWire sink records on its own clock, so there a late daemon shows as inserted frames instead",
     );
     report.row(Row {
         figure: "latency from a message's arrival to its first frame at the host device".into(),
