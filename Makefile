@@ -13,9 +13,12 @@ all: build
 deps:
 	@bash resources/install-deps.sh all
 
+# The release binary ships stripped, its debug info in target/release/canto.debug (found by perf
+# and gdb through its .gnu_debuglink).
 build:
 	@bash resources/install-deps.sh build
 	$(CARGO) build --release -p canto
+	bash resources/split-debuginfo.sh $(CANTO)
 
 guest: agent
 	@bash resources/install-deps.sh guest

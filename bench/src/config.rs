@@ -17,6 +17,8 @@ pub struct Config {
     pub quick: bool,
     pub qemu_enabled: bool,
     pub linux_enabled: bool,
+    /// The Linux playback on QEMU's virtio-sound-pci and vhost-device-sound (`BENCH_NO_PEERS`).
+    pub peers_enabled: bool,
     /// False when `BENCH_NO_MICRO` is set; the micro section says so in the report.
     pub micro_enabled: bool,
     /// Criterion's output directory (`CRITERION_HOME`, target/criterion).
@@ -86,6 +88,7 @@ impl Config {
             quick,
             qemu_enabled,
             linux_enabled,
+            peers_enabled: !env_flag("BENCH_NO_PEERS"),
             micro_enabled: !env_flag("BENCH_NO_MICRO"),
             criterion_home,
             runs: env_u64("BENCH_RUNS", 5).max(1) as usize,

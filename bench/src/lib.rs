@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod host;
 pub mod kv;
+pub mod peers;
 pub mod report;
 pub mod sections;
 pub mod util;

@@ -25,6 +25,9 @@ pub struct Invocation {
     pub sample_threads: Option<Duration>,
     /// Guest RAM size in bytes (to find its mapping).
     pub guest_bytes: u64,
+    /// Ends the run as a success when this file holds this text (Cloud Hypervisor's event
+    /// monitor: it reboots the guest instead of exiting on its reset).
+    pub stop_when_file: Option<(PathBuf, &'static str)>,
 }
 
 /// The last memory sample taken before the process exited (that still showed the guest's RAM).
@@ -236,6 +239,7 @@ pub fn run(inv: &Invocation) -> RunResult {
     let mut next_mem = Instant::now();
     let mut next_threads = Instant::now();
     let mut killed = false;
+    let mut stopped_on_event = false;
     let (exit, r, status, usage) = loop {
         let tick = Duration::from_millis(2);
         match done_rx.recv_timeout(tick) {
@@ -247,6 +251,15 @@ pub fn run(inv: &Invocation) -> RunResult {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         let now = Instant::now();
+        if let Some((file, text)) = &inv.stop_when_file {
+            if !killed && std::fs::read_to_string(file).is_ok_and(|t| t.contains(text)) {
+                result.exit = start.elapsed();
+                stopped_on_event = true;
+                // SAFETY: signals our own child, which has not been reaped yet.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed = true;
+            }
+        }
         if !killed && start.elapsed() > inv.timeout {
             // SAFETY: signals our own child, which has not been reaped yet (its waiter has not
             // reported).
@@ -281,11 +294,16 @@ pub fn run(inv: &Invocation) -> RunResult {
         }
     };
     drop(child);
-    result.exit = exit;
-    result.timed_out = killed;
+    if !stopped_on_event {
+        result.exit = exit;
+    }
+    result.timed_out = killed && !stopped_on_event;
     if r == pid {
         if libc::WIFEXITED(status) {
             result.exit_code = Some(libc::WEXITSTATUS(status));
+        }
+        if stopped_on_event {
+            result.exit_code = Some(0);
         }
         result.maxrss_kb = usage.ru_maxrss as u64;
         let tv = |t: libc::timeval| {

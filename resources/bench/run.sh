@@ -11,6 +11,10 @@
 #   BENCH_PACING_SECONDS=20  length of the unit-level steady playback (60 for the full target)
 #   BENCH_QEMU_MACHINE=microvm  QEMU's -M (pc works too; SeaBIOS adds seconds on kvm_pvm)
 #   BENCH_NO_MICRO=1       skip the criterion micro-benchmarks
+#   BENCH_NO_PEERS=1       skip the playback on QEMU 10 virtio-sound-pci and vhost-device-sound
+#   BENCH_ONLY=a,b         only these sections (bench/src/sections module names)
+#   FIRECRACKER_BIN, CH_BIN  add a Firecracker / Cloud Hypervisor column (pvh-hello, Linux)
+#   BENCH_LINUX_ROOTFS=F   the Linux boot rows boot from this ext4 root disk, not the initramfs
 # Expects `cargo build --release -p canto` done (the Makefile's `bench: build` does it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,6 +26,14 @@ if command -v dpkg-query >/dev/null 2>&1; then
 fi
 
 mkdir -p target/bench
+# The vhost-user sound daemon for the peers section, built once into target/peers (~10 min).
+if [ -z "${BENCH_NO_PEERS:-}" ] && [ -z "${BENCH_QUICK:-}" ] && [ -z "${VHOST_DEVICE_SOUND_BIN:-}" ] \
+   && [ ! -x target/peers/bin/vhost-device-sound ]; then
+    echo "bench: building vhost-device-sound 0.3.0 (PipeWire backend) into target/peers"
+    "$CARGO" install --locked vhost-device-sound --version 0.3.0 --no-default-features \
+        --features pw-backend --root target/peers \
+        || echo "bench: vhost-device-sound did not build: its column will be skipped" >&2
+fi
 bash resources/bench/build-pvh-hello.sh target/bench/pvh-hello.elf
 make -s -C tests/driver-guest
 

@@ -17,12 +17,17 @@ pub struct Guest {
     pub name: &'static str,
     pub kernel: PathBuf,
     pub initramfs: Option<PathBuf>,
+    /// A read-only root disk (virtio-blk), e.g. BENCH_LINUX_ROOTFS.
+    pub disk: Option<PathBuf>,
     pub cmdline: String,
     pub memory_mib: u64,
     pub first: fn(&str) -> bool,
     pub ready: fn(&str) -> bool,
     /// The ready line's name in the table; empty when it is the first line.
     pub ready_label: &'static str,
+    /// The kernel's line as it starts init (the Linux guest: `Run /init as init process`), for
+    /// the boot breakdown; None: no breakdown.
+    pub init: Option<fn(&str) -> bool>,
     pub exit_note: &'static str,
     pub timeout: Duration,
 }
@@ -40,6 +45,12 @@ impl Guest {
         if let Some(initramfs) = &self.initramfs {
             args.extend(["--initramfs".to_string(), initramfs.display().to_string()]);
         }
+        if let Some(disk) = &self.disk {
+            args.extend([
+                "--disk".to_string(),
+                format!("path={},readonly=on", disk.display()),
+            ]);
+        }
         if !self.cmdline.is_empty() {
             args.extend(["--cmdline".to_string(), self.cmdline.clone()]);
         }
@@ -56,6 +67,7 @@ impl Guest {
             sample_memory: None,
             sample_threads: None,
             guest_bytes: self.memory_mib << 20,
+            stop_when_file: None,
         }
     }
 
@@ -83,9 +95,31 @@ impl Guest {
         .map(|s| s.to_string())
         .collect();
         args.push(format!("{}M", self.memory_mib));
+        if cfg.qemu_machine.starts_with("microvm") {
+            // QEMU 10's microvm defaults to SeaBIOS, which takes seconds here and hangs at the
+            // guest's reset (an int3 kvm_pvm cannot run); qboot (7.2's default) boots the PVH
+            // entry at once.
+            args.extend(["-bios".to_string(), "qboot.rom".to_string()]);
+        }
         args.extend(["-kernel".to_string(), self.kernel.display().to_string()]);
         if let Some(initramfs) = &self.initramfs {
             args.extend(["-initrd".to_string(), initramfs.display().to_string()]);
+        }
+        if let Some(disk) = &self.disk {
+            let device = if cfg.qemu_machine.starts_with("microvm") {
+                "virtio-blk-device"
+            } else {
+                "virtio-blk-pci"
+            };
+            args.extend([
+                "-drive".to_string(),
+                format!(
+                    "id=root,file={},format=raw,if=none,readonly=on",
+                    disk.display()
+                ),
+                "-device".to_string(),
+                format!("{device},drive=root"),
+            ]);
         }
         args.extend(["-append".to_string(), full]);
         Invocation {
@@ -97,6 +131,187 @@ impl Guest {
             sample_memory: None,
             sample_threads: None,
             guest_bytes: self.memory_mib << 20,
+            stop_when_file: None,
+        }
+    }
+}
+
+/// A further VMM to compare, named by an environment variable: `FIRECRACKER_BIN`, `CH_BIN`.
+#[derive(Clone)]
+pub struct OtherVmm {
+    pub name: &'static str,
+    pub program: PathBuf,
+    pub cloud_hypervisor: bool,
+}
+
+/// The VMMs the environment names; what is not set goes to the skipped list.
+pub fn other_vmms(report: &mut Report) -> Vec<OtherVmm> {
+    let mut out = Vec::new();
+    for (var, name, ch) in [
+        ("FIRECRACKER_BIN", "Firecracker", false),
+        ("CH_BIN", "Cloud Hypervisor", true),
+    ] {
+        match std::env::var_os(var).map(PathBuf::from) {
+            Some(p) if p.is_file() => out.push(OtherVmm {
+                name,
+                program: p,
+                cloud_hypervisor: ch,
+            }),
+            Some(p) => report.skip(format!(
+                "{name} column: {var}={} is not a file",
+                p.display()
+            )),
+            None => report.skip(format!(
+                "{name} column: {var} is not set (it is in no package registry: point {var} at a release binary)"
+            )),
+        }
+    }
+    out
+}
+
+impl Guest {
+    /// Another VMM with the same kernel, initramfs, memory and full command line. Firecracker:
+    /// `--no-api --config-file`, serial on stdout, ends on the i8042 reset. Cloud Hypervisor:
+    /// `--serial tty`, stopped at its `rebooting` event (its event monitor's file).
+    pub fn other(&self, cfg: &Config, vmm: &OtherVmm) -> Invocation {
+        let full = vmm::cmdline::build(&self.cmdline, cfg.kvm_pvm);
+        let tag = format!(
+            "{}-{}",
+            vmm.name.to_lowercase().replace(' ', "-"),
+            self.name.to_lowercase()
+        );
+        let mut stop_when_file = None;
+        let args = if vmm.cloud_hypervisor {
+            let events = cfg.out.join(format!("{tag}.events"));
+            let _ = std::fs::remove_file(&events);
+            let mut args: Vec<String> = vec![
+                "--kernel".into(),
+                self.kernel.display().to_string(),
+                "--cmdline".into(),
+                full,
+                "--memory".into(),
+                format!("size={}M", self.memory_mib),
+                "--cpus".into(),
+                "boot=1".into(),
+                "--serial".into(),
+                "tty".into(),
+                "--console".into(),
+                "off".into(),
+                "--event-monitor".into(),
+                format!("path={}", events.display()),
+            ];
+            if let Some(i) = &self.initramfs {
+                args.extend(["--initramfs".into(), i.display().to_string()]);
+            }
+            if let Some(d) = &self.disk {
+                args.extend(["--disk".into(), format!("path={},readonly=on", d.display())]);
+            }
+            stop_when_file = Some((events, "rebooting"));
+            args
+        } else {
+            let config = cfg.out.join(format!("{tag}.json"));
+            let initrd = self
+                .initramfs
+                .as_ref()
+                .map(|i| format!(r#", "initrd_path": "{}""#, i.display()))
+                .unwrap_or_default();
+            let drives = self
+                .disk
+                .as_ref()
+                .map(|d| {
+                    format!(
+                        r#"{{"drive_id": "root", "path_on_host": "{}", "is_root_device": false, "is_read_only": true}}"#,
+                        d.display()
+                    )
+                })
+                .unwrap_or_default();
+            let json = format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "{}"{initrd}}}, "drives": [{drives}], "machine-config": {{"vcpu_count": 1, "mem_size_mib": {}}}}}"#,
+                self.kernel.display(),
+                full.replace('\\', "\\\\").replace('"', "\\\""),
+                self.memory_mib
+            );
+            let _ = std::fs::write(&config, json);
+            vec![
+                "--no-api".into(),
+                "--config-file".into(),
+                config.display().to_string(),
+                "--level".into(),
+                "Error".into(),
+            ]
+        };
+        Invocation {
+            label: format!("{} {}", vmm.name, self.name),
+            program: vmm.program.clone(),
+            args,
+            env: Vec::new(),
+            timeout: self.timeout,
+            sample_memory: None,
+            sample_threads: None,
+            guest_bytes: self.memory_mib << 20,
+            stop_when_file,
+        }
+    }
+}
+
+/// Which figure of a `BootStats`, and how to show it (scale, unit, decimals).
+type Figure = fn(&BootStats) -> &Vec<f64>;
+type Unit = (f64, &'static str, usize);
+
+/// Runs each other VMM `runs` times on the guest (after Canto's and QEMU's runs, in the same
+/// harness run), memory sampled in every run, and adds its rows against Canto's.
+pub fn other_rows(
+    cfg: &Config,
+    report: &mut Report,
+    guest: &Guest,
+    canto: &BootStats,
+    others: &[OtherVmm],
+    runs: usize,
+    mem_every: Duration,
+) {
+    for other in others {
+        let mut stats = BootStats::default();
+        for i in 0..runs {
+            let mut inv = guest.other(cfg, other);
+            inv.sample_memory = Some(mem_every);
+            progress(&format!("{} run {}/{runs}", inv.label, i + 1));
+            stats.add(guest, &run(&inv));
+        }
+        let figures: [(&str, Figure, Unit); 4] = [
+            ("spawn → first guest line", |s| &s.first, (1e3, "ms", 0)),
+            ("spawn → exit", |s| &s.exit, (1e3, "ms", 0)),
+            ("peak RSS", |s| &s.maxrss_mib, (1.0, "MiB", 1)),
+            (
+                "VMM overhead (RSS − guest RAM RSS)",
+                |s| &s.overhead_mib,
+                (1.0, "MiB", 1),
+            ),
+        ];
+        for (figure, f, (scale, unit, d)) in figures {
+            let c = Summary::of(f(canto));
+            let o = Summary::of(f(&stats));
+            report.row(Row {
+                figure: format!("{}: {figure} — {}", guest.name, other.name),
+                canto: fmt_summary(c, scale, unit, d),
+                qemu: if stats.ready.is_empty() {
+                    format!(
+                        "failed: {}",
+                        stats
+                            .failures
+                            .first()
+                            .map(|f| f.chars().take(160).collect::<String>())
+                            .unwrap_or_default()
+                    )
+                } else {
+                    fmt_summary(o, scale, unit, d)
+                },
+                ratio: fmt_ratio(c, o),
+                note: format!(
+                    "{} in the peer column; its ratio is {} ÷ Canto",
+                    other.name, other.name
+                ),
+                ..Row::default()
+            });
         }
     }
 }
@@ -110,6 +325,9 @@ pub struct BootStats {
     pub maxrss_mib: Vec<f64>,
     pub overhead_mib: Vec<f64>,
     pub guest_mib: Vec<f64>,
+    /// Breakdown (Guest::init): first line → init starts, init starts → ready.
+    pub first_to_init: Vec<f64>,
+    pub init_to_ready: Vec<f64>,
     pub failures: Vec<String>,
 }
 
@@ -120,8 +338,15 @@ impl BootStats {
             self.failures.push(r.failure());
             return;
         }
-        if let Some(t) = r.first(guest.first) {
+        let first = r.first(guest.first);
+        if let Some(t) = first {
             self.first.push(t.as_secs_f64());
+        }
+        if let (Some(f), Some(i), Some(ready)) = (first, guest.init.and_then(|p| r.first(p)), ready)
+        {
+            self.first_to_init.push(i.saturating_sub(f).as_secs_f64());
+            self.init_to_ready
+                .push(ready.saturating_sub(i).as_secs_f64());
         }
         self.ready.extend(ready.map(|t| t.as_secs_f64()));
         self.exit.push(r.exit.as_secs_f64());
@@ -234,6 +459,23 @@ pub fn boot_rows(report: &mut Report, guest: &Guest, canto: &BootStats, qemu: Op
             |s| &s.ready,
             MS,
             "",
+        );
+    }
+    if guest.init.is_some() {
+        boot_row(
+            format!("{}: breakdown: first line → kernel runs /init", guest.name),
+            |s| &s.first_to_init,
+            MS,
+            "from the serial lines' arrival times: `Linux version` (printed when the serial console comes up, so spawn → first line is VMM setup + early kernel) to `Run /init as init process`",
+        );
+        boot_row(
+            format!(
+                "{}: breakdown: /init → first command ({})",
+                guest.name, guest.ready_label
+            ),
+            |s| &s.init_to_ready,
+            MS,
+            "the initramfs's /init (busybox sh) mounting and running its run script; the VMM's own setup is the pvh-hello spawn → first line row",
         );
     }
     boot_row(

@@ -5,6 +5,7 @@ pub mod driver_guest;
 pub mod guest;
 pub mod linux_boot;
 pub mod micro;
+pub mod peers_audio;
 pub mod pvh_hello;
 pub mod unit_audio;
 pub mod vmm_audio;
@@ -12,15 +13,43 @@ pub mod vmm_audio;
 use crate::config::Config;
 use crate::report::Report;
 
-/// Every section, in report order.
+/// Every section, in report order; with `BENCH_ONLY=NAME[,NAME]` (module names: `pvh_hello`,
+/// `peers_audio`, ...) only those.
 pub fn run_all(cfg: &Config, report: &mut Report) {
-    unit_audio::run(cfg, report);
-    micro::run(cfg, report);
-    pvh_hello::run(cfg, report);
-    driver_guest::run(cfg, report);
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|w| w.trim() == name))
+    };
+    if let Some(o) = &only {
+        report.skip(format!("every section but {o}: BENCH_ONLY is set"));
+    }
+    if wanted("unit_audio") {
+        unit_audio::run(cfg, report);
+    }
+    if wanted("micro") {
+        micro::run(cfg, report);
+    }
+    if wanted("pvh_hello") {
+        pvh_hello::run(cfg, report);
+    }
+    if wanted("driver_guest") {
+        driver_guest::run(cfg, report);
+    }
     if cfg.linux_enabled {
-        linux_boot::run(cfg, report);
-        vmm_audio::run(cfg, report);
+        if wanted("linux_boot") {
+            linux_boot::run(cfg, report);
+        }
+        if wanted("vmm_audio") {
+            vmm_audio::run(cfg, report);
+        }
+        if wanted("peers_audio") {
+            if cfg.peers_enabled {
+                peers_audio::run(cfg, report);
+            } else {
+                report.skip("audio against the peers: BENCH_NO_PEERS is set");
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::report::Report;
 
-use super::guest::{boot_compare, boot_rows, Guest};
+use super::guest::{boot_compare, boot_rows, other_rows, other_vmms, Guest};
 
 pub fn run(cfg: &Config, report: &mut Report) {
     let hello = cfg.out.join("pvh-hello.elf");
@@ -15,11 +15,13 @@ pub fn run(cfg: &Config, report: &mut Report) {
             name: "pvh-hello",
             kernel: hello,
             initramfs: None,
+            disk: None,
             cmdline: String::new(),
             memory_mib: 64,
             first: |l| l.contains("BENCH-HELLO"),
             ready: |l| l.contains("BENCH-HELLO"),
             ready_label: "",
+            init: None,
             exit_note: "i8042 reset on Canto; on QEMU microvm (no i8042) the triple fault after it",
             timeout: Duration::from_secs(60),
         };
@@ -37,6 +39,16 @@ pub fn run(cfg: &Config, report: &mut Report) {
             false,
         );
         boot_rows(report, &guest, &c, q.as_ref());
+        let others = other_vmms(report);
+        other_rows(
+            cfg,
+            report,
+            &guest,
+            &c,
+            &others,
+            cfg.runs,
+            Duration::from_millis(2),
+        );
     } else {
         report.skip(format!(
         "pvh-hello: {} missing (`make bench` builds it with resources/bench/build-pvh-hello.sh)",

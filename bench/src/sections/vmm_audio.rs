@@ -16,10 +16,11 @@ use super::{linux_boot, met, pct, progress};
 pub fn run(cfg: &Config, report: &mut Report) {
     // One playback in the real VMM: the device's counters and pacing line at exit.
     progress("canto Linux canto.run=play (backend=null), RUST_LOG=info");
+    let boot = linux_boot::guest(cfg);
     let play = Guest {
-        cmdline: "canto.run=play".into(),
+        cmdline: boot.cmdline.replace("canto.run=boot", "canto.run=play"),
         ready: |l| l.contains("CANTO-READY") || l.contains("canto-init"),
-        ..linux_boot::guest(cfg)
+        ..boot
     };
     let mut inv = play.canto(cfg, &[]);
     inv.env.push(("RUST_LOG".into(), "info".into()));
