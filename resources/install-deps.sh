@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Canto needs that are missing on this machine, and nothing else.
-# Usage: resources/install-deps.sh [build|guest|test|bench|all]   (default: all = what make demo
-# and make test need; bench adds QEMU for make bench)
+# Usage: resources/install-deps.sh [build|guest|rootfs|test|bench|all]   (default: all = what
+# make demo and make test need; bench adds QEMU for make bench; rootfs is make rootfs-debian's
+# mmdebstrap plus the host's espeak-ng the Debian guest's speech is compared with)
 set -euo pipefail
 
 build=(libasound2-dev pkg-config)
-guest=(bison flex libelf-dev bc cpio xz-utils linux-source-6.12 busybox-static alsa-utils python3 gcc make)
+guest=(bison flex libelf-dev bc cpio xz-utils linux-source-6.12 busybox-static alsa-utils python3 gcc make e2fsprogs)
+rootfs=(mmdebstrap e2fsprogs espeak-ng)
 test=(alsa-utils libasound2-plugins pulseaudio pulseaudio-utils)
 bench=(binutils gcc make qemu-system-x86)
 
 case "${1:-all}" in
   build) want=("${build[@]}") ;;
   guest) want=("${guest[@]}") ;;
+  rootfs) want=("${rootfs[@]}") ;;
   test) want=("${test[@]}") ;;
   bench) want=("${bench[@]}") ;;
-  all) want=("${build[@]}" "${guest[@]}" "${test[@]}") ;;
-  *) echo "usage: $0 [build|guest|test|bench|all]" >&2; exit 2 ;;
+  all) want=("${build[@]}" "${guest[@]}" "${rootfs[@]}" "${test[@]}") ;;
+  *) echo "usage: $0 [build|guest|rootfs|test|bench|all]" >&2; exit 2 ;;
 esac
 
 missing=()

@@ -268,6 +268,7 @@ fn ext4_image(path: &Path, files: &[(&str, &[u8])]) -> Option<()> {
         .arg(&staging)
         .arg(path)
         .arg("4M")
+        .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     let _ = std::fs::remove_dir_all(&staging);
