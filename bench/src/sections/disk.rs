@@ -105,13 +105,7 @@ fn device_rate(path: &Path, depth: usize) -> Result<f64, String> {
         })
         .map_err(|e| format!("{e:?}"))?;
     let slots: Vec<(u64, u64, u64)> = (0..depth)
-        .map(|_| {
-            (
-                ram.alloc(16),
-                ram.alloc(REQUEST_BYTES),
-                ram.alloc(1),
-            )
-        })
+        .map(|_| (ram.alloc(16), ram.alloc(REQUEST_BYTES), ram.alloc(1)))
         .collect();
     let sectors_per_request = REQUEST_BYTES / SECTOR_SIZE;
     let requests = IMAGE_BYTES / REQUEST_BYTES;
