@@ -20,8 +20,8 @@ stage_canto_init() {
 }
 
 # make_ext4 STAGE IMAGE: an ext4 image holding STAGE, written by `mke2fs -d` (no root, no loop
-# mount). Its size is the contents' plus a margin (a root disk is used read-only; the guest's
-# writes go to a tmpfs overlay). No journal: nothing writes to a read-only image, and a disk
+# mount) with room to spare, then shrunk by `resize2fs -M` to the contents and a little slack (a
+# root disk is used read-only; the guest's writes go to a tmpfs overlay). No journal: nothing writes to a read-only image, and a disk
 # given writable is the user's own image.
 make_ext4() {
     local stage=$1 image=$2 kib inodes
@@ -34,5 +34,10 @@ make_ext4() {
     mke2fs -q -F -t ext4 -O ^has_journal -m 0 -N "$inodes" -L canto-root \
         -E root_owner=0:0 -d "$stage" "$image.tmp" "${kib}k" \
         || { echo "mke2fs failed for $image" >&2; return 1; }
+    # Then shrink it to what the contents need (resize2fs wants a checked file system; e2fsck
+    # exits 1 when it only tidied something).
+    e2fsck -fy "$image.tmp" >/dev/null 2>&1 || [ $? -le 1 ] \
+        || { echo "e2fsck failed for $image" >&2; return 1; }
+    resize2fs -M "$image.tmp" >/dev/null 2>&1 || { echo "resize2fs -M failed for $image" >&2; return 1; }
     mv "$image.tmp" "$image"
 }
