@@ -291,12 +291,15 @@ fn a_read_only_disk_refuses_writes_and_synced_writes_survive_kill_9() {
     let _one = one_guest_at_a_time();
 
     // The root disk is /dev/vda, the user's disks follow in order: vdb read-only, vdc writable.
-    // The guest reads the read-only disk, fails to write it through ext4 and raw, writes and
-    // fsyncs the writable one (dd conv=fsync: virtio-blk FLUSH), says so, and waits to be killed.
+    // The guest reads the read-only disk and fails to write it through ext4 and raw; it writes
+    // the writable one through an fd it keeps open (closing a block device's last fd would
+    // write it back by itself), syncs (the data leaves the guest's page cache for the device,
+    // with a FLUSH), says so, and waits to be killed. Without the sync the data would still be
+    // in the guest's page cache (written back only after 30 s) and lost with the VM.
     let script = "mkdir /mnt && mount /dev/vdb /mnt 2>&1; cat /mnt/hello.txt; \
         { echo x > /mnt/new.txt; } 2>&1 || echo file-write-refused; \
         { echo y | busybox dd of=/dev/vdb; } 2>&1 || echo raw-write-refused; \
-        echo canto-durable-4711 | busybox dd of=/dev/vdc 2>/dev/null && echo CANTO-SYNCED; \
+        exec 3>/dev/vdc; echo canto-durable-4711 >&3; busybox sync && echo CANTO-SYNCED; \
         sleep 600";
     let ro_spec = format!("path={},readonly=on", ro.display());
     let rw_spec = format!("path={}", rw.display());
