@@ -577,6 +577,23 @@ mod tests {
     }
 
     #[test]
+    fn rootfs_is_run_s_option_not_the_vm_s() {
+        let parsed = split_args(
+            &args(&["--rootfs", "deb.ext4", "--disk", "path=d.img", "--", "true"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(parsed.session.rootfs, Some("deb.ext4".into()));
+        assert_eq!(parsed.vm_args, args(&["--disk", "path=d.img"]));
+        let err = split_args(
+            &args(&["--vsock", "/v", "--rootfs", "x", "--", "true"]),
+            true,
+        )
+        .unwrap_err();
+        assert!(err.contains("unknown option '--rootfs'"), "{err}");
+    }
+
+    #[test]
     fn exec_needs_its_socket_and_takes_no_vm_options() {
         let parsed = split_args(&args(&["--vsock", "/v.sock", "--", "true"]), true).unwrap();
         assert_eq!(parsed.session.vsock, Some("/v.sock".into()));
