@@ -6,7 +6,7 @@ CARGO ?= cargo
 GUEST := target/guest
 CANTO := target/release/canto
 
-.PHONY: all deps build guest agent demo test check unit guest-tests bench fuzz soak clean
+.PHONY: all deps build guest rootfs-debian agent demo test check unit guest-tests bench fuzz soak clean
 
 all: build
 
@@ -24,11 +24,17 @@ guest: agent
 	@bash resources/install-deps.sh guest
 	bash resources/build-guest.sh
 
+# A Debian bookworm root disk (packages: resources/rootfs/debian-packages.txt), cached by its package
+# list: target/guest/rootfs-debian.ext4 (`canto run --rootfs target/guest/rootfs-debian.ext4 -- ...`).
+rootfs-debian: agent
+	@bash resources/install-deps.sh rootfs
+	bash resources/build-rootfs-debian.sh
+
 # The guest agent as a static binary (docs/agent-protocol.md): target/agent/canto-agent.
 agent:
 	bash resources/build-agent.sh
 
-demo: build guest
+demo: build guest rootfs-debian
 	bash resources/demo.sh
 
 check:
@@ -39,7 +45,7 @@ check:
 
 # The tests run beside a private PulseAudio server (resources/with-pulse.sh), so the ALSA tests
 # that need a real-time paced device (marked #[ignore] for a plain `cargo test`) run too.
-test: deps guest check
+test: deps guest rootfs-debian check
 	$(CARGO) build -p canto
 	mkdir -p target
 	set -o pipefail; bash resources/with-pulse.sh $(CARGO) test --workspace -- --include-ignored 2>&1 | tee target/test.log

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the Canto guest image: target/guest/{vmlinux,initramfs.cpio,test.wav}.
+# Build the Canto guest image: target/guest/{vmlinux,initramfs.cpio,rootfs.ext4,test.wav}.
 # Usage (from anywhere): bash resources/build-guest.sh
 # See resources/README.md for what is built, the cache and the measurements.
 set -euo pipefail
@@ -22,7 +22,7 @@ KSRC_DIR=linux-source-6.12 # top directory inside the tarball
 # (linux-source-6.12 comes from bookworm-security.)
 PKGS=(make gcc libc6-dev bison flex libelf-dev bc cpio xz-utils patch binutils
       python3 gzip coreutils util-linux "$KSRC_PKG" busybox-static alsa-utils libasound2-data
-      libasound2-dev pkg-config)
+      libasound2-dev pkg-config e2fsprogs)
 
 ensure_packages() {
     local missing=() p
@@ -188,8 +188,9 @@ stage_file() {
 build_initramfs() {
     STAGE=$OUT/initramfs.d
     rm -rf "$STAGE"
-    mkdir -p "$STAGE"/{bin,dev,proc,sys,tmp,etc,canto/run}
-    chmod 1777 "$STAGE/tmp"
+    mkdir -p "$STAGE"/bin
+    # /init, /etc/fstab, the agent, the run scripts (resources/guest/stage-init.sh).
+    stage_canto_init "$STAGE" "$ROOT"
 
     # busybox (static) and the applets /init and the run scripts use.
     stage_file /bin/busybox /bin/busybox
@@ -223,16 +224,6 @@ build_initramfs() {
     # /etc/asound.conf makes "default" the first card's hw PCM through plug
     # (format/rate conversion), so plain `aplay file.wav` works too.
     install -m 0644 "$RES/asound.conf" "$STAGE/etc/asound.conf"
-    install -m 0644 "$RES/fstab" "$STAGE/etc/fstab"
-
-    install -m 0755 "$RES/init" "$STAGE/init"
-    # The guest agent (static; built by resources/build-agent.sh, `make agent`).
-    [ -x "$ROOT/target/agent/canto-agent" ] \
-        || die "target/agent/canto-agent is missing: run bash resources/build-agent.sh (make agent) first"
-    install -m 0755 "$ROOT/target/agent/canto-agent" "$STAGE/bin/canto-agent"
-    for a in "$RES"/run/*; do
-        install -m 0755 "$a" "$STAGE/canto/run/$(basename "$a")"
-    done
     install -m 0644 "$OUT/test.wav" "$STAGE/canto/test.wav"
 
     # The ALSA selftests (build_alsa_selftests), with any library they need beyond aplay's.
@@ -268,14 +259,19 @@ build_initramfs() {
     # ~170 s to unpack, the plain one ~20 s. Older builds also wrote an
     # uncompressed copy named initramfs.cpio.gz; it goes.
     rm -f "$OUT/initramfs.cpio.gz"
+
+    # The same userland as a root disk (root=/dev/vda, no initramfs): `canto run` boots it
+    # read-only, and /init puts a tmpfs overlay on top of it.
+    make_ext4 "$STAGE" "$OUT/rootfs.ext4" || die "cannot write target/guest/rootfs.ext4"
     rm -rf "$STAGE"
 }
 
 # -------------------------------------------------------------------- main --
+source "$RES/stage-init.sh"
 ensure_packages
 mkdir -p "$OUT"
 build_kernel
 build_wav
 build_alsa_selftests
 build_initramfs
-log "done: $(cd "$ROOT" && for f in target/guest/vmlinux target/guest/initramfs.cpio target/guest/test.wav; do printf '%s (%s bytes) ' "$f" "$(stat -c %s "$f")"; done)"
+log "done: $(cd "$ROOT" && for f in target/guest/vmlinux target/guest/initramfs.cpio target/guest/rootfs.ext4 target/guest/test.wav; do printf '%s (%s bytes) ' "$f" "$(stat -c %s "$f")"; done)"

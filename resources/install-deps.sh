@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Canto needs that are missing on this machine, and nothing else.
-# Usage: resources/install-deps.sh [build|guest|test|bench|all]   (default: all = what make demo
-# and make test need; bench adds what make bench compares against: QEMU 10 from
-# bookworm-backports (virtio-sound-pci, vhost-user-snd-pci), and PipeWire + WirePlumber with the
-# development headers vhost-device-sound's PipeWire backend builds against)
+# Usage: resources/install-deps.sh [build|guest|rootfs|test|bench|all]   (default: all = what
+# make demo and make test need; rootfs is make rootfs-debian's mmdebstrap plus the host's
+# espeak-ng the Debian guest's speech is compared with; bench adds what make bench compares
+# against: QEMU 10 from bookworm-backports (virtio-sound-pci, vhost-user-snd-pci), and PipeWire +
+# WirePlumber with the development headers vhost-device-sound's PipeWire backend builds against)
 set -euo pipefail
 
 build=(libasound2-dev pkg-config)
-guest=(bison flex libelf-dev bc cpio xz-utils linux-source-6.12 busybox-static alsa-utils python3 gcc make)
+guest=(bison flex libelf-dev bc cpio xz-utils linux-source-6.12 busybox-static alsa-utils python3 gcc make e2fsprogs)
+rootfs=(mmdebstrap e2fsprogs espeak-ng)
 test=(alsa-utils libasound2-plugins pulseaudio pulseaudio-utils)
 bench=(binutils gcc make qemu-system-x86 pipewire wireplumber libpipewire-0.3-dev libspa-0.2-dev
        clang libclang-dev pulseaudio-utils)
@@ -18,10 +20,11 @@ backports=(qemu-system-x86 pipewire wireplumber libpipewire-0.3-dev libspa-0.2-d
 case "${1:-all}" in
   build) want=("${build[@]}") ;;
   guest) want=("${guest[@]}") ;;
+  rootfs) want=("${rootfs[@]}") ;;
   test) want=("${test[@]}") ;;
   bench) want=("${bench[@]}") ;;
-  all) want=("${build[@]}" "${guest[@]}" "${test[@]}") ;;
-  *) echo "usage: $0 [build|guest|test|bench|all]" >&2; exit 2 ;;
+  all) want=("${build[@]}" "${guest[@]}" "${rootfs[@]}" "${test[@]}") ;;
+  *) echo "usage: $0 [build|guest|rootfs|test|bench|all]" >&2; exit 2 ;;
 esac
 
 missing=()

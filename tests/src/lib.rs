@@ -114,6 +114,33 @@ impl GuestImage {
         let built = image.kernel.exists() && image.initramfs.exists();
         prerequisite(built, "the guest image is not built (run `make guest`)").then_some(image)
     }
+
+    /// The same userland as a root disk, beside the kernel (`make guest` writes it too;
+    /// `canto run` boots it).
+    pub fn root_disk(&self) -> PathBuf {
+        self.kernel.with_file_name("rootfs.ext4")
+    }
+
+    /// The guest image, when its root disk is built too (older builds had none).
+    pub fn with_root_disk() -> Option<Self> {
+        let image = Self::find()?;
+        let built = image.root_disk().exists();
+        prerequisite(
+            built,
+            "the guest root disk target/guest/rootfs.ext4 is not built (run `make guest`)",
+        )
+        .then_some(image)
+    }
+
+    /// The Debian root disk `make rootfs-debian` builds, or None with the reason printed.
+    pub fn debian_root_disk() -> Option<PathBuf> {
+        let disk = workspace_root().join("target/guest/rootfs-debian.ext4");
+        prerequisite(
+            disk.exists(),
+            "the Debian root disk target/guest/rootfs-debian.ext4 is not built (run `make rootfs-debian`)",
+        )
+        .then_some(disk)
+    }
 }
 
 /// How a VMM run ended.

@@ -6,8 +6,11 @@
 //! `canto run` boots the VM with a vsock device whose socket is in a private temporary
 //! directory, waits for the agent, copies files in, runs the command, copies files out and stops
 //! the VM (a clean teardown: every device flushes, a WAV file is complete). Without `--kernel`
-//! (or `--config`) it boots the guest `make guest` built: `$CANTO_GUEST_DIR/{vmlinux,
-//! initramfs.cpio}`, or else `target/guest/` of the workspace the `canto` binary was built in.
+//! (or `--config`) it boots the guest `make guest` built, from `$CANTO_GUEST_DIR`, or else
+//! `target/guest/` of the workspace the `canto` binary was built in: `vmlinux` with the root disk
+//! `rootfs.ext4` (read-only, the first disk: `/dev/vda`; the guest's init puts a tmpfs overlay
+//! on it), or with `initramfs.cpio` when there is no root disk or `--initramfs` is given.
+//! `--rootfs PATH` boots another root disk (e.g. `make rootfs-debian`'s) the same way.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -20,7 +23,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::agent_client::{AgentClient, AgentError, ExecRequest, ExecStatus, AGENT_VSOCK_PORT};
-use crate::config::{SerialConfig, VsockConfig};
+use crate::config::{DiskConfig, SerialConfig, VsockConfig};
 use crate::vcpu::VmExit;
 
 /// The CID `canto run` gives its guest (the first one a guest may have).
@@ -43,8 +46,15 @@ const STATUS_NOT_STARTED: u8 = 127;
 /// Canto's own failures (bad options, a VM that does not boot, an agent that never answers).
 const STATUS_CANTO_ERROR: u8 = 1;
 
-const RUN_USAGE: &str = "usage: canto run [VM options] [--copy-in HOST:GUEST]... \
+const RUN_USAGE: &str = "usage: canto run [VM options] [--rootfs IMAGE] [--copy-in HOST:GUEST]... \
 [--copy-out GUEST:HOST]... [--timeout S] [--agent-timeout S] [--stdin] -- COMMAND [ARGS]";
+
+/// The root disk `make guest` writes beside the kernel.
+const ROOT_DISK: &str = "rootfs.ext4";
+
+/// The kernel arguments that boot a root disk: the first disk, read-only, and the init all
+/// Canto guest images share (resources/guest/init).
+const ROOT_DISK_CMDLINE: &str = "root=/dev/vda ro rootfstype=ext4 init=/init";
 const EXEC_USAGE: &str =
     "usage: canto exec --vsock PATH [--timeout S] [--agent-timeout S] [--stdin] -- COMMAND [ARGS]";
 
@@ -58,6 +68,8 @@ pub struct SessionOptions {
     pub stdin: bool,
     /// `canto exec --vsock PATH`.
     pub vsock: Option<PathBuf>,
+    /// `canto run --rootfs IMAGE`: the root disk to boot instead of `make guest`'s.
+    pub rootfs: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
@@ -125,7 +137,8 @@ fn split_args(args: &[OsString], exec: bool) -> Result<RunArgs, String> {
         let takes_value = matches!(
             name.as_str(),
             "--copy-in" | "--copy-out" | "--timeout" | "--agent-timeout"
-        ) || (exec && name == "--vsock");
+        ) || (exec && name == "--vsock")
+            || (!exec && name == "--rootfs");
         if name == "--stdin" {
             session.stdin = true;
             continue;
@@ -149,6 +162,7 @@ fn split_args(args: &[OsString], exec: bool) -> Result<RunArgs, String> {
             "--copy-out" => session.copy_out.push(parse_pair(&name, &value)?),
             "--timeout" => session.timeout = Some(parse_seconds(&name, &value)?),
             "--agent-timeout" => session.agent_wait = Some(parse_seconds(&name, &value)?),
+            "--rootfs" => session.rootfs = Some(PathBuf::from(value)),
             _ => session.vsock = Some(PathBuf::from(value)),
         }
     }
@@ -332,6 +346,16 @@ pub fn run_main(args: &[OsString], signals: &crate::signals::StopSignals) -> u8 
         Ok(parsed) => parsed,
         Err(e) => return fail(e),
     };
+    // The root disk to put first (`/dev/vda`), read-only.
+    let mut root_disk = options.rootfs.clone();
+    if let Some(image) = &root_disk {
+        if has_option(&vm_args, "--initramfs") {
+            return fail("--rootfs and --initramfs: give one of them");
+        }
+        if !image.is_file() {
+            return fail(format!("--rootfs {}: no such file", image.display()));
+        }
+    }
     if !has_option(&vm_args, "--kernel") && !has_option(&vm_args, "--config") {
         let dir = match guest_dir() {
             Ok(dir) => dir,
@@ -340,9 +364,14 @@ pub fn run_main(args: &[OsString], signals: &crate::signals::StopSignals) -> u8 
         vm_args.push("--kernel".into());
         vm_args.push(dir.join("vmlinux").into());
         let initramfs = dir.join("initramfs.cpio");
-        if !has_option(&vm_args, "--initramfs") && initramfs.is_file() {
-            vm_args.push("--initramfs".into());
-            vm_args.push(initramfs.into());
+        let disk = dir.join(ROOT_DISK);
+        if root_disk.is_none() && !has_option(&vm_args, "--initramfs") {
+            if disk.is_file() {
+                root_disk = Some(disk);
+            } else if initramfs.is_file() {
+                vm_args.push("--initramfs".into());
+                vm_args.push(initramfs.into());
+            }
         }
     }
     let serial_given = has_option(&vm_args, "--serial");
@@ -353,6 +382,35 @@ pub fn run_main(args: &[OsString], signals: &crate::signals::StopSignals) -> u8 
         Ok(config) => config,
         Err(e) => return fail(e),
     };
+    if let Some(image) = root_disk {
+        // First, so that it is /dev/vda; the user's disks follow (/dev/vdb, ...).
+        config.devices.disks.insert(
+            0,
+            DiskConfig {
+                path: image,
+                readonly: true,
+                id: Some("canto-root".into()),
+            },
+        );
+        // The user's root= (or init=) wins, like canto.agent= below.
+        let words: Vec<&str> = config
+            .cmdline
+            .split(" -- ")
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let extra: Vec<&str> = ROOT_DISK_CMDLINE
+            .split_whitespace()
+            .filter(|arg| {
+                let key = arg.split('=').next().unwrap_or(arg);
+                !words.iter().any(|w| w.split('=').next() == Some(key))
+            })
+            .collect();
+        config.cmdline = format!("{} {}", extra.join(" "), config.cmdline)
+            .trim()
+            .to_string();
+    }
     // The guest's console is not the command's output.
     if !serial_given {
         config.serial = SerialConfig::Null;
@@ -516,6 +574,23 @@ mod tests {
         for e in [err(&["sh"]), err(&["--copy-in", "x", "--", "y"])] {
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn rootfs_is_run_s_option_not_the_vm_s() {
+        let parsed = split_args(
+            &args(&["--rootfs", "deb.ext4", "--disk", "path=d.img", "--", "true"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(parsed.session.rootfs, Some("deb.ext4".into()));
+        assert_eq!(parsed.vm_args, args(&["--disk", "path=d.img"]));
+        let err = split_args(
+            &args(&["--vsock", "/v", "--rootfs", "x", "--", "true"]),
+            true,
+        )
+        .unwrap_err();
+        assert!(err.contains("unknown option '--rootfs'"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The report's sections, one module each, run in the order they appear in the report. Each
 //! adds its own section(s) of rows to the one `Report`, and says there what it skipped and why.
 
+pub mod disk;
 pub mod driver_guest;
 pub mod guest;
 pub mod linux_boot;
@@ -35,6 +36,9 @@ pub fn run_all(cfg: &Config, report: &mut Report) {
     }
     if wanted("driver_guest") {
         driver_guest::run(cfg, report);
+    }
+    if wanted("disk") {
+        disk::run(cfg, report);
     }
     if cfg.linux_enabled {
         if wanted("linux_boot") {
