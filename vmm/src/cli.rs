@@ -200,7 +200,10 @@ impl Cli {
     }
 
     /// The jail the `--jail*` options describe, laid over `base` (a file's).
-    fn jail_config(&self, base: Option<&crate::jail::JailConfig>) -> Option<crate::jail::JailConfig> {
+    fn jail_config(
+        &self,
+        base: Option<&crate::jail::JailConfig>,
+    ) -> Option<crate::jail::JailConfig> {
         let mut jail = match (&self.jail, base) {
             (Some(dir), Some(base)) => crate::jail::JailConfig {
                 dir: dir.clone(),

@@ -159,7 +159,9 @@ pub fn parse_uid(s: &str) -> Result<u32, String> {
     // call (the command line is parsed before any thread exists).
     let entry = unsafe { libc::getpwnam(name.as_ptr()) };
     if entry.is_null() {
-        return Err(format!("jail: unknown user '{s}' (not in the host's passwd)"));
+        return Err(format!(
+            "jail: unknown user '{s}' (not in the host's passwd)"
+        ));
     }
     // SAFETY: non-null: getpwnam returned a valid entry.
     Ok(unsafe { (*entry).pw_uid })
@@ -174,7 +176,9 @@ pub fn parse_gid(s: &str) -> Result<u32, String> {
     // SAFETY: as in parse_uid.
     let entry = unsafe { libc::getgrnam(name.as_ptr()) };
     if entry.is_null() {
-        return Err(format!("jail: unknown group '{s}' (not in the host's group file)"));
+        return Err(format!(
+            "jail: unknown group '{s}' (not in the host's group file)"
+        ));
     }
     // SAFETY: non-null: getgrnam returned a valid entry.
     Ok(unsafe { (*entry).gr_gid })
@@ -228,8 +232,12 @@ fn file_name(path: &Path, fallback: &str) -> String {
 
 /// An existing host path, absolute; the error names what it is for.
 fn existing(path: &Path, what: &str) -> Result<PathBuf, String> {
-    std::fs::canonicalize(path)
-        .map_err(|e| format!("jail: cannot give the VM its {what} '{}': {e}", path.display()))
+    std::fs::canonicalize(path).map_err(|e| {
+        format!(
+            "jail: cannot give the VM its {what} '{}': {e}",
+            path.display()
+        )
+    })
 }
 
 /// Whether the VM's sound goes through ALSA (and so needs alsa-lib's plugins, configuration and
@@ -253,9 +261,9 @@ pub(crate) fn pulse_socket() -> Result<Option<PathBuf>, String> {
         let server = server.to_string_lossy().into_owned();
         // A list of servers: the first Unix one.
         for entry in server.split_whitespace() {
-            let entry = entry.strip_prefix('{').map_or(entry, |e| {
-                e.split_once('}').map_or(e, |(_, rest)| rest)
-            });
+            let entry = entry
+                .strip_prefix('{')
+                .map_or(entry, |e| e.split_once('}').map_or(e, |(_, rest)| rest));
             if let Some(path) = entry.strip_prefix("unix:") {
                 return Ok(Some(PathBuf::from(path)));
             }
@@ -400,7 +408,10 @@ impl Plan {
         if let Some(cookie) = pulse_cookie() {
             // A copy the uid can read (the host's is usually 0600 for its owner).
             let contents = std::fs::read(&cookie).map_err(|e| {
-                format!("jail: cannot read the PulseAudio cookie '{}': {e}", cookie.display())
+                format!(
+                    "jail: cannot read the PulseAudio cookie '{}': {e}",
+                    cookie.display()
+                )
             })?;
             let jail = runtime.join("pulse/cookie");
             self.copies.push(CopiedFile {
@@ -473,12 +484,7 @@ pub fn enter(config: &VmConfig) -> Result<Entered, String> {
     let dir = match std::fs::metadata(&jail.dir) {
         Ok(m) if m.is_dir() => std::fs::canonicalize(&jail.dir)
             .map_err(fail(format_args!("directory '{}'", jail.dir.display())))?,
-        Ok(_) => {
-            return Err(format!(
-                "jail: '{}' is not a directory",
-                jail.dir.display()
-            ))
-        }
+        Ok(_) => return Err(format!("jail: '{}' is not a directory", jail.dir.display())),
         Err(e) => {
             return Err(format!(
                 "jail: the directory '{}' cannot be used: {e}",
@@ -569,8 +575,10 @@ pub fn enter(config: &VmConfig) -> Result<Entered, String> {
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .map_err(fail(format_args!("cannot give '{}' to the uid", path.display())))
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(fail(format_args!(
+        "cannot give '{}' to the uid",
+        path.display()
+    )))
 }
 
 fn empty_set() -> libc::sigset_t {
@@ -672,9 +680,8 @@ fn join_cgroup(name: &str, cpu_percent: Option<u32>, memory: Option<u64>) -> Res
     let period: u64 = 100_000;
     let quota = cpu_percent.map(|p| u64::from(p) * period / 100);
     let make = |dir: &Path| {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            format!("jail: cannot join the cgroup {}: {e}", dir.display())
-        })
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("jail: cannot join the cgroup {}: {e}", dir.display()))
     };
     match cgroup_version() {
         CgroupVersion::V2 => {
@@ -730,7 +737,10 @@ fn mount_point(path: &Path, dir: bool) -> Result<(), String> {
             .open(path)
             .map(drop)
     }
-    .map_err(fail(format_args!("cannot make the mount point '{}'", path.display())))
+    .map_err(fail(format_args!(
+        "cannot make the mount point '{}'",
+        path.display()
+    )))
 }
 
 /// `dir` + the in-jail absolute `path`.
@@ -756,7 +766,10 @@ fn build_root(dir: &Path, plan: &Plan, jail: &JailConfig) -> Result<(), String> 
 
     // Small tmpfs's for /dev and /run: the uid's device nodes and the sound server's files.
     let tmpfs = c"tmpfs";
-    for (path, options) in [("/dev", c"mode=0755,size=64k"), ("/run", c"mode=0755,size=1m")] {
+    for (path, options) in [
+        ("/dev", c"mode=0755,size=64k"),
+        ("/run", c"mode=0755,size=1m"),
+    ] {
         let target = under(dir, Path::new(path));
         mount_point(&target, true)?;
         mount(
@@ -821,10 +834,18 @@ fn build_root(dir: &Path, plan: &Plan, jail: &JailConfig) -> Result<(), String> 
 
     let old = dir.join(".old-root");
     std::fs::create_dir_all(&old).map_err(fail("cannot make the old root's mount point"))?;
-    let (new_root, put_old) = (cstring(dir).map_err(fail("root"))?, cstring(&old).map_err(fail("root"))?);
+    let (new_root, put_old) = (
+        cstring(dir).map_err(fail("root"))?,
+        cstring(&old).map_err(fail("root"))?,
+    );
     // SAFETY: two valid NUL-terminated paths.
-    check(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) } as i32)
-        .map_err(fail(format_args!("cannot pivot_root into '{}'", dir.display())))?;
+    check(
+        unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) } as i32,
+    )
+    .map_err(fail(format_args!(
+        "cannot pivot_root into '{}'",
+        dir.display()
+    )))?;
     std::env::set_current_dir("/").map_err(fail("cannot enter the new root"))?;
     let old = cstring(Path::new("/.old-root")).map_err(fail("root"))?;
     // SAFETY: a valid path; a lazy unmount of the host's tree, which nothing here uses.
@@ -854,8 +875,14 @@ fn make_devices(dev: &Path, jail: &JailConfig) -> Result<(), String> {
         let path = dev.join(name);
         let c = cstring(&path).map_err(fail("dev"))?;
         // SAFETY: a valid path; makedev and mknod take numbers.
-        check(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | mode, libc::makedev(major, minor)) })
-            .map_err(fail(format_args!("cannot make /dev/{name}")))?;
+        check(unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                libc::S_IFCHR | mode,
+                libc::makedev(major, minor),
+            )
+        })
+        .map_err(fail(format_args!("cannot make /dev/{name}")))?;
         // mknod's mode went through the umask.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .map_err(fail(format_args!("cannot make /dev/{name}")))?;
@@ -901,8 +928,10 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
     // SAFETY: an empty group list; the id calls take numbers.
     unsafe {
         check(libc::setgroups(0, std::ptr::null())).map_err(fail("cannot clear the groups"))?;
-        check(libc::setresgid(gid, gid, gid)).map_err(fail(format_args!("cannot become gid {gid}")))?;
-        check(libc::setresuid(uid, uid, uid)).map_err(fail(format_args!("cannot become uid {uid}")))?;
+        check(libc::setresgid(gid, gid, gid))
+            .map_err(fail(format_args!("cannot become gid {gid}")))?;
+        check(libc::setresuid(uid, uid, uid))
+            .map_err(fail(format_args!("cannot become uid {uid}")))?;
         if libc::geteuid() != uid || libc::getegid() != gid || libc::setuid(0) == 0 {
             return Err("jail: the uid and gid did not change".into());
         }
@@ -928,6 +957,9 @@ pub fn confinement_test_trigger() {
         "canto: confinement test: network interfaces: {}",
         network_interfaces().join(" ")
     );
+    // SAFETY: the id calls have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    eprintln!("canto: confinement test: uid={uid} gid={gid}");
 }
 
 /// The names of the network interfaces this process sees (if_nameindex, over netlink: no
@@ -943,7 +975,11 @@ pub fn network_interfaces() -> Vec<String> {
     // SAFETY: the array ends with an entry whose index is 0; each name is a C string.
     unsafe {
         while (*entry).if_index != 0 {
-            names.push(CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned());
+            names.push(
+                CStr::from_ptr((*entry).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             entry = entry.add(1);
         }
         libc::if_freenameindex(list);
@@ -975,16 +1011,23 @@ mod tests {
         assert_eq!(limits.validate(), Ok(()));
         limits.memory_limit = Some(0);
         assert!(limits.validate().unwrap_err().contains("of 0"));
-        assert!(JailConfig::new("").validate().unwrap_err().contains("directory"));
+        assert!(JailConfig::new("")
+            .validate()
+            .unwrap_err()
+            .contains("directory"));
     }
 
     #[test]
     fn names_and_numbers_resolve() {
         assert_eq!(parse_uid("1234"), Ok(1234));
         assert_eq!(parse_uid("root"), Ok(0));
-        assert!(parse_uid("no-such-user-here").unwrap_err().contains("unknown user"));
+        assert!(parse_uid("no-such-user-here")
+            .unwrap_err()
+            .contains("unknown user"));
         assert_eq!(parse_gid("root"), Ok(0));
-        assert!(parse_gid("no-such-group-here").unwrap_err().contains("unknown group"));
+        assert!(parse_gid("no-such-group-here")
+            .unwrap_err()
+            .contains("unknown group"));
     }
 
     #[test]
@@ -1018,8 +1061,14 @@ mod tests {
         });
         let plan = Plan::make(&mut config).unwrap();
         assert_eq!(config.kernel, Path::new("/vm/kernel-vmlinux"));
-        assert_eq!(config.initramfs.as_deref(), Some(Path::new("/vm/initramfs-initrd")));
-        assert_eq!(config.devices.disks[0].path, Path::new("/vm/disk0-disk.img"));
+        assert_eq!(
+            config.initramfs.as_deref(),
+            Some(Path::new("/vm/initramfs-initrd"))
+        );
+        assert_eq!(
+            config.devices.disks[0].path,
+            Path::new("/vm/disk0-disk.img")
+        );
         assert_eq!(
             config.devices.vsock.as_ref().unwrap().socket,
             Path::new("/vm/vsock/v.sock")
@@ -1033,7 +1082,12 @@ mod tests {
                 path: "/vm/sound-out/out.wav".into()
             }
         );
-        let find = |jail: &str| plan.binds.iter().find(|b| b.jail == Path::new(jail)).unwrap();
+        let find = |jail: &str| {
+            plan.binds
+                .iter()
+                .find(|b| b.jail == Path::new(jail))
+                .unwrap()
+        };
         assert!(find("/vm/kernel-vmlinux").readonly);
         assert!(find("/vm/disk0-disk.img").readonly);
         assert!(!find("/vm/vsock").readonly);
@@ -1044,7 +1098,10 @@ mod tests {
 
         config.kernel = dir.join("missing");
         let e = Plan::make(&mut config).unwrap_err();
-        assert!(e.contains("kernel") && e.contains("missing") && !e.contains('\n'), "{e}");
+        assert!(
+            e.contains("kernel") && e.contains("missing") && !e.contains('\n'),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
