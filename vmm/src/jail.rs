@@ -839,10 +839,9 @@ fn build_root(dir: &Path, plan: &Plan, jail: &JailConfig) -> Result<(), String> 
         cstring(&old).map_err(fail("root"))?,
     );
     // SAFETY: two valid NUL-terminated paths.
-    check(
-        unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) } as i32,
-    )
-    .map_err(fail(format_args!(
+    let pivoted =
+        unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    check(pivoted as i32).map_err(fail(format_args!(
         "cannot pivot_root into '{}'",
         dir.display()
     )))?;
@@ -1103,6 +1102,45 @@ mod tests {
             "{e}"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_file_and_the_command_line_give_the_same_confinement() {
+        let doc = r#"{"kernel": "/k", "landlock": true,
+            "jail": {"dir": "/j", "uid": 1000, "cgroup": "canto/vm1", "memory_limit": "1G"}}"#;
+        let from_file = VmConfig::from_text(doc, crate::config::FileFormat::Json).unwrap();
+        let jail = from_file.jail.clone().unwrap();
+        assert_eq!((jail.uid, jail.gid), (1000, DEFAULT_ID));
+        assert_eq!(jail.memory_limit, Some(1 << 30));
+        assert!(from_file.landlock);
+        let cli = crate::cli::Cli::parse_args([
+            "canto",
+            "--kernel",
+            "/k",
+            "--jail",
+            "/j",
+            "--jail-uid",
+            "1000",
+            "--jail-cgroup",
+            "canto/vm1",
+            "--jail-memory-limit",
+            "1G",
+            "--landlock",
+        ])
+        .unwrap();
+        assert_eq!(cli.vm_config().unwrap(), from_file);
+        let text = serde_json::to_string(&from_file).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&text).unwrap(), from_file);
+        // The jail's options need --jail; a file's bad jail is refused with its reason.
+        assert!(
+            crate::cli::Cli::parse_args(["canto", "--kernel", "/k", "--jail-uid", "1"]).is_err()
+        );
+        let e = VmConfig::from_text(
+            r#"{"kernel": "/k", "jail": {"dir": "/j", "uid": 0}}"#,
+            crate::config::FileFormat::Json,
+        )
+        .unwrap_err();
+        assert!(e.contains("other than 0"), "{e}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             }
         };
         match confine(config) {
-            Ok(Confined::Run(config)) => vm = Some((cli, config)),
+            Ok(Confined::Run(config)) => vm = Some((cli, *config)),
             Ok(Confined::Exit(status)) => return ExitCode::from(status),
             Err(e) => {
                 eprintln!("canto: {e}");
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
 /// What [`confine`] leaves to do.
 enum Confined {
     /// Build and run this VM (its paths are in-jail ones when jailed).
-    Run(vmm::config::VmConfig),
+    Run(Box<vmm::config::VmConfig>),
     /// The jail's parent, after the jailed VMM ended: exit with its status.
     Exit(u8),
 }
@@ -102,7 +102,7 @@ enum Confined {
 /// `--jail` and `--landlock`, in that order (the jail rewrites the paths Landlock's rules name).
 fn confine(config: vmm::config::VmConfig) -> Result<Confined, String> {
     if config.jail.is_none() && !config.landlock {
-        return Ok(Confined::Run(config));
+        return Ok(Confined::Run(Box::new(config)));
     }
     // Mistakes in the configuration first, with their usual lines.
     config.validate()?;
@@ -119,5 +119,5 @@ fn confine(config: vmm::config::VmConfig) -> Result<Confined, String> {
     if config.landlock {
         vmm::landlock::restrict(&config)?;
     }
-    Ok(Confined::Run(config))
+    Ok(Confined::Run(Box::new(config)))
 }
