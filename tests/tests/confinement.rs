@@ -82,7 +82,8 @@ fn canto_leaking(
         // close-on-exec.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                if libc::dup2(fd, 3) < 0 {
+                // (dup2 onto itself keeps close-on-exec: clear it either way.)
+                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
