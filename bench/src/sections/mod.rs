@@ -1,6 +1,7 @@
 //! The report's sections, one module each, run in the order they appear in the report. Each
 //! adds its own section(s) of rows to the one `Report`, and says there what it skipped and why.
 
+pub mod confinement;
 pub mod driver_guest;
 pub mod guest;
 pub mod linux_boot;
@@ -18,6 +19,7 @@ pub fn run_all(cfg: &Config, report: &mut Report) {
     micro::run(cfg, report);
     pvh_hello::run(cfg, report);
     driver_guest::run(cfg, report);
+    confinement::run(cfg, report);
     if cfg.linux_enabled {
         linux_boot::run(cfg, report);
         vmm_audio::run(cfg, report);
