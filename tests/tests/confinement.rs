@@ -466,3 +466,61 @@ fn bad_confinement_input_is_one_clear_line() {
         "this kernel does not offer Landlock",
     );
 }
+
+/// The jail's parent forwards SIGTERM to the jailed VMM, which stops cleanly (its WAV file
+/// complete, its one line), and the parent exits with the VMM's status, 143.
+#[test]
+fn the_jail_forwards_sigterm_and_passes_on_the_exit_status() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(elf) = driver_guest_to_run() else {
+        return;
+    };
+    let scratch = Scratch::new("sigterm");
+    let jail = scratch.sub("jail");
+    let out_dir = scratch.sub("out");
+    Scratch::chown(&out_dir, NOBODY);
+    let wav = out_dir.join("play.wav");
+    let mut sent = false;
+    let out = Canto::new()
+        .arg("--kernel")
+        .arg(elf.to_str().unwrap())
+        .arg("--memory")
+        .arg("64M")
+        .arg("--serial")
+        .arg("stdio")
+        .arg("--sound")
+        .arg(&format!("backend=wav,path={}", wav.display()))
+        .arg("--cmdline")
+        .arg("test=snd-play")
+        .arg("--jail")
+        .arg(jail.to_str().unwrap())
+        .timeout(Duration::from_secs(60))
+        .run_watching(|pid| {
+            // Once the guest has played 200 ms into the file.
+            let len = std::fs::metadata(&wav).map_or(0, |m| m.len());
+            if !sent && len > 44 + 8 * 4800 {
+                // SAFETY: signals the jail's parent, our child, which has not been reaped.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                sent = true;
+            }
+        });
+    assert!(sent && !out.timed_out, "{out:#?}");
+    assert_eq!(out.status.and_then(|s| s.code()), Some(143), "{out:#?}");
+    assert!(
+        out.stderr.contains("canto: stopped by SIGTERM"),
+        "{}",
+        out.stderr
+    );
+    // The teardown finished the file: its header counts the frames it holds.
+    let reader = hound::WavReader::open(&wav).expect("a complete WAV file");
+    let frames = u64::from(reader.duration());
+    let data_bytes = std::fs::metadata(&wav).unwrap().len() - 44;
+    assert!(frames >= 2 * 4800, "{frames} frames");
+    assert_eq!(
+        frames * 4,
+        data_bytes,
+        "the header does not count the file's frames"
+    );
+}
