@@ -524,3 +524,60 @@ fn the_jail_forwards_sigterm_and_passes_on_the_exit_status() {
         "the header does not count the file's frames"
     );
 }
+
+/// The jailed VMM dies with the jail's parent (SIGKILLed, as a timeout would): no VMM is left
+/// running without anyone to wait for it. (A change of uid clears the parent-death signal; the
+/// jail sets it again after the drop.)
+#[test]
+fn the_jailed_vmm_dies_with_its_parent() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(elf) = driver_guest_to_run() else {
+        return;
+    };
+    let scratch = Scratch::new("orphan");
+    let jail = scratch.sub("jail");
+    let mut parent = Command::new(canto_bin())
+        .args(["--kernel", elf.to_str().unwrap(), "--memory", "64M"])
+        .args(["--serial", "null", "--sound", "backend=null"])
+        .args([
+            "--cmdline",
+            "test=snd-play",
+            "--jail",
+            jail.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cannot start canto");
+    let children = format!("/proc/{0}/task/{0}/children", parent.id());
+    let start = std::time::Instant::now();
+    let child: i32 = loop {
+        let text = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse().ok()) {
+            break pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no jailed VMM started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Let it drop its privileges and run the guest.
+    std::thread::sleep(Duration::from_millis(500));
+    parent.kill().expect("kill the parent");
+    parent.wait().expect("reap the parent");
+    let start = std::time::Instant::now();
+    let alive = || Path::new(&format!("/proc/{child}")).exists();
+    while alive() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survived = alive();
+    if survived {
+        // SAFETY: kill takes numbers; the orphan is the one this test made.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
+    assert!(!survived, "the jailed VMM outlived its parent");
+}

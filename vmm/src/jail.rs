@@ -571,6 +571,15 @@ pub fn enter(config: &VmConfig) -> Result<Entered, String> {
     }
     set_rlimits(&jail, config.memory)?;
     drop_privileges(jail.uid, jail.gid)?;
+    // A change of uid clears the parent-death signal: set it again, then make sure the parent
+    // did not die in between (outside the namespace it is pid 0 to us while it lives).
+    // SAFETY: as above.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != 0 {
+            libc::_exit(1);
+        }
+    }
     Ok(Entered::Jailed(Box::new(jailed)))
 }
 
