@@ -581,3 +581,40 @@ fn the_jailed_vmm_dies_with_its_parent() {
     }
     assert!(!survived, "the jailed VMM outlived its parent");
 }
+
+/// `--landlock` leaves the ALSA backend what it needs: the driver-guest plays through alsa-lib's
+/// `pulse` plugin to the private PulseAudio (plugin and libraries loaded, configuration read,
+/// socket reached after the restriction), and the host file stays closed.
+#[test]
+fn landlock_lets_the_alsa_backend_reach_pulseaudio() {
+    let Some(elf) = driver_guest_to_run() else {
+        return;
+    };
+    let Some(pulse) = PulseServer::start("landlock") else {
+        return;
+    };
+    let env: Vec<(String, String)> = pulse.client_env();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push((TRIGGER, "/etc/hostname"));
+    let (code, stdout, stderr) = canto(
+        &[
+            "--kernel",
+            elf.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--serial",
+            "stdio",
+            "--sound",
+            "backend=alsa,device=pulse,capture=null",
+            "--cmdline",
+            "test=snd-tx",
+            "--landlock",
+        ],
+        &env,
+        false,
+    );
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("DG PASS snd-tx"), "{stdout}\n{stderr}");
+    let refused = trigger_line(&stderr, "open '/etc/hostname'");
+    assert!(refused.contains("refused"), "{refused}");
+}
