@@ -67,6 +67,37 @@ pub struct Cli {
     /// `CONNECT <port>\n`; guest connections to host port P reach the socket PATH_P.
     #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
     pub vsock: Option<VsockConfig>,
+    /// Confinement: run in a jail rooted at DIR (started as root: new mount, pid, ipc and
+    /// network namespaces, the VM's files bind-mounted in, pivot_root, rlimits, then the
+    /// unprivileged --jail-uid/--jail-gid). See docs/security.md.
+    #[arg(long, value_name = "DIR")]
+    pub jail: Option<PathBuf>,
+    /// The jail's user, by number or name (default 65534, nobody).
+    #[arg(long, value_name = "UID", requires = "jail", value_parser = crate::jail::parse_uid)]
+    pub jail_uid: Option<u32>,
+    /// The jail's group, by number or name (default 65534).
+    #[arg(long, value_name = "GID", requires = "jail", value_parser = crate::jail::parse_gid)]
+    pub jail_gid: Option<u32>,
+    /// A cgroup for the jail to join (created when missing), relative to the cgroup root (v2)
+    /// or to the cpu and memory hierarchies (v1).
+    #[arg(long, value_name = "PATH", requires = "jail")]
+    pub jail_cgroup: Option<String>,
+    /// The jail's cgroup CPU limit in percent of one CPU (150: one and a half).
+    #[arg(long, value_name = "PERCENT", requires = "jail_cgroup")]
+    pub jail_cpu_percent: Option<u32>,
+    /// The jail's cgroup memory limit, e.g. 1G.
+    #[arg(long, value_name = "SIZE", requires = "jail_cgroup", value_parser = parse_size)]
+    pub jail_memory_limit: Option<u64>,
+    /// The jail's RLIMIT_NOFILE (default 4096).
+    #[arg(long, value_name = "N", requires = "jail")]
+    pub jail_max_fds: Option<u64>,
+    /// The jail's RLIMIT_AS, e.g. 8G (default: the guest's memory + 4G).
+    #[arg(long, value_name = "SIZE", requires = "jail", value_parser = parse_size)]
+    pub jail_max_address_space: Option<u64>,
+    /// Confinement without root: Landlock lets Canto open only the VM's files and what its
+    /// sound backend needs. See docs/security.md.
+    #[arg(long)]
+    pub landlock: bool,
     /// Print the guest's PCI devices and exit after building the VM.
     #[arg(long)]
     pub print_devices: bool,
@@ -139,6 +170,7 @@ impl Cli {
         if self.given("vsock") {
             config.devices.vsock = line.devices.vsock;
         }
+        self.overlay_confinement(&mut config);
         Ok(config)
     }
 
@@ -162,6 +194,54 @@ impl Cli {
                 disks: self.disk.clone(),
                 vsock: self.vsock.clone(),
             },
+            jail: self.jail_config(None),
+            landlock: self.landlock,
+        }
+    }
+
+    /// The jail the `--jail*` options describe, laid over `base` (a file's).
+    fn jail_config(
+        &self,
+        base: Option<&crate::jail::JailConfig>,
+    ) -> Option<crate::jail::JailConfig> {
+        let mut jail = match (&self.jail, base) {
+            (Some(dir), Some(base)) => crate::jail::JailConfig {
+                dir: dir.clone(),
+                ..base.clone()
+            },
+            (Some(dir), None) => crate::jail::JailConfig::new(dir),
+            (None, Some(base)) => base.clone(),
+            (None, None) => return None,
+        };
+        if let Some(uid) = self.jail_uid {
+            jail.uid = uid;
+        }
+        if let Some(gid) = self.jail_gid {
+            jail.gid = gid;
+        }
+        if let Some(cgroup) = &self.jail_cgroup {
+            jail.cgroup = Some(cgroup.clone());
+        }
+        if let Some(percent) = self.jail_cpu_percent {
+            jail.cpu_percent = Some(percent);
+        }
+        if let Some(limit) = self.jail_memory_limit {
+            jail.memory_limit = Some(limit);
+        }
+        if let Some(n) = self.jail_max_fds {
+            jail.max_fds = Some(n);
+        }
+        if let Some(size) = self.jail_max_address_space {
+            jail.max_address_space = Some(size);
+        }
+        Some(jail)
+    }
+
+    /// `--jail*` and `--landlock` over a file's confinement.
+    fn overlay_confinement(&self, config: &mut VmConfig) {
+        config.jail = self.jail_config(config.jail.as_ref());
+        if self.landlock {
+            config.landlock = true;
         }
     }
 }

@@ -11,9 +11,12 @@ const KVM_PVM_ARGS: &[&str] = &[
     "clearcpuid=cx16,popcnt,smap,smep,fsgsbase,pcid,invpcid,pku,rdpid,umip,rdrand,rdseed,xsave,avx,avx2,bmi1,bmi2",
 ];
 
-/// True when /dev/kvm is kvm_pvm, the software KVM whose guests need [`KVM_PVM_ARGS`].
+/// True when /dev/kvm is kvm_pvm, the software KVM whose guests need [`KVM_PVM_ARGS`]. Looked
+/// up once: a confined VMM (`--jail`, `--landlock`) cannot see /sys/module, so `main` asks
+/// before confining it.
 pub fn host_is_kvm_pvm() -> bool {
-    std::path::Path::new("/sys/module/kvm_pvm").exists()
+    static KVM_PVM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KVM_PVM.get_or_init(|| std::path::Path::new("/sys/module/kvm_pvm").exists())
 }
 
 fn key_of(arg: &str) -> &str {

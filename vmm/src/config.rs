@@ -40,6 +40,12 @@ pub struct VmConfig {
     /// The guest's virtio devices.
     #[serde(default)]
     pub devices: DevicesConfig,
+    /// Confinement: run the VMM in a jail (namespaces, pivot_root, a uid; docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<crate::jail::JailConfig>,
+    /// Confinement: Landlock lets the VMM open only the files the VM was given.
+    #[serde(default)]
+    pub landlock: bool,
 }
 
 fn default_cpus() -> u8 {
@@ -48,6 +54,13 @@ fn default_cpus() -> u8 {
 
 fn default_memory() -> u64 {
     DEFAULT_MEMORY
+}
+
+/// [`bytes_or_size`] for an optional field.
+pub(crate) fn opt_bytes_or_size<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    bytes_or_size(deserializer).map(Some)
 }
 
 /// A byte count as a number, or as a size string with a K/M/G/T suffix ([`crate::cli::parse_size`]).
@@ -123,6 +136,8 @@ impl VmConfig {
             memory: default_memory(),
             serial: SerialConfig::default(),
             devices: DevicesConfig::default(),
+            jail: None,
+            landlock: false,
         }
     }
 
@@ -199,6 +214,9 @@ impl VmConfig {
         }
         if let Some(vsock) = &self.devices.vsock {
             vsock.validate()?;
+        }
+        if let Some(jail) = &self.jail {
+            jail.validate()?;
         }
         Ok(())
     }

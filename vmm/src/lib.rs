@@ -14,6 +14,8 @@ pub mod console;
 pub mod devices;
 mod event_loop;
 pub mod interrupts;
+pub mod jail;
+pub mod landlock;
 pub mod loader;
 pub mod sandbox;
 pub mod signals;

@@ -10,7 +10,30 @@ use std::process::ExitCode;
 use vmm::vcpu::VmExit;
 
 fn main() -> ExitCode {
-    // First, before any thread exists: every later thread inherits the blocked stop signals.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let subcommand = matches!(args.get(1).and_then(|a| a.to_str()), Some("run" | "exec"));
+    // The VM's configuration and its confinement come first, before any thread exists: the jail
+    // forks, and Landlock confines only the thread that asks and those it starts later.
+    let mut vm = None;
+    if !subcommand {
+        let cli = vmm::cli::Cli::parse_args(&args).unwrap_or_else(|e| e.exit());
+        let config = match cli.vm_config() {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("canto: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match confine(config) {
+            Ok(Confined::Run(config)) => vm = Some((cli, *config)),
+            Ok(Confined::Exit(status)) => return ExitCode::from(status),
+            Err(e) => {
+                eprintln!("canto: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // Before any other thread exists: every later thread inherits the blocked stop signals.
     let signals = match vmm::signals::install() {
         Ok(signals) => signals,
         Err(e) => {
@@ -27,20 +50,13 @@ fn main() -> ExitCode {
     .format_timestamp_millis()
     .init();
     // `canto run ...` and `canto exec ...`: a command in a guest, through its agent.
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    match args.get(1).and_then(|a| a.to_str()) {
-        Some("run") => return ExitCode::from(vmm::sandbox::run_main(&args[2..], &signals)),
-        Some("exec") => return ExitCode::from(vmm::sandbox::exec_main(&args[2..])),
-        _ => {}
-    }
-    let cli = vmm::cli::Cli::parse_args(args).unwrap_or_else(|e| e.exit());
-    let config = match cli.vm_config() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("canto: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some((cli, config)) = vm else {
+        return match args.get(1).and_then(|a| a.to_str()) {
+            Some("run") => ExitCode::from(vmm::sandbox::run_main(&args[2..], &signals)),
+            _ => ExitCode::from(vmm::sandbox::exec_main(&args[2..])),
+        };
     };
+    vmm::jail::confinement_test_trigger();
     let result = vmm::Vmm::build(&config).and_then(|mut vmm| {
         if cli.print_devices {
             for device in vmm.pci_devices() {
@@ -73,4 +89,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What [`confine`] leaves to do.
+enum Confined {
+    /// Build and run this VM (its paths are in-jail ones when jailed).
+    Run(Box<vmm::config::VmConfig>),
+    /// The jail's parent, after the jailed VMM ended: exit with its status.
+    Exit(u8),
+}
+
+/// `--jail` and `--landlock`, in that order (the jail rewrites the paths Landlock's rules name).
+fn confine(config: vmm::config::VmConfig) -> Result<Confined, String> {
+    if config.jail.is_none() && !config.landlock {
+        return Ok(Confined::Run(Box::new(config)));
+    }
+    // Mistakes in the configuration first, with their usual lines.
+    config.validate()?;
+    // Asked now: the confined VMM cannot see /sys/module.
+    vmm::cmdline::host_is_kvm_pvm();
+    let config = if config.jail.is_some() {
+        match vmm::jail::enter(&config)? {
+            vmm::jail::Entered::Jailed(config) => *config,
+            vmm::jail::Entered::Parent(status) => return Ok(Confined::Exit(status)),
+        }
+    } else {
+        config
+    };
+    if config.landlock {
+        vmm::landlock::restrict(&config)?;
+    }
+    Ok(Confined::Run(Box::new(config)))
 }

@@ -1,6 +1,7 @@
 //! The report's sections, one module each, run in the order they appear in the report. Each
 //! adds its own section(s) of rows to the one `Report`, and says there what it skipped and why.
 
+pub mod confinement;
 pub mod disk;
 pub mod driver_guest;
 pub mod guest;
@@ -39,6 +40,9 @@ pub fn run_all(cfg: &Config, report: &mut Report) {
     }
     if wanted("disk") {
         disk::run(cfg, report);
+    }
+    if wanted("confinement") {
+        confinement::run(cfg, report);
     }
     if cfg.linux_enabled {
         if wanted("linux_boot") {
