@@ -39,11 +39,13 @@ fn measure(cfg: &Config, elf: &Path, report: &mut Report) {
         name: "driver-guest",
         kernel: elf.to_path_buf(),
         initramfs: None,
+        disk: None,
         cmdline: "test=hello".into(),
         memory_mib: 64,
         first: |l| l.starts_with("DG "),
         ready: |l| l.starts_with("DG PASS"),
         ready_label: "DG PASS",
+        init: None,
         exit_note: "",
         timeout: Duration::from_secs(60),
     };

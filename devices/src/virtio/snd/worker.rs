@@ -26,7 +26,9 @@ use super::io::{Completion, Direction, IoMessage};
 use super::stats::SoundStats;
 use super::stream::{join_within, StreamControl, StreamResources, RESET_JOIN_WAIT};
 use super::waker::Waker;
-use super::wire::{self, CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, S_NOT_SUPP, TXQ};
+use super::wire::{
+    self, CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, S_NOT_SUPP, TXQ,
+};
 use crate::virtio::chain::{ChainBuffers, ChainLimits, Walk};
 use crate::virtio::drain::KickBudget;
 use crate::virtio::queue::DeviceQueue;
