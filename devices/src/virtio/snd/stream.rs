@@ -240,11 +240,11 @@ impl StreamControl {
             Direction::Output => resources
                 .backend
                 .open_output(id, &params, resources.stats)
-                .map(|stream| period::spawn_output(context, stream)),
+                .map(|stream| period::spawn_output(context, stream, resources.backend.name())),
             Direction::Input => resources
                 .backend
                 .open_input(id, &params, resources.stats)
-                .map(|stream| period::spawn_input(context, stream)),
+                .map(|stream| period::spawn_input(context, stream, resources.backend.input_name())),
         };
         match spawned {
             Ok(Ok(thread)) => {
