@@ -9,8 +9,8 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::config::{
-    check_cpus, DevicesConfig, DiskConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
-    VsockConfig, DISK_NEEDS_PATH, SERIAL_FILE_NEEDS_PATH,
+    check_cpus, DevicesConfig, DiskConfig, SeccompMode, SerialConfig, SoundDeviceConfig,
+    SoundSetting, VmConfig, VsockConfig, DISK_NEEDS_PATH, SERIAL_FILE_NEEDS_PATH,
 };
 
 /// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...` or `canto --config FILE [...]`
@@ -67,6 +67,10 @@ pub struct Cli {
     /// `CONNECT <port>\n`; guest connections to host port P reach the socket PATH_P.
     #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
     pub vsock: Option<VsockConfig>,
+    /// Seccomp filters on Canto's threads: on (a syscall outside its thread's filter ends Canto
+    /// with one line naming it), log (the kernel logs it instead, for writing rules) or off.
+    #[arg(long, value_name = "MODE", default_value = "on")]
+    pub seccomp: SeccompMode,
     /// Print the guest's PCI devices and exit after building the VM.
     #[arg(long)]
     pub print_devices: bool,
@@ -139,6 +143,9 @@ impl Cli {
         if self.given("vsock") {
             config.devices.vsock = line.devices.vsock;
         }
+        if self.given("seccomp") {
+            config.seccomp = line.seccomp;
+        }
         Ok(config)
     }
 
@@ -162,6 +169,21 @@ impl Cli {
                 disks: self.disk.clone(),
                 vsock: self.vsock.clone(),
             },
+            seccomp: self.seccomp,
+        }
+    }
+}
+
+/// `--seccomp on|log|off`.
+impl FromStr for SeccompMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(Self::On),
+            "log" => Ok(Self::Log),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("unknown seccomp mode '{s}': use on, log or off")),
         }
     }
 }

@@ -30,7 +30,13 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
         Some("run") => return ExitCode::from(vmm::sandbox::run_main(&args[2..], &signals)),
-        Some("exec") => return ExitCode::from(vmm::sandbox::exec_main(&args[2..])),
+        Some("exec") => {
+            if let Err(e) = signals.watch() {
+                eprintln!("canto: cannot set up the stop signals: {e}");
+                return ExitCode::FAILURE;
+            }
+            return ExitCode::from(vmm::sandbox::exec_main(&args[2..]));
+        }
         _ => {}
     }
     let cli = vmm::cli::Cli::parse_args(args).unwrap_or_else(|e| e.exit());
@@ -41,6 +47,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The filters are compiled now; each thread installs its own as it starts (the main
+    // thread once the VM is built, before the guest runs).
+    if let Err(e) = vmm::seccomp::init(config.seccomp) {
+        eprintln!("canto: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = signals.watch() {
+        eprintln!("canto: cannot set up the stop signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = vmm::Vmm::build(&config).and_then(|mut vmm| {
         if cli.print_devices {
             for device in vmm.pci_devices() {
