@@ -490,6 +490,36 @@ mod tests {
     }
 
     #[test]
+    fn seccomp_is_on_by_default_and_set_by_the_line_or_the_file() {
+        assert_eq!(
+            args(&["--kernel", "k"]).to_config().seccomp,
+            SeccompMode::On
+        );
+        for (text, mode) in [
+            ("on", SeccompMode::On),
+            ("log", SeccompMode::Log),
+            ("off", SeccompMode::Off),
+        ] {
+            let config = args(&["--kernel", "k", "--seccomp", text]).to_config();
+            assert_eq!(config.seccomp, mode);
+        }
+        let file = TempFile::new("seccomp.toml", "kernel = \"/k\"\nseccomp = \"log\"\n");
+        let config = args(&["--config", file.arg()]).vm_config().unwrap();
+        assert_eq!(config.seccomp, SeccompMode::Log);
+        // The default on the command line does not override the file; a given mode does.
+        let config = args(&["--config", file.arg(), "--seccomp", "off"])
+            .vm_config()
+            .unwrap();
+        assert_eq!(config.seccomp, SeccompMode::Off);
+        let bad = TempFile::new(
+            "seccomp-bad.toml",
+            "kernel = \"/k\"\nseccomp = \"strict\"\n",
+        );
+        let err = args(&["--config", bad.arg()]).vm_config().unwrap_err();
+        assert!(err.contains("seccomp"), "{err}");
+    }
+
+    #[test]
     fn a_config_file_is_the_vm_and_given_options_override_it() {
         let file = TempFile::new(
             "override.toml",

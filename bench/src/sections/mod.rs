@@ -6,6 +6,7 @@ pub mod guest;
 pub mod linux_boot;
 pub mod micro;
 pub mod pvh_hello;
+pub mod seccomp;
 pub mod unit_audio;
 pub mod vmm_audio;
 
@@ -17,6 +18,7 @@ pub fn run_all(cfg: &Config, report: &mut Report) {
     unit_audio::run(cfg, report);
     micro::run(cfg, report);
     pvh_hello::run(cfg, report);
+    seccomp::run_section(cfg, report);
     driver_guest::run(cfg, report);
     if cfg.linux_enabled {
         linux_boot::run(cfg, report);

@@ -90,7 +90,9 @@ const MAIN: &[i64] = &[
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_eventfd2,
+    libc::SYS_timerfd_create,
     libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
     libc::SYS_pipe2,
     libc::SYS_poll,
     libc::SYS_ppoll,
@@ -148,6 +150,8 @@ const MAIN: &[i64] = &[
 /// filter too) and reset (threads joined).
 const VCPU: &[i64] = &[
     libc::SYS_eventfd2,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
     libc::SYS_fcntl,
     libc::SYS_dup,
     libc::SYS_pread64,
@@ -228,6 +232,7 @@ const SOUND_ALSA: &[i64] = &[
 /// the capture file read.
 const SOUND_WAV: &[i64] = &[
     libc::SYS_lseek,
+    libc::SYS_ftruncate,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_fsync,
@@ -285,14 +290,17 @@ fn memory(rules: &mut Rules, exec: bool) -> Result<()> {
 }
 
 /// prctl to name the thread and to set no_new_privs; seccomp to install a filter (filters only
-/// ever add restrictions).
-fn self_confinement(rules: &mut Rules) -> Result<()> {
+/// ever add restrictions). On the main thread also PR_CAPBSET_READ (libcap reads the bounding set as the PulseAudio
+/// plugin loads it).
+fn self_confinement(rules: &mut Rules, main: bool) -> Result<()> {
+    let main_only: &[i32] = if main { &[libc::PR_CAPBSET_READ] } else { &[] };
     let prctl = [
         libc::PR_SET_NAME,
         libc::PR_GET_NAME,
         libc::PR_SET_NO_NEW_PRIVS,
     ]
     .iter()
+    .chain(main_only)
     .map(|&op| cond(0, Len::Dword, Op::Eq, op as u64).map(|c| vec![c]))
     .collect::<Result<Vec<_>>>()?;
     allow_when(rules, libc::SYS_prctl, prctl)?;
@@ -355,7 +363,7 @@ fn signals_to_self(rules: &mut Rules, kill: bool, tgkill: bool) -> Result<()> {
 pub fn rules(kind: ThreadKind) -> Result<Rules> {
     let mut rules = Rules::new();
     allow(&mut rules, BASE);
-    self_confinement(&mut rules)?;
+    self_confinement(&mut rules, kind == ThreadKind::Main)?;
     match kind {
         ThreadKind::Main => {
             allow(&mut rules, MAIN);
