@@ -169,7 +169,8 @@ const VCPU: &[i64] = &[
 const SIGNALS: &[i64] = &[libc::SYS_rt_sigtimedwait];
 
 /// `canto run`'s session: the agent through the vsock device's Unix socket, files copied in
-/// and out, the command's output, and SIGTERM to this process when done.
+/// and out, the command's output (and its stdin, from a thread of its own with `--stdin`), and
+/// SIGTERM to this process when done.
 const RUN_SESSION: &[i64] = &[
     libc::SYS_connect,
     libc::SYS_sendto,
@@ -403,6 +404,8 @@ pub fn rules(kind: ThreadKind) -> Result<Rules> {
         ThreadKind::RunSession => {
             allow(&mut rules, RUN_SESSION);
             memory(&mut rules, false)?;
+            // `--stdin`: the thread that sends the command's stdin (it inherits this filter).
+            thread_creation(&mut rules)?;
             unix_sockets(&mut rules)?;
             signals_to_self(&mut rules, true, false)?;
             ioctls(&mut rules, &TERMINAL_IOCTLS)?;
