@@ -5,6 +5,8 @@
 //! Threads: one per vCPU (KVM_RUN, port I/O and MMIO dispatch to the buses), and the main thread,
 //! which runs the event loop (event-manager): the VM's end, serial input, and device work such as
 //! virtio queue kicks (ioeventfds). Devices live in `canto-devices` and never call KVM directly.
+//! Every thread runs under a seccomp filter of its kind ([`seccomp`]), installed before the
+//! guest's first instruction.
 
 pub mod agent_client;
 pub mod cli;

@@ -365,6 +365,9 @@ pub fn rules(kind: ThreadKind) -> Result<Rules> {
     let mut rules = Rules::new();
     allow(&mut rules, BASE);
     self_confinement(&mut rules, kind == ThreadKind::Main)?;
+    // Every thread: the panic hook restores the terminal (tcsetattr) on whichever thread
+    // panics, before the panic message.
+    ioctls(&mut rules, &TERMINAL_IOCTLS)?;
     match kind {
         ThreadKind::Main => {
             allow(&mut rules, MAIN);
@@ -376,7 +379,6 @@ pub fn rules(kind: ThreadKind) -> Result<Rules> {
                 &mut rules,
                 &[KVM_IOEVENTFD(), KVM_IRQFD(), KVM_SET_GSI_ROUTING()],
             )?;
-            ioctls(&mut rules, &TERMINAL_IOCTLS)?;
             ioctls(&mut rules, &[libc::FIONBIO, libc::FIONREAD, libc::FIOCLEX])?;
             ioctl_types(&mut rules, &ALSA_IOCTL_TYPES)?;
         }
@@ -399,7 +401,6 @@ pub fn rules(kind: ThreadKind) -> Result<Rules> {
         ThreadKind::Signals => {
             allow(&mut rules, SIGNALS);
             memory(&mut rules, false)?;
-            ioctls(&mut rules, &TERMINAL_IOCTLS)?;
         }
         ThreadKind::RunSession => {
             allow(&mut rules, RUN_SESSION);
@@ -408,7 +409,6 @@ pub fn rules(kind: ThreadKind) -> Result<Rules> {
             thread_creation(&mut rules)?;
             unix_sockets(&mut rules)?;
             signals_to_self(&mut rules, true, false)?;
-            ioctls(&mut rules, &TERMINAL_IOCTLS)?;
         }
         ThreadKind::Block => {
             allow(&mut rules, BLOCK);
