@@ -4,6 +4,7 @@
 //! - [`legacy`]: the 16550 serial console and the i8042 reset line.
 //! - [`log_limit`]: rate-limited logging for anything a guest can make happen again and again.
 //! - [`pci`]: the PCI root bus, configuration space and MSI-X.
+//! - [`thread_start`]: the hook each device thread runs first (the VMM confines it there).
 //! - [`virtio`]: the `VirtioDevice` trait, the virtio-pci transport and the virtio devices.
 //!
 //! Devices never call KVM themselves: interrupts go out through traits the VMM implements
@@ -14,4 +15,5 @@ pub mod bus;
 pub mod legacy;
 pub mod log_limit;
 pub mod pci;
+pub mod thread_start;
 pub mod virtio;

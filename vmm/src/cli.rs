@@ -9,8 +9,8 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::config::{
-    check_cpus, DevicesConfig, DiskConfig, SerialConfig, SoundDeviceConfig, SoundSetting, VmConfig,
-    VsockConfig, DISK_NEEDS_PATH, SERIAL_FILE_NEEDS_PATH,
+    check_cpus, DevicesConfig, DiskConfig, SeccompMode, SerialConfig, SoundDeviceConfig,
+    SoundSetting, VmConfig, VsockConfig, DISK_NEEDS_PATH, SERIAL_FILE_NEEDS_PATH,
 };
 
 /// `canto --kernel PATH [--initramfs PATH] [--cmdline STR] ...` or `canto --config FILE [...]`
@@ -98,6 +98,10 @@ pub struct Cli {
     /// sound backend needs. See docs/security.md.
     #[arg(long)]
     pub landlock: bool,
+    /// Seccomp filters on Canto's threads: on (a syscall outside its thread's filter ends Canto
+    /// with one line naming it), log (the kernel logs it instead, for writing rules) or off.
+    #[arg(long, value_name = "MODE", default_value = "on")]
+    pub seccomp: SeccompMode,
     /// Print the guest's PCI devices and exit after building the VM.
     #[arg(long)]
     pub print_devices: bool,
@@ -171,6 +175,9 @@ impl Cli {
             config.devices.vsock = line.devices.vsock;
         }
         self.overlay_confinement(&mut config);
+        if self.given("seccomp") {
+            config.seccomp = line.seccomp;
+        }
         Ok(config)
     }
 
@@ -196,6 +203,7 @@ impl Cli {
             },
             jail: self.jail_config(None),
             landlock: self.landlock,
+            seccomp: self.seccomp,
         }
     }
 
@@ -242,6 +250,20 @@ impl Cli {
         config.jail = self.jail_config(config.jail.as_ref());
         if self.landlock {
             config.landlock = true;
+        }
+    }
+}
+
+/// `--seccomp on|log|off`.
+impl FromStr for SeccompMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(Self::On),
+            "log" => Ok(Self::Log),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("unknown seccomp mode '{s}': use on, log or off")),
         }
     }
 }
@@ -545,6 +567,36 @@ mod tests {
 
     fn args(list: &[&str]) -> Cli {
         Cli::parse_args(std::iter::once("canto").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn seccomp_is_on_by_default_and_set_by_the_line_or_the_file() {
+        assert_eq!(
+            args(&["--kernel", "k"]).to_config().seccomp,
+            SeccompMode::On
+        );
+        for (text, mode) in [
+            ("on", SeccompMode::On),
+            ("log", SeccompMode::Log),
+            ("off", SeccompMode::Off),
+        ] {
+            let config = args(&["--kernel", "k", "--seccomp", text]).to_config();
+            assert_eq!(config.seccomp, mode);
+        }
+        let file = TempFile::new("seccomp.toml", "kernel = \"/k\"\nseccomp = \"log\"\n");
+        let config = args(&["--config", file.arg()]).vm_config().unwrap();
+        assert_eq!(config.seccomp, SeccompMode::Log);
+        // The default on the command line does not override the file; a given mode does.
+        let config = args(&["--config", file.arg(), "--seccomp", "off"])
+            .vm_config()
+            .unwrap();
+        assert_eq!(config.seccomp, SeccompMode::Off);
+        let bad = TempFile::new(
+            "seccomp-bad.toml",
+            "kernel = \"/k\"\nseccomp = \"strict\"\n",
+        );
+        let err = args(&["--config", bad.arg()]).vm_config().unwrap_err();
+        assert!(err.contains("seccomp"), "{err}");
     }
 
     #[test]

@@ -46,6 +46,22 @@ pub struct VmConfig {
     /// Confinement: Landlock lets the VMM open only the files the VM was given.
     #[serde(default)]
     pub landlock: bool,
+    /// The seccomp filters on Canto's own threads ([`crate::seccomp`]).
+    #[serde(default)]
+    pub seccomp: SeccompMode,
+}
+
+/// What a syscall outside a thread's seccomp filter does (`--seccomp on|log|off`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// Ends Canto with one line naming the syscall and the thread (the default).
+    #[default]
+    On,
+    /// Lets it through; the kernel logs it (SECCOMP_RET_LOG), for writing rules.
+    Log,
+    /// No filters.
+    Off,
 }
 
 fn default_cpus() -> u8 {
@@ -138,6 +154,7 @@ impl VmConfig {
             devices: DevicesConfig::default(),
             jail: None,
             landlock: false,
+            seccomp: SeccompMode::default(),
         }
     }
 

@@ -5,6 +5,8 @@
 //! Threads: one per vCPU (KVM_RUN, port I/O and MMIO dispatch to the buses), and the main thread,
 //! which runs the event loop (event-manager): the VM's end, serial input, and device work such as
 //! virtio queue kicks (ioeventfds). Devices live in `canto-devices` and never call KVM directly.
+//! Every thread runs under a seccomp filter of its kind ([`seccomp`]), installed before the
+//! guest's first instruction.
 
 pub mod agent_client;
 pub mod cli;
@@ -18,6 +20,7 @@ pub mod jail;
 pub mod landlock;
 pub mod loader;
 pub mod sandbox;
+pub mod seccomp;
 pub mod signals;
 pub mod terminal;
 pub mod vcpu;
@@ -86,6 +89,8 @@ pub enum Error {
     Guest(String),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
 }
 
 /// Serial output that reaches its destination byte by byte, so a crash loses nothing. When the
@@ -281,11 +286,13 @@ impl Vmm {
             source: io::Error::from_raw_os_error(e.errno()),
         })?;
         let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(vcpu::StartGate::default());
         let mut threads = Vec::with_capacity(vcpus.len());
         let mut spawned = Ok(());
         for (id, fd) in vcpus.into_iter().enumerate() {
             let ctx = VcpuContext {
                 id: id as u8,
+                gate: gate.clone(),
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 mem: vm.mem.clone(),
@@ -304,6 +311,10 @@ impl Vmm {
             }
         }
 
+        // The event loop's filter, then the guest: each vCPU has installed its own and waits.
+        let spawned = spawned
+            .and_then(|()| seccomp::install(seccomp::ThreadKind::Main).map_err(Error::Seccomp));
+        gate.open(spawned.is_ok());
         let result = spawned.and_then(|()| loop {
             if let Err(e) = events.run() {
                 break Err(Error::EventLoop(e));

@@ -53,10 +53,26 @@ fn main() -> ExitCode {
     let Some((cli, config)) = vm else {
         return match args.get(1).and_then(|a| a.to_str()) {
             Some("run") => ExitCode::from(vmm::sandbox::run_main(&args[2..], &signals)),
-            _ => ExitCode::from(vmm::sandbox::exec_main(&args[2..])),
+            _ => {
+                if let Err(e) = signals.watch() {
+                    eprintln!("canto: cannot set up the stop signals: {e}");
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::from(vmm::sandbox::exec_main(&args[2..]))
+            }
         };
     };
     vmm::jail::confinement_test_trigger();
+    // The filters are compiled now; each thread installs its own as it starts (the main
+    // thread once the VM is built, before the guest runs).
+    if let Err(e) = vmm::seccomp::init(config.seccomp) {
+        eprintln!("canto: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = signals.watch() {
+        eprintln!("canto: cannot set up the stop signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = vmm::Vmm::build(&config).and_then(|mut vmm| {
         if cli.print_devices {
             for device in vmm.pci_devices() {

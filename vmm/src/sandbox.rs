@@ -427,6 +427,12 @@ pub fn run_main(args: &[OsString], signals: &crate::signals::StopSignals) -> u8 
             None => format!("{line} canto.agent=1"),
         };
     }
+    if let Err(e) = crate::seccomp::init(config.seccomp) {
+        return fail(e);
+    }
+    if let Err(e) = signals.watch() {
+        return fail(format!("cannot set up the stop signals: {e}"));
+    }
     let dir = match PrivateDir::new() {
         Ok(dir) => dir,
         Err(e) => {
@@ -463,6 +469,7 @@ pub fn run_main(args: &[OsString], signals: &crate::signals::StopSignals) -> u8 
         std::thread::Builder::new()
             .name("canto-run".into())
             .spawn(move || {
+                crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::RunSession);
                 let wait = options.agent_wait.unwrap_or(DEFAULT_AGENT_WAIT);
                 let status =
                     match wait_for_agent(&socket, wait, &|| vm_ended.load(Ordering::Acquire)) {

@@ -1,8 +1,9 @@
 //! Stop signals: SIGTERM, SIGINT and SIGHUP end the VM cleanly.
 //!
 //! [`install`] blocks the three signals in the calling thread before any other thread exists, so
-//! every thread inherits the mask and no system call anywhere is interrupted by them. One thread
-//! waits for them with `sigwaitinfo`: the first one is recorded and wakes the event loop through
+//! every thread inherits the mask and no system call anywhere is interrupted by them. One thread,
+//! started by [`StopSignals::watch`] once the seccomp mode is known (a signal before it stays
+//! pending, not lost), waits for them with `sigwaitinfo`: the first one is recorded and wakes the event loop through
 //! an eventfd, which ends the VM through the normal teardown (vCPUs stopped, devices reset in
 //! order so every backend flushes and a WAV file gets its true header, terminal restored). A
 //! second signal, or a teardown longer than [`TEARDOWN_BOUND`], restores the terminal and exits at
@@ -73,9 +74,10 @@ fn stop_set() -> libc::sigset_t {
     set
 }
 
-/// Blocks the stop signals and starts the thread that waits for them. Call it first in `main`,
-/// before any other thread is started (those inherit the mask; a thread that does not have it
-/// would take the signal's default action, ending the process at once).
+/// Blocks the stop signals; [`StopSignals::watch`] then starts the thread that waits for them.
+/// Call it first in `main`, before any other thread is started (those inherit the mask; a
+/// thread that does not have it would take the signal's default action, ending the process at
+/// once).
 pub fn install() -> io::Result<StopSignals> {
     let set = stop_set();
     // SAFETY: `set` is a valid signal set; the old mask is not wanted.
@@ -94,11 +96,22 @@ pub fn install() -> io::Result<StopSignals> {
         evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
         received: Arc::new(AtomicI32::new(0)),
     };
-    let watcher = stop.clone();
-    std::thread::Builder::new()
-        .name("canto-signals".into())
-        .spawn(move || watch(set, &watcher))?;
     Ok(stop)
+}
+
+impl StopSignals {
+    /// Starts the thread that waits for the stop signals (after [`crate::seccomp::init`]: it
+    /// installs its filter first). Call it once.
+    pub fn watch(&self) -> io::Result<()> {
+        let watcher = self.clone();
+        std::thread::Builder::new()
+            .name("canto-signals".into())
+            .spawn(move || {
+                crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Signals);
+                watch(stop_set(), &watcher)
+            })?;
+        Ok(())
+    }
 }
 
 extern "C" fn unblock_in_child() {

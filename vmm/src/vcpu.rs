@@ -6,7 +6,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -95,9 +95,38 @@ pub struct VcpuThread {
     handle: JoinHandle<()>,
 }
 
+/// Where vCPU threads wait, their seccomp filters installed, until the main thread has
+/// installed its own: no guest instruction runs before every filter is in place.
+#[derive(Default)]
+pub struct StartGate {
+    /// None while closed; then whether to run the guest (false: the VM failed to start).
+    state: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    /// Lets the waiting vCPUs go: into the guest when `run`, out of their thread otherwise.
+    pub fn open(&self, run: bool) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(run) = *state {
+                return run;
+            }
+            state = self.opened.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 /// Everything a vCPU thread needs.
 pub struct VcpuContext {
     pub id: u8,
+    /// Opened by the main thread once its own filter is installed.
+    pub gate: Arc<StartGate>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub mem: GuestMemoryMmap,
@@ -109,7 +138,12 @@ impl VcpuThread {
     pub fn spawn(vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<Self> {
         let handle = std::thread::Builder::new()
             .name(format!("canto-vcpu{}", ctx.id))
-            .spawn(move || run_vcpu(vcpu, ctx))?;
+            .spawn(move || {
+                crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Vcpu);
+                if ctx.gate.wait() {
+                    run_vcpu(vcpu, ctx);
+                }
+            })?;
         Ok(Self { handle })
     }
 

@@ -332,7 +332,7 @@ pub struct BootStats {
 }
 
 impl BootStats {
-    fn add(&mut self, guest: &Guest, r: &RunResult) {
+    pub(super) fn add(&mut self, guest: &Guest, r: &RunResult) {
         let ready = r.first(guest.ready);
         if !r.success() || ready.is_none() {
             self.failures.push(r.failure());

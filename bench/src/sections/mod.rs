@@ -9,6 +9,7 @@ pub mod linux_boot;
 pub mod micro;
 pub mod peers_audio;
 pub mod pvh_hello;
+pub mod seccomp;
 pub mod unit_audio;
 pub mod vmm_audio;
 
@@ -34,6 +35,9 @@ pub fn run_all(cfg: &Config, report: &mut Report) {
     }
     if wanted("pvh_hello") {
         pvh_hello::run(cfg, report);
+    }
+    if wanted("seccomp") {
+        seccomp::run_section(cfg, report);
     }
     if wanted("driver_guest") {
         driver_guest::run(cfg, report);

@@ -246,6 +246,7 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name("virtio-blk".into())
             .spawn(move || {
+                crate::thread_start::started(crate::thread_start::ThreadKind::BlockWorker);
                 let _ended = ended_tx;
                 serve_queue(&thread_queue, &disk, features, &thread_shared);
             })

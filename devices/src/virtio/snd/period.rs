@@ -26,6 +26,7 @@ use super::mailbox::{Command, StreamMailbox};
 use super::stats::SoundStats;
 use super::waker::Waker;
 use super::wire::{S_IO_ERR, S_OK};
+use crate::thread_start::ThreadKind;
 use crate::virtio::queue::DeviceQueue;
 
 /// How long a stopped thread sleeps between looks at its mailbox (commands wake it anyway).
@@ -313,6 +314,7 @@ impl PacingReport {
 pub fn spawn_output(
     ctx: PeriodContext,
     stream: Box<dyn OutputStream>,
+    backend: &'static str,
 ) -> std::io::Result<JoinHandle<()>> {
     let name = format!("snd-out{}", ctx.mailbox.id);
     let thread = OutputThread {
@@ -320,9 +322,10 @@ pub fn spawn_output(
         stream,
         pcm_bytes_written: 0,
     };
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || thread.run())
+    std::thread::Builder::new().name(name).spawn(move || {
+        crate::thread_start::started(ThreadKind::SoundPeriod { backend });
+        thread.run()
+    })
 }
 
 struct OutputThread {
@@ -558,15 +561,17 @@ impl OutputThread {
 pub fn spawn_input(
     ctx: PeriodContext,
     stream: Box<dyn InputStream>,
+    backend: &'static str,
 ) -> std::io::Result<JoinHandle<()>> {
     let name = format!("snd-in{}", ctx.mailbox.id);
     let thread = InputThread {
         period: PeriodLoop::new(ctx),
         stream,
     };
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || thread.run())
+    std::thread::Builder::new().name(name).spawn(move || {
+        crate::thread_start::started(ThreadKind::SoundPeriod { backend });
+        thread.run()
+    })
 }
 
 struct InputThread {

@@ -243,11 +243,11 @@ impl StreamControl {
             Direction::Output => resources
                 .backend
                 .open_output(id, &params, resources.stats)
-                .map(|stream| period::spawn_output(context, stream)),
+                .map(|stream| period::spawn_output(context, stream, resources.backend.name())),
             Direction::Input => resources
                 .backend
                 .open_input(id, &params, resources.stats)
-                .map(|stream| period::spawn_input(context, stream)),
+                .map(|stream| period::spawn_input(context, stream, resources.backend.input_name())),
         };
         // The host device opened or not: the stream's jack says so.
         resources.topology.jack_state.set(id, spawned.is_ok());

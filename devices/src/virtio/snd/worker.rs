@@ -29,6 +29,7 @@ use super::waker::Waker;
 use super::wire::{
     self, CONTROLQ, EVENTQ, MAX_REQUEST_SIZE, RXQ, S_BAD_MSG, S_IO_ERR, S_NOT_SUPP, TXQ,
 };
+use crate::thread_start::ThreadKind;
 use crate::virtio::chain::{ChainBuffers, ChainLimits, Walk};
 use crate::virtio::drain::KickBudget;
 use crate::virtio::queue::DeviceQueue;
@@ -110,13 +111,12 @@ impl SoundWorker {
             };
         let eventq = Arc::new(queues.eventq);
         extras.events.attach(eventq.clone());
-        let jack_watcher = spawn_jack_watcher(&topology, &backend)?;
         Ok(SoundWorker {
             controlq: queues.controlq,
             eventq,
             events: extras.events,
             ctls: extras.ctls,
-            jack_watcher: Some(jack_watcher),
+            jack_watcher: None,
             tx: counted(queues.txq),
             rx: counted(queues.rxq),
             streams,
@@ -125,6 +125,19 @@ impl SoundWorker {
             stats,
             stopped: false,
         })
+    }
+
+    /// Starts the jack watcher on first use, from the event loop's thread: the worker is built
+    /// on a vCPU (at DRIVER_OK), whose confinement may not open host devices, while the
+    /// watcher re-opens them and starts from the thread that opens PCMs anyway.
+    fn ensure_jack_watcher(&mut self) {
+        if self.jack_watcher.is_some() || self.stopped {
+            return;
+        }
+        match spawn_jack_watcher(&self.topology, &self.backend) {
+            Ok(watcher) => self.jack_watcher = Some(watcher),
+            Err(e) => crate::error_limited!("virtio-snd: cannot start the jack watcher: {e}"),
+        }
     }
 
     fn queue(&self, index: u16) -> Option<&DeviceQueue> {
@@ -385,6 +398,12 @@ fn spawn_jack_watcher(
     let thread = std::thread::Builder::new()
         .name("snd-jacks".into())
         .spawn(move || {
+            // It may re-open either side's device: ALSA's, if either side is ALSA.
+            let name = match (backend.name(), backend.input_name()) {
+                ("alsa", _) | (_, "alsa") => "alsa",
+                (name, _) => name,
+            };
+            crate::thread_start::started(ThreadKind::JackWatcher { backend: name });
             // `wait_for` returns true when woken or cancelled; only cancellation ends it.
             while !stop.is_cancelled() {
                 stop.wait_for(JACK_RETRY);
@@ -406,6 +425,7 @@ fn spawn_jack_watcher(
 
 impl MutEventSubscriber for SoundWorker {
     fn init(&mut self, ops: &mut EventOps) {
+        self.ensure_jack_watcher();
         for index in [CONTROLQ, EVENTQ, TXQ, RXQ] {
             let Some(queue) = self.queue(index) else {
                 continue;
@@ -418,6 +438,7 @@ impl MutEventSubscriber for SoundWorker {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        self.ensure_jack_watcher();
         // Bounded by the 4 queues.
         let Ok(index) = u16::try_from(events.data()) else {
             return;

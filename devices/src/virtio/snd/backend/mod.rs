@@ -171,6 +171,10 @@ pub enum Readiness {
 pub trait Backend: Send + Sync {
     /// The backend's name as the command line spells it.
     fn name(&self) -> &'static str;
+    /// The name of the backend that opens input streams (another one for a capture source).
+    fn input_name(&self) -> &'static str {
+        self.name()
+    }
     /// The sample formats it accepts, as a `virtio_snd_pcm_info::formats` mask.
     fn formats(&self) -> u64;
     /// Opens output stream `stream_id` (0-based among all streams) with `params`.
@@ -216,6 +220,10 @@ impl Backend for SplitBackend {
     /// The output backend's name.
     fn name(&self) -> &'static str {
         self.output.name()
+    }
+
+    fn input_name(&self) -> &'static str {
+        self.capture.input_name()
     }
 
     fn formats(&self) -> u64 {
