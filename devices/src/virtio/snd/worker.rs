@@ -190,6 +190,7 @@ impl SoundWorker {
 
     /// Handles a notification of queue `index`, within one kick's budget.
     pub fn handle_queue(&mut self, index: u16) {
+        self.ensure_jack_watcher();
         if self.stopped {
             return;
         }
@@ -438,7 +439,6 @@ impl MutEventSubscriber for SoundWorker {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        self.ensure_jack_watcher();
         // Bounded by the 4 queues.
         let Ok(index) = u16::try_from(events.data()) else {
             return;
