@@ -159,7 +159,7 @@ build_initramfs() {
     # busybox (static) and the applets /init and the run scripts use.
     stage_file /bin/busybox /bin/busybox
     local a
-    for a in sh mount cat echo reboot setsid cttyhack ls sleep mkdir dmesg; do
+    for a in sh mount cat echo reboot poweroff halt setsid cttyhack ls sleep mkdir dmesg; do
         ln -s busybox "$STAGE/bin/$a"
     done
 

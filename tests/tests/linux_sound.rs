@@ -453,3 +453,45 @@ fn the_guest_records_only_with_a_capture_grant() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An SMP guest: with `--cpus 2` the kernel brings up both vCPUs (ACPI's MADT lists them), and
+/// aplay to the WAV backend still writes the exact PCM.
+#[test]
+fn two_cpu_guest_brings_up_both_and_aplay_still_passes() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(image) = GuestImage::find() else {
+        return;
+    };
+    let _serial = one_guest_at_a_time();
+    let dir = scratch_dir("smp");
+    let out_wav = dir.join("out.wav");
+    let start = std::time::Instant::now();
+    let mut cpus_at = None;
+    let out = Canto::linux(&image, "cpus")
+        .arg("--cpus")
+        .arg("2")
+        .arg("--memory")
+        .arg("256M")
+        .arg("--sound")
+        .arg(&format!("backend=wav,path={}", out_wav.display()))
+        .run_interacting(|_, serial| {
+            if cpus_at.is_none() && serial.contains("CANTO-CPUS") {
+                cpus_at = Some(start.elapsed());
+            }
+        });
+    out.expect_line("CANTO-APLAY rc=0");
+    out.expect_line("CANTO-CPUS 2 online=0-1");
+    if let Some(at) = cpus_at {
+        eprintln!(
+            "2-CPU guest ready (CANTO-CPUS) after {:.1} s",
+            at.as_secs_f64()
+        );
+    }
+    let (want_spec, want) = wav_pcm(&image.test_wav);
+    let (got_spec, got) = wav_pcm(&out_wav);
+    assert_eq!(want_spec, got_spec);
+    assert_same_pcm_then_silence(&want, &got);
+    let _ = std::fs::remove_dir_all(dir);
+}
