@@ -62,6 +62,7 @@ exec /canto/run/play
     std::fs::write(&path, initramfs).expect("write initramfs");
     GuestImage {
         kernel: image.kernel.clone(),
+        bz_image: image.bz_image.clone(),
         initramfs: path,
         test_wav: image.test_wav.clone(),
     }
@@ -254,6 +255,7 @@ echo "CANTO-TWO-APLAY rc=$rc0,$rc1"
     std::fs::write(&initramfs_path, initramfs).expect("write initramfs");
     let image = GuestImage {
         kernel: image.kernel.clone(),
+        bz_image: image.bz_image.clone(),
         initramfs: initramfs_path,
         test_wav: image.test_wav.clone(),
     };
@@ -299,6 +301,7 @@ fn image_with_script(image: &GuestImage, dir: &Path, name: &str, script: &[u8]) 
     std::fs::write(&out, initramfs).expect("write initramfs");
     GuestImage {
         kernel: image.kernel.clone(),
+        bz_image: image.bz_image.clone(),
         initramfs: out,
         test_wav: image.test_wav.clone(),
     }
