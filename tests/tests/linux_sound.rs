@@ -479,6 +479,9 @@ fn two_cpu_guest_brings_up_both_and_aplay_still_passes() {
         .arg("256M")
         .arg("--sound")
         .arg(&format!("backend=wav,path={}", out_wav.display()))
+        // Two interpreted vCPUs keep their lock prefixes and wait on each other (IPIs, locks
+        // held by a descheduled vCPU): on a loaded 2-core host the boot took over 300 s.
+        .timeout(std::time::Duration::from_secs(900))
         .run_interacting(|_, serial| {
             if cpus_at.is_none() && serial.contains("CANTO-CPUS") {
                 cpus_at = Some(start.elapsed());
