@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the Canto guest image: target/guest/{vmlinux,initramfs.cpio,rootfs.ext4,test.wav}.
+# Build the Canto guest image: target/guest/{vmlinux,bzImage,initramfs.cpio,rootfs.ext4,test.wav}.
 # Usage (from anywhere): bash resources/build-guest.sh
 # See resources/README.md for what is built, the cache and the measurements.
 set -euo pipefail
@@ -21,7 +21,7 @@ KSRC_DIR=linux-source-6.12 # top directory inside the tarball
 # Everything the build needs on a fresh Debian bookworm machine.
 # (linux-source-6.12 comes from bookworm-security.)
 PKGS=(make gcc libc6-dev bison flex libelf-dev bc cpio xz-utils patch binutils
-      python3 gzip coreutils util-linux "$KSRC_PKG" busybox-static alsa-utils libasound2-data
+      python3 gzip lz4 coreutils util-linux "$KSRC_PKG" busybox-static alsa-utils libasound2-data
       libasound2-dev pkg-config e2fsprogs)
 
 ensure_packages() {
@@ -48,7 +48,7 @@ kernel_key() {
     # the patches (names and contents, in order), the source package version
     # and the recipe version below (bump it when the build steps change).
     {
-        echo "canto-guest-kernel-recipe 1"
+        echo "canto-guest-kernel-recipe 2"
         echo "source $KSRC_PKG $(dpkg-query -W -f='${Version}' "$KSRC_PKG")"
         echo "== kernel.config"; cat "$RES/kernel.config"
         local p
@@ -88,8 +88,8 @@ build_kernel() {
     exec 9>"$kdir/.lock"
     flock 9
 
-    if [ -f "$kdir/vmlinux" ]; then
-        log "kernel: cached ($kdir/vmlinux)"
+    if [ -f "$kdir/vmlinux" ] && [ -f "$kdir/bzImage" ]; then
+        log "kernel: cached ($kdir/vmlinux, $kdir/bzImage)"
     else
         src=$kdir/$KSRC_DIR
         if [ ! -f "$src/.canto-patched" ]; then
@@ -120,7 +120,9 @@ build_kernel() {
         ver=$(make -s -C "$src" kernelversion 2>/dev/null || echo 6.12)
         log "kernel: building kernel $ver (first build takes ~3-5 min; log: $kdir/build.log)..."
         t0=$SECONDS
-        make -C "$src" -j"$(nproc)" vmlinux > "$kdir/build.log" 2>&1 \
+        # One build gives both images: the ELF vmlinux (booted through PVH) and the bzImage
+        # wrapping the same kernel (LZ4-compressed: its decompressor runs interpreted on kvm_pvm).
+        make -C "$src" -j"$(nproc)" vmlinux bzImage > "$kdir/build.log" 2>&1 \
             || { tail -n 40 "$kdir/build.log" >&2; die "kernel build failed (log: $kdir/build.log)"; }
         log "kernel: built in $((SECONDS - t0)) s"
         verify_config "$src/.config" "$RES/kernel.config" || die "kernel configuration check failed after build"
@@ -129,11 +131,13 @@ build_kernel() {
             || die "vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); is CONFIG_PVH set?"
         cp "$src/vmlinux" "$kdir/vmlinux.tmp"
         cp "$src/.config" "$kdir/config"
+        cp "$src/arch/x86/boot/bzImage" "$kdir/bzImage"
         mv "$kdir/vmlinux.tmp" "$kdir/vmlinux"
     fi
     exec 9>&-
     mkdir -p "$OUT"
     cp "$kdir/vmlinux" "$OUT/vmlinux.tmp" && mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+    cp "$kdir/bzImage" "$OUT/bzImage.tmp" && mv "$OUT/bzImage.tmp" "$OUT/bzImage"
     cp "$kdir/config" "$OUT/vmlinux.config"
 }
 
@@ -195,7 +199,7 @@ build_initramfs() {
     # busybox (static) and the applets /init and the run scripts use.
     stage_file /bin/busybox /bin/busybox
     local a
-    for a in sh mount cat echo reboot setsid cttyhack ls sleep mkdir dmesg; do
+    for a in sh mount cat echo reboot poweroff halt setsid cttyhack ls sleep mkdir dmesg; do
         ln -s busybox "$STAGE/bin/$a"
     done
 
@@ -274,4 +278,4 @@ build_kernel
 build_wav
 build_alsa_selftests
 build_initramfs
-log "done: $(cd "$ROOT" && for f in target/guest/vmlinux target/guest/initramfs.cpio target/guest/rootfs.ext4 target/guest/test.wav; do printf '%s (%s bytes) ' "$f" "$(stat -c %s "$f")"; done)"
+log "done: $(cd "$ROOT" && for f in target/guest/vmlinux target/guest/bzImage target/guest/initramfs.cpio target/guest/rootfs.ext4 target/guest/test.wav; do printf '%s (%s bytes) ' "$f" "$(stat -c %s "$f")"; done)"

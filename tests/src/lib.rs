@@ -98,6 +98,8 @@ pub fn driver_guest_to_run() -> Option<PathBuf> {
 /// The Linux guest `make guest` builds.
 pub struct GuestImage {
     pub kernel: PathBuf,
+    /// The same kernel as a bzImage (built beside `kernel` by resources/build-guest.sh).
+    pub bz_image: PathBuf,
     pub initramfs: PathBuf,
     pub test_wav: PathBuf,
 }
@@ -108,6 +110,7 @@ impl GuestImage {
         let dir = workspace_root().join("target/guest");
         let image = Self {
             kernel: dir.join("vmlinux"),
+            bz_image: dir.join("bzImage"),
             initramfs: dir.join("initramfs.cpio"),
             test_wav: dir.join("test.wav"),
         };

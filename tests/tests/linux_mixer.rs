@@ -46,6 +46,7 @@ fn image_with_script(image: &GuestImage, dir: &Path, name: &str, script: &[u8]) 
     std::fs::write(&out, initramfs).expect("write initramfs");
     GuestImage {
         kernel: image.kernel.clone(),
+        bz_image: image.bz_image.clone(),
         initramfs: out,
         test_wav: image.test_wav.clone(),
     }

@@ -62,6 +62,7 @@ exec /canto/run/play
     std::fs::write(&path, initramfs).expect("write initramfs");
     GuestImage {
         kernel: image.kernel.clone(),
+        bz_image: image.bz_image.clone(),
         initramfs: path,
         test_wav: image.test_wav.clone(),
     }
@@ -254,6 +255,7 @@ echo "CANTO-TWO-APLAY rc=$rc0,$rc1"
     std::fs::write(&initramfs_path, initramfs).expect("write initramfs");
     let image = GuestImage {
         kernel: image.kernel.clone(),
+        bz_image: image.bz_image.clone(),
         initramfs: initramfs_path,
         test_wav: image.test_wav.clone(),
     };
@@ -299,6 +301,7 @@ fn image_with_script(image: &GuestImage, dir: &Path, name: &str, script: &[u8]) 
     std::fs::write(&out, initramfs).expect("write initramfs");
     GuestImage {
         kernel: image.kernel.clone(),
+        bz_image: image.bz_image.clone(),
         initramfs: out,
         test_wav: image.test_wav.clone(),
     }
@@ -451,5 +454,50 @@ fn the_guest_records_only_with_a_capture_grant() {
     } else {
         assert_same_pcm_then_silence(&want[..second], &got);
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An SMP guest: with `--cpus 2` the kernel brings up both vCPUs (ACPI's MADT lists them), and
+/// aplay to the WAV backend still writes the exact PCM.
+#[test]
+fn two_cpu_guest_brings_up_both_and_aplay_still_passes() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(image) = GuestImage::find() else {
+        return;
+    };
+    let _serial = one_guest_at_a_time();
+    let dir = scratch_dir("smp");
+    let out_wav = dir.join("out.wav");
+    let start = std::time::Instant::now();
+    let mut cpus_at = None;
+    let out = Canto::linux(&image, "cpus")
+        .arg("--cpus")
+        .arg("2")
+        .arg("--memory")
+        .arg("256M")
+        .arg("--sound")
+        .arg(&format!("backend=wav,path={}", out_wav.display()))
+        // Two interpreted vCPUs keep their lock prefixes and wait on each other (IPIs, locks
+        // held by a descheduled vCPU): on a loaded 2-core host the boot took over 300 s.
+        .timeout(std::time::Duration::from_secs(900))
+        .run_interacting(|_, serial| {
+            if cpus_at.is_none() && serial.contains("CANTO-CPUS") {
+                cpus_at = Some(start.elapsed());
+            }
+        });
+    out.expect_line("CANTO-APLAY rc=0");
+    out.expect_line("CANTO-CPUS 2 online=0-1");
+    if let Some(at) = cpus_at {
+        eprintln!(
+            "2-CPU guest ready (CANTO-CPUS) after {:.1} s",
+            at.as_secs_f64()
+        );
+    }
+    let (want_spec, want) = wav_pcm(&image.test_wav);
+    let (got_spec, got) = wav_pcm(&out_wav);
+    assert_eq!(want_spec, got_spec);
+    assert_same_pcm_then_silence(&want, &got);
     let _ = std::fs::remove_dir_all(dir);
 }
