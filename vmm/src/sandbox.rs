@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::agent_client::{AgentClient, AgentError, ExecRequest, ExecStatus, AGENT_VSOCK_PORT};
+use crate::agent_client::{
+    AgentClient, AgentError, ExecRequest, ExecStatus, AGENT_VSOCK_PORT, DEFAULT_IO_TIMEOUT,
+};
 use crate::config::{DiskConfig, SerialConfig, VsockConfig};
 use crate::vcpu::VmExit;
 
@@ -255,7 +257,12 @@ fn wait_for_agent(
         }
         let attempt = left.min(Duration::from_secs(5));
         match AgentClient::connect_vsock(socket, AGENT_VSOCK_PORT, attempt) {
-            Ok(client) => return Ok(client),
+            // The short attempt's timeout was for finding the agent; transfers then get the
+            // default (a busy guest can take seconds to drain a 64 KiB frame).
+            Ok(mut client) => match client.set_io_timeout(DEFAULT_IO_TIMEOUT) {
+                Ok(()) => return Ok(client),
+                Err(e) => last = e.to_string(),
+            },
             Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(200).min(left));
