@@ -85,6 +85,11 @@ const THREADS: &[i64] = &[libc::SYS_set_robust_list, libc::SYS_rseq];
 /// on it (a PCM is opened at PREPARE) and on the threads they start there (the plugin's main
 /// loop): config files and plugins loaded, the server's Unix socket and its shared memory.
 const MAIN: &[i64] = &[
+    // libpulse makes its runtime directory, with the file mode mask set around it, when the
+    // uid has none yet (in a jail); the jail and Landlock decide where that may happen.
+    libc::SYS_umask,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_wait,
@@ -494,6 +499,9 @@ pub fn syscall_name(nr: i32) -> Option<&'static str> {
         (libc::SYS_fdatasync, "fdatasync"),
         (libc::SYS_lseek, "lseek"),
         (libc::SYS_fcntl, "fcntl"),
+        (libc::SYS_umask, "umask"),
+        (libc::SYS_mkdir, "mkdir"),
+        (libc::SYS_mkdirat, "mkdirat"),
         (libc::SYS_eventfd2, "eventfd2"),
         (libc::SYS_epoll_ctl, "epoll_ctl"),
         (libc::SYS_epoll_wait, "epoll_wait"),

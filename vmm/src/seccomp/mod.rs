@@ -136,9 +136,11 @@ struct Filters {
 static FILTERS: OnceLock<Option<Filters>> = OnceLock::new();
 
 thread_local! {
-    /// This thread's kind, for the SIGSYS handler's line (a const-initialized `Cell` of a
-    /// static string: reading it in a signal handler needs no allocation or lock).
-    static KIND: Cell<&'static str> = const { Cell::new("unconfined") };
+    /// This thread's kind, for the SIGSYS handler's line: a const-initialized `Cell` of a static
+    /// string (reading it in a signal handler needs no allocation or lock). A thread a library
+    /// started (alsa-lib's PulseAudio loop) runs under its creator's filter and says
+    /// "inherited-filter".
+    static KIND: Cell<&'static str> = const { Cell::new("inherited-filter") };
 }
 
 /// Compiles every kind's filter for `mode` and installs the SIGSYS handler; call once, on the
