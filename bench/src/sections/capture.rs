@@ -182,14 +182,23 @@ fn record(
     for &id in &ids {
         h.prepare(stereo_48k(id, period_frames, DEPTH as u32));
     }
-    // PREPARE started the period threads.
+    // PREPARE started the period threads; a new thread names itself once it runs, so look
+    // for a while.
     let pid = std::process::id() as i32;
     let names: Vec<String> = ids.iter().map(|id| format!("snd-in{id}")).collect();
-    let period_tids: Vec<i32> = threads(pid)
-        .into_iter()
-        .filter(|(_, name)| names.contains(name))
-        .map(|(tid, _)| tid)
-        .collect();
+    let find = || -> Vec<i32> {
+        threads(pid)
+            .into_iter()
+            .filter(|(_, name)| names.contains(name))
+            .map(|(tid, _)| tid)
+            .collect()
+    };
+    let looking = Instant::now();
+    let mut period_tids = find();
+    while period_tids.len() != ids.len() && looking.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(5));
+        period_tids = find();
+    }
     if period_tids.len() != ids.len() {
         return Err(format!(
             "found {} of {} snd-inN period threads",
@@ -296,8 +305,10 @@ fn latency_row(source: &str, r: &CaptureRun) -> Row {
     let p = r.period.as_secs_f64();
     Row {
         figure: format!(
-            "host clock → guest latency, {} capture, {} ms periods",
+            "host clock → guest latency, {} capture, {} stream{}, {} ms periods",
             source,
+            r.streams,
+            if r.streams == 1 { "" } else { "s" },
             r.period.as_millis()
         ),
         canto: format!(
@@ -382,9 +393,7 @@ pub fn run(_cfg: &Config, report: &mut Report) {
         for run in runs {
             match run {
                 Ok(r) => {
-                    if r.streams == 1 {
-                        report.row(latency_row(source, r));
-                    }
+                    report.row(latency_row(source, r));
                     report.row(cpu_row(source, r));
                 }
                 Err(e) => report.skip(format!("capture, {source} source: {e}")),
@@ -407,10 +416,8 @@ mod tests {
         for (source, runs) in super::measure_all(seconds) {
             for run in runs {
                 let r = run.unwrap();
-                if r.streams == 1 {
-                    let row = super::latency_row(source, &r);
-                    println!("{}: {} [{}]", row.figure, row.canto, row.note);
-                }
+                let row = super::latency_row(source, &r);
+                println!("{}: {} [{}]", row.figure, row.canto, row.note);
                 let row = super::cpu_row(source, &r);
                 println!("{}: {}", row.figure, row.canto);
                 assert!(!r.latencies.is_empty());
