@@ -12,6 +12,7 @@
 #   BENCH_QEMU_MACHINE=microvm  QEMU's -M (pc works too; SeaBIOS adds seconds on kvm_pvm)
 #   BENCH_NO_MICRO=1       skip the criterion micro-benchmarks
 #   BENCH_NO_PEERS=1       skip the playback on QEMU 10 virtio-sound-pci and vhost-device-sound
+#   BENCH_CAPTURE_SECONDS=5  length of each capture run (the capture section)
 #   BENCH_ONLY=a,b         only these sections (bench/src/sections module names)
 #   FIRECRACKER_BIN, CH_BIN  add a Firecracker / Cloud Hypervisor column (pvh-hello, Linux)
 #   BENCH_LINUX_ROOTFS=F   the Linux boot rows boot from this ext4 root disk, not the initramfs

@@ -1,6 +1,7 @@
 //! The report's sections, one module each, run in the order they appear in the report. Each
 //! adds its own section(s) of rows to the one `Report`, and says there what it skipped and why.
 
+pub mod capture;
 pub mod confinement;
 pub mod disk;
 pub mod driver_guest;
@@ -29,6 +30,9 @@ pub fn run_all(cfg: &Config, report: &mut Report) {
     }
     if wanted("unit_audio") {
         unit_audio::run(cfg, report);
+    }
+    if wanted("capture") {
+        capture::run(cfg, report);
     }
     if wanted("micro") {
         micro::run(cfg, report);
