@@ -54,6 +54,8 @@ pub struct SoundWorker {
     ctls: bool,
     /// Looks once a second whether a disconnected jack's host device is back.
     jack_watcher: Option<(Arc<Waker>, JoinHandle<()>)>,
+    /// Whether starting the watcher was tried (once: a failure is not retried at every kick).
+    jack_watcher_tried: bool,
     tx: Arc<DeviceQueue>,
     rx: Arc<DeviceQueue>,
     streams: Vec<StreamControl>,
@@ -117,6 +119,7 @@ impl SoundWorker {
             events: extras.events,
             ctls: extras.ctls,
             jack_watcher: None,
+            jack_watcher_tried: false,
             tx: counted(queues.txq),
             rx: counted(queues.rxq),
             streams,
@@ -131,9 +134,10 @@ impl SoundWorker {
     /// on a vCPU (at DRIVER_OK), whose confinement may not open host devices, while the
     /// watcher re-opens them and starts from the thread that opens PCMs anyway.
     fn ensure_jack_watcher(&mut self) {
-        if self.jack_watcher.is_some() || self.stopped {
+        if self.jack_watcher_tried || self.stopped {
             return;
         }
+        self.jack_watcher_tried = true;
         match spawn_jack_watcher(&self.topology, &self.backend) {
             Ok(watcher) => self.jack_watcher = Some(watcher),
             Err(e) => crate::error_limited!("virtio-snd: cannot start the jack watcher: {e}"),
