@@ -96,6 +96,7 @@ pub fn driver_guest_to_run() -> Option<PathBuf> {
 }
 
 /// The Linux guest `make guest` builds.
+#[derive(Debug, Clone)]
 pub struct GuestImage {
     pub kernel: PathBuf,
     /// The same kernel as a bzImage (built beside `kernel` by resources/build-guest.sh).
@@ -105,6 +106,25 @@ pub struct GuestImage {
 }
 
 impl GuestImage {
+    /// The image plus `/canto/run/NAME` running `script`: an extra cpio archive appended to a
+    /// copy of the initramfs in `dir` (the kernel unpacks both).
+    pub fn with_script(&self, dir: &Path, name: &str, script: &[u8]) -> GuestImage {
+        let path = format!("canto/run/{name}");
+        let extra = newc_archive(&[
+            ("canto", 0o040755, b""),
+            ("canto/run", 0o040755, b""),
+            (&path, 0o100755, script),
+        ]);
+        let mut initramfs = std::fs::read(&self.initramfs).expect("initramfs");
+        initramfs.extend_from_slice(&extra);
+        let out = dir.join(format!("initramfs-{name}.cpio"));
+        std::fs::write(&out, initramfs).expect("write initramfs");
+        GuestImage {
+            initramfs: out,
+            ..self.clone()
+        }
+    }
+
     /// The image under target/guest, or None (with the reason printed) when it was not built.
     pub fn find() -> Option<Self> {
         let dir = workspace_root().join("target/guest");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use canto_devices::virtio::snd::mixer::Gain;
 use canto_devices::virtio::snd::wire::PcmFormat;
-use canto_tests::{kvm_available, newc_archive, Canto, GuestImage, PulseServer};
+use canto_tests::{kvm_available, Canto, GuestImage, PulseServer};
 
 fn wav_pcm(path: &Path) -> (hound::WavSpec, Vec<u8>) {
     let reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
@@ -30,26 +30,6 @@ fn scratch_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("canto-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
-}
-
-/// The guest image plus `/canto/run/NAME` running `script`.
-fn image_with_script(image: &GuestImage, dir: &Path, name: &str, script: &[u8]) -> GuestImage {
-    let path = format!("canto/run/{name}");
-    let extra = newc_archive(&[
-        ("canto", 0o040755, b""),
-        ("canto/run", 0o040755, b""),
-        (&path, 0o100755, script),
-    ]);
-    let mut initramfs = std::fs::read(&image.initramfs).expect("initramfs");
-    initramfs.extend_from_slice(&extra);
-    let out = dir.join(format!("initramfs-{name}.cpio"));
-    std::fs::write(&out, initramfs).expect("write initramfs");
-    GuestImage {
-        kernel: image.kernel.clone(),
-        bz_image: image.bz_image.clone(),
-        initramfs: out,
-        test_wav: image.test_wav.clone(),
-    }
 }
 
 /// The text between `begin` and `end` in `stdout`.
@@ -112,7 +92,7 @@ while read -r line; do
 done < /tmp/dmesg
 echo CANTO-DMESG-END
 "#;
-    let image = image_with_script(&image, &dir, "mixer", script);
+    let image = image.with_script(&dir, "mixer", script);
     let out_wav = dir.join("out.wav");
     let out = Canto::linux(&image, "mixer")
         .arg("--memory")
@@ -207,7 +187,7 @@ echo CANTO-JACK-BACK
 amixer -D hw:0 cget iface=CARD,name='Line Out Jack'
 echo CANTO-JACK-END
 "#;
-    let image = image_with_script(&image, &dir, "jack", script);
+    let image = image.with_script(&dir, "jack", script);
     let mut killed = false;
     let mut restarted = false;
     let started = Instant::now();

@@ -287,26 +287,6 @@ echo "CANTO-TWO-APLAY rc=$rc0,$rc1"
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The guest image plus `/canto/run/NAME` running `script`.
-fn image_with_script(image: &GuestImage, dir: &Path, name: &str, script: &[u8]) -> GuestImage {
-    let path = format!("canto/run/{name}");
-    let extra = newc_archive(&[
-        ("canto", 0o040755, b""),
-        ("canto/run", 0o040755, b""),
-        (&path, 0o100755, script),
-    ]);
-    let mut initramfs = std::fs::read(&image.initramfs).expect("initramfs");
-    initramfs.extend_from_slice(&extra);
-    let out = dir.join(format!("initramfs-{name}.cpio"));
-    std::fs::write(&out, initramfs).expect("write initramfs");
-    GuestImage {
-        kernel: image.kernel.clone(),
-        bz_image: image.bz_image.clone(),
-        initramfs: out,
-        test_wav: image.test_wav.clone(),
-    }
-}
-
 /// Lists the capture devices between `CANTO-CAPTURE-LIST` and `CANTO-LISTED`, after the
 /// playback devices; with `record`, records 1 s from the first capture device into /tmp and
 /// plays the recording back on hw:0,0, where the WAV backend stores it for the host to compare.
@@ -369,7 +349,7 @@ fn the_guest_records_only_with_a_capture_grant() {
     let dir = scratch_dir("capture");
 
     // No grant: a playback device, and no capture device.
-    let list_image = image_with_script(&image, &dir, "capture-list", &capture_script(false));
+    let list_image = image.with_script(&dir, "capture-list", &capture_script(false));
     let out = Canto::linux(&list_image, "capture-list")
         .arg("--memory")
         .arg("256M")
@@ -405,7 +385,7 @@ fn the_guest_records_only_with_a_capture_grant() {
     );
 
     // capture=wav:FILE: the guest records the file, bit for bit, and plays the recording back.
-    let record_image = image_with_script(&image, &dir, "capture-record", &capture_script(true));
+    let record_image = image.with_script(&dir, "capture-record", &capture_script(true));
     let played = dir.join("played.wav");
     let out = Canto::linux(&record_image, "capture-record")
         .arg("--memory")
