@@ -132,8 +132,14 @@ pub fn smaps_sample(pid: i32, guest_bytes: u64) -> Option<MemSample> {
     Some(parse_smaps(&text, guest_bytes))
 }
 
+/// How much larger than the guest's RAM its mapping may show in smaps: the kernel merges the RAM
+/// with an adjacent anonymous mapping of the same protection, e.g. a glibc malloc arena's heap,
+/// which grows up to 64 MiB (its reserve).
+const GUEST_MAPPING_SLACK_KB: u64 = 64 << 10;
+
 /// Parses smaps text: total RSS, and the RSS of the largest-RSS anonymous mapping whose size is
-/// exactly `guest_bytes` (the guest's RAM).
+/// the guest's RAM (`guest_bytes`), or up to [`GUEST_MAPPING_SLACK_KB`] more when merged with a
+/// neighbour.
 pub fn parse_smaps(text: &str, guest_bytes: u64) -> MemSample {
     let guest_kb = guest_bytes / 1024;
     let mut sample = MemSample::default();
@@ -161,7 +167,9 @@ pub fn parse_smaps(text: &str, guest_bytes: u64) -> MemSample {
             "Rss:" => {
                 sample.rss_kb += value;
                 if let Some((true, size)) = current {
-                    if size == guest_kb && value >= sample.guest_rss_kb {
+                    let is_guest_size =
+                        size >= guest_kb && size <= guest_kb + GUEST_MAPPING_SLACK_KB;
+                    if is_guest_size && value >= sample.guest_rss_kb {
                         sample.guest_rss_kb = value;
                         sample.found_guest = true;
                     }
@@ -344,6 +352,37 @@ Rss:                  20 kB
         assert_eq!(s.rss_kb, 1500 + 900 + 300 + 20);
         assert_eq!(s.guest_rss_kb, 900);
         assert_eq!(s.overhead_kb(), 1820);
+        assert!(!parse_smaps(text, 128 << 20).found_guest);
+    }
+
+    /// Today's canto (256 MiB guest, vmlinux, 4 s in): the guest RAM is merged with the glibc
+    /// malloc arena heap that follows it (0x21000 bytes, then the arena's `---p` reserve), so the
+    /// mapping is 132 kB larger than the RAM.
+    #[test]
+    fn smaps_finds_the_guest_mapping_merged_with_a_malloc_arena() {
+        let text = "\
+7f2584021000-7f2588000000 ---p 00000000 00:00 0 
+Size:              65404 kB
+Rss:                   0 kB
+7f258c000000-7f259c021000 rw-p 00000000 00:00 0 
+Size:             262276 kB
+KernelPageSize:        4 kB
+MMUPageSize:           4 kB
+Rss:               15980 kB
+Anonymous:         15980 kB
+AnonHugePages:         0 kB
+7f259c021000-7f25a0000000 ---p 00000000 00:00 0 
+Size:              65404 kB
+Rss:                   0 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0      [stack]
+Size:                132 kB
+Rss:                  20 kB
+";
+        let s = parse_smaps(text, 256 << 20);
+        assert!(s.found_guest);
+        assert_eq!(s.guest_rss_kb, 15980);
+        assert_eq!(s.overhead_kb(), 20);
+        // A mapping far larger than the RAM is not the RAM.
         assert!(!parse_smaps(text, 128 << 20).found_guest);
     }
 

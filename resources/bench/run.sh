@@ -15,7 +15,8 @@
 #   BENCH_CAPTURE_SECONDS=5  length of each capture run (the capture section)
 #   BENCH_ONLY=a,b         only these sections (bench/src/sections module names)
 #   FIRECRACKER_BIN, CH_BIN  add a Firecracker / Cloud Hypervisor column (pvh-hello, Linux)
-#   BENCH_LINUX_ROOTFS=F   the Linux boot rows boot from this ext4 root disk, not the initramfs
+#   BENCH_LINUX_ROOTFS=F   the Linux rows' read-only root disk (default target/guest/rootfs.ext4)
+#   BENCH_LINUX_INITRAMFS=1  the Linux rows unpack target/guest/initramfs.cpio instead of the disk
 # Expects `cargo build --release -p canto` done (the Makefile's `bench: build` does it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

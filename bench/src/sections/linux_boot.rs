@@ -8,22 +8,26 @@ use crate::report::Report;
 
 use super::guest::{boot_compare, boot_rows, other_rows, other_vmms, Guest};
 
-/// The Linux guest, booting with `canto.run=boot`; vmm_audio.rs plays with it. With
-/// `BENCH_LINUX_ROOTFS=FILE` (an ext4 image of the same userspace, e.g. target/guest/rootfs.ext4)
-/// it boots from that read-only virtio-blk disk instead of unpacking the initramfs.
+/// The Linux guest, booting with `canto.run=boot`; vmm_audio.rs plays with it. By default it
+/// boots from target/guest/rootfs.ext4 as a read-only virtio-blk root disk (`root=/dev/vda`, as
+/// `canto run` does), or `BENCH_LINUX_ROOTFS=FILE`; `BENCH_LINUX_INITRAMFS=1` unpacks
+/// target/guest/initramfs.cpio instead.
 pub fn guest(cfg: &Config) -> Guest {
-    let rootfs = std::env::var_os("BENCH_LINUX_ROOTFS").map(std::path::PathBuf::from);
-    let (initramfs, disk, root) = match rootfs {
-        Some(disk) => (
+    let (initramfs, disk, root) = if use_initramfs() {
+        (Some(cfg.root.join("target/guest/initramfs.cpio")), None, "")
+    } else {
+        let disk = std::env::var_os("BENCH_LINUX_ROOTFS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| cfg.root.join("target/guest/rootfs.ext4"));
+        (
             None,
             Some(disk),
             "root=/dev/vda ro rootfstype=ext4 init=/init ",
-        ),
-        None => (Some(cfg.root.join("target/guest/initramfs.cpio")), None, ""),
+        )
     };
     Guest {
         name: "Linux",
-        kernel: cfg.root.join("target/guest/vmlinux"),
+        kernel: linux_kernel(cfg),
         initramfs,
         disk,
         cmdline: format!("{root}canto.run=boot"),
@@ -37,11 +41,48 @@ pub fn guest(cfg: &Config) -> Guest {
     }
 }
 
+/// Whether the Linux rows unpack the initramfs (`BENCH_LINUX_INITRAMFS=1`) rather than boot the
+/// root disk.
+fn use_initramfs() -> bool {
+    std::env::var("BENCH_LINUX_INITRAMFS").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The Linux rows' kernel: the uniprocessor target/guest/vmlinux-up when it was built, else
+/// target/guest/vmlinux.
+fn linux_kernel(cfg: &Config) -> std::path::PathBuf {
+    let up = cfg.root.join("target/guest/vmlinux-up");
+    if up.is_file() {
+        up
+    } else {
+        cfg.root.join("target/guest/vmlinux")
+    }
+}
+
+/// What the section title says was booted.
+fn image_label(guest: &Guest) -> String {
+    let kernel = guest
+        .kernel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match &guest.disk {
+        Some(d) => format!(
+            "{kernel}, read-only root disk {}",
+            d.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ),
+        None => format!("{kernel}, initramfs"),
+    }
+}
+
 pub fn run(cfg: &Config, report: &mut Report) {
     let guest = guest(cfg);
     report.section(&format!(
-        "boot and memory: Linux 6.12 guest, canto.run=boot (256 MiB; {} runs each, 35-55 s per run here; QEMU -M {})",
-        cfg.linux_runs, cfg.qemu_machine
+        "boot and memory: Linux 6.12 guest, canto.run=boot ({}; 256 MiB; {} runs each; QEMU -M {})",
+        image_label(&guest),
+        cfg.linux_runs,
+        cfg.qemu_machine
     ));
     let (c, q) = boot_compare(
         cfg,
