@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the Canto guest image: target/guest/{vmlinux,bzImage,initramfs.cpio,rootfs.ext4,test.wav}.
+# Build the Canto guest image: target/guest/{vmlinux,bzImage,vmlinux-up,initramfs.cpio,rootfs.ext4,test.wav}.
 # Usage (from anywhere): bash resources/build-guest.sh
 # See resources/README.md for what is built, the cache and the measurements.
 set -euo pipefail
@@ -43,14 +43,33 @@ ensure_packages() {
 # ------------------------------------------------------------------ kernel --
 CACHE=${CANTO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/canto}
 
+# The config fragments of a kernel variant, in merge order: "smp" (target/guest/vmlinux and
+# bzImage) is kernel.config; "up" (target/guest/vmlinux-up) adds kernel-up.config on top.
+variant_fragments() {
+    case $1 in
+        smp) echo "$RES/kernel.config" ;;
+        up) echo "$RES/kernel.config $RES/kernel-up.config" ;;
+        *) die "unknown kernel variant $1" ;;
+    esac
+}
+
 kernel_key() {
-    # Anything that changes the kernel changes the key: the config fragment,
+    # Anything that changes the kernel changes the key: the config fragments,
     # the patches (names and contents, in order), the source package version
-    # and the recipe version below (bump it when the build steps change).
+    # and the recipe version below (bump it when the build steps change). The
+    # SMP variant's key is the one it always had (its cache stays valid).
+    local variant=$1 f
     {
         echo "canto-guest-kernel-recipe 2"
         echo "source $KSRC_PKG $(dpkg-query -W -f='${Version}' "$KSRC_PKG")"
-        echo "== kernel.config"; cat "$RES/kernel.config"
+        for f in $(variant_fragments "$variant"); do
+            if [ "$f" = "$RES/kernel.config" ]; then
+                echo "== kernel.config"
+            else
+                echo "== $(basename "$f")"
+            fi
+            cat "$f"
+        done
         local p
         for p in "$RES"/patches/*.patch; do
             echo "== patch $(basename "$p")"; cat "$p"
@@ -79,17 +98,44 @@ verify_config() {
     fi
 }
 
+# The variant's fragments merged into one (a later fragment's line for a symbol wins), for
+# verify_config.
+merged_fragment() {
+    local out=$1 f
+    : > "$out"
+    for f in $(variant_fragments "$2"); do
+        python3 - "$out" "$f" <<'PY'
+import re, sys
+out, frag = sys.argv[1], sys.argv[2]
+def sym(line):
+    m = re.match(r"(CONFIG_\w+)=", line) or re.match(r"# (CONFIG_\w+) is not set", line)
+    return m and m.group(1)
+lines = open(out).read().splitlines()
+new = [l for l in open(frag).read().splitlines() if sym(l)]
+gone = {sym(l) for l in new}
+open(out, "w").write("\n".join([l for l in lines if sym(l) not in gone] + new) + "\n")
+PY
+    done
+}
+
+# build_kernel VARIANT: "smp" -> target/guest/{vmlinux,bzImage,vmlinux.config};
+# "up" -> target/guest/{vmlinux-up,vmlinux-up.config} (no bzImage: the bzImage test boots the
+# SMP build).
 build_kernel() {
-    local key kdir src ver t0
-    key=$(kernel_key)
+    local variant=$1 key kdir src ver t0 frag targets
+    key=$(kernel_key "$variant")
     kdir=$CACHE/kernel-$key
     mkdir -p "$kdir"
     # One build per cache directory at a time.
     exec 9>"$kdir/.lock"
     flock 9
 
-    if [ -f "$kdir/vmlinux" ] && [ -f "$kdir/bzImage" ]; then
-        log "kernel: cached ($kdir/vmlinux, $kdir/bzImage)"
+    frag=$kdir/fragment.config
+    merged_fragment "$frag" "$variant"
+    targets="vmlinux bzImage"
+    [ "$variant" = up ] && targets=vmlinux
+    if [ -f "$kdir/vmlinux" ] && { [ "$variant" = up ] || [ -f "$kdir/bzImage" ]; }; then
+        log "kernel ($variant): cached ($kdir/vmlinux)"
     else
         src=$kdir/$KSRC_DIR
         if [ ! -f "$src/.canto-patched" ]; then
@@ -108,37 +154,44 @@ build_kernel() {
             rm -rf "$kdir/extract.tmp"
         fi
         if [ ! -f "$src/.canto-configured" ]; then
-            log "kernel: configuring (tinyconfig + resources/guest/kernel.config)"
+            log "kernel ($variant): configuring (tinyconfig + $(variant_fragments "$variant" | sed "s|$RES/||g"))"
             {
                 make -C "$src" tinyconfig
-                "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$RES/kernel.config"
+                # shellcheck disable=SC2046 # one word per fragment
+                "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" $(variant_fragments "$variant")
                 make -C "$src" olddefconfig
             } > "$kdir/config.log" 2>&1 || { tail -n 30 "$kdir/config.log" >&2; die "kernel configuration failed (log: $kdir/config.log)"; }
-            verify_config "$src/.config" "$RES/kernel.config" || die "kernel configuration check failed"
+            verify_config "$src/.config" "$frag" || die "kernel configuration check failed"
             touch "$src/.canto-configured"
         fi
         ver=$(make -s -C "$src" kernelversion 2>/dev/null || echo 6.12)
-        log "kernel: building kernel $ver (first build takes ~3-5 min; log: $kdir/build.log)..."
+        log "kernel ($variant): building kernel $ver (first build takes ~3-5 min; log: $kdir/build.log)..."
         t0=$SECONDS
         # One build gives both images: the ELF vmlinux (booted through PVH) and the bzImage
         # wrapping the same kernel (LZ4-compressed: its decompressor runs interpreted on kvm_pvm).
-        make -C "$src" -j"$(nproc)" vmlinux bzImage > "$kdir/build.log" 2>&1 \
+        # shellcheck disable=SC2086 # one word per make target
+        make -C "$src" -j"$(nproc)" $targets > "$kdir/build.log" 2>&1 \
             || { tail -n 40 "$kdir/build.log" >&2; die "kernel build failed (log: $kdir/build.log)"; }
         log "kernel: built in $((SECONDS - t0)) s"
-        verify_config "$src/.config" "$RES/kernel.config" || die "kernel configuration check failed after build"
+        verify_config "$src/.config" "$frag" || die "kernel configuration check failed after build"
         # PVH entry: an ELF note of owner "Xen", type 18 (XEN_ELFNOTE_PHYS32_ENTRY).
         readelf -n "$src/vmlinux" | grep -A3 '^  Xen' | grep -q '0x00000012' \
             || die "vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); is CONFIG_PVH set?"
         cp "$src/vmlinux" "$kdir/vmlinux.tmp"
         cp "$src/.config" "$kdir/config"
-        cp "$src/arch/x86/boot/bzImage" "$kdir/bzImage"
+        if [ "$variant" = smp ]; then cp "$src/arch/x86/boot/bzImage" "$kdir/bzImage"; fi
         mv "$kdir/vmlinux.tmp" "$kdir/vmlinux"
     fi
     exec 9>&-
     mkdir -p "$OUT"
-    cp "$kdir/vmlinux" "$OUT/vmlinux.tmp" && mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
-    cp "$kdir/bzImage" "$OUT/bzImage.tmp" && mv "$OUT/bzImage.tmp" "$OUT/bzImage"
-    cp "$kdir/config" "$OUT/vmlinux.config"
+    if [ "$variant" = smp ]; then
+        cp "$kdir/vmlinux" "$OUT/vmlinux.tmp" && mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+        cp "$kdir/bzImage" "$OUT/bzImage.tmp" && mv "$OUT/bzImage.tmp" "$OUT/bzImage"
+        cp "$kdir/config" "$OUT/vmlinux.config"
+    else
+        cp "$kdir/vmlinux" "$OUT/vmlinux-up.tmp" && mv "$OUT/vmlinux-up.tmp" "$OUT/vmlinux-up"
+        cp "$kdir/config" "$OUT/vmlinux-up.config"
+    fi
 }
 
 # ---------------------------------------------------------------- test.wav --
@@ -199,9 +252,11 @@ build_initramfs() {
     # busybox (static) and the applets /init and the run scripts use.
     stage_file /bin/busybox /bin/busybox
     local a
-    for a in sh mount cat echo reboot poweroff halt setsid cttyhack ls sleep mkdir dmesg; do
+    for a in sh mount cat echo reboot poweroff setsid cttyhack ls sleep mkdir dmesg; do
         ln -s busybox "$STAGE/bin/$a"
     done
+    # halt knows -p (busybox's applet does not): resources/guest/halt, staged as /canto/halt.
+    ln -s ../canto/halt "$STAGE/bin/halt"
 
     # aplay/arecord (one binary) plus exactly the shared objects ldd lists,
     # including the dynamic loader at its absolute path.
@@ -274,8 +329,9 @@ build_initramfs() {
 source "$RES/stage-init.sh"
 ensure_packages
 mkdir -p "$OUT"
-build_kernel
+build_kernel smp
+build_kernel up
 build_wav
 build_alsa_selftests
 build_initramfs
-log "done: $(cd "$ROOT" && for f in target/guest/vmlinux target/guest/bzImage target/guest/initramfs.cpio target/guest/rootfs.ext4 target/guest/test.wav; do printf '%s (%s bytes) ' "$f" "$(stat -c %s "$f")"; done)"
+log "done: $(cd "$ROOT" && for f in target/guest/vmlinux target/guest/bzImage target/guest/vmlinux-up target/guest/initramfs.cpio target/guest/rootfs.ext4 target/guest/test.wav; do printf '%s (%s bytes) ' "$f" "$(stat -c %s "$f")"; done)"

@@ -14,7 +14,9 @@
 #   BENCH_NO_PEERS=1       skip the playback on QEMU 10 virtio-sound-pci and vhost-device-sound
 #   BENCH_CAPTURE_SECONDS=5  length of each capture run (the capture section)
 #   BENCH_ONLY=a,b         only these sections (bench/src/sections module names)
-#   FIRECRACKER_BIN, CH_BIN  add a Firecracker / Cloud Hypervisor column (pvh-hello, Linux)
+#   FIRECRACKER_BIN, CH_BIN  add a Firecracker / Cloud Hypervisor column (pvh-hello, Linux);
+#                          unset, the binaries in ${XDG_CACHE_HOME:-~/.cache}/canto/peers/bin/
+#                          (firecracker, cloud-hypervisor) are used when they are there
 #   BENCH_LINUX_ROOTFS=F   the Linux rows' read-only root disk (default target/guest/rootfs.ext4)
 #   BENCH_LINUX_INITRAMFS=1  the Linux rows unpack target/guest/initramfs.cpio instead of the disk
 # Expects `cargo build --release -p canto` done (the Makefile's `bench: build` does it).
@@ -28,6 +30,15 @@ if command -v dpkg-query >/dev/null 2>&1; then
 fi
 
 mkdir -p target/bench
+# Firecracker and Cloud Hypervisor are in no registry: a release binary put once in the cache
+# directory is found there by every later run.
+peers_bin="${XDG_CACHE_HOME:-$HOME/.cache}/canto/peers/bin"
+if [ -z "${FIRECRACKER_BIN:-}" ] && [ -x "$peers_bin/firecracker" ]; then
+    export FIRECRACKER_BIN="$peers_bin/firecracker"
+fi
+if [ -z "${CH_BIN:-}" ] && [ -x "$peers_bin/cloud-hypervisor" ]; then
+    export CH_BIN="$peers_bin/cloud-hypervisor"
+fi
 # The vhost-user sound daemon for the peers section, built once into target/peers (~10 min).
 if [ -z "${BENCH_NO_PEERS:-}" ] && [ -z "${BENCH_QUICK:-}" ] && [ -z "${VHOST_DEVICE_SOUND_BIN:-}" ] \
    && [ ! -x target/peers/bin/vhost-device-sound ]; then

@@ -11,6 +11,8 @@ stage_canto_init() {
     chmod 1777 "$stage/tmp"
     install -m 0755 "$res/init" "$stage/init"
     install -m 0644 "$res/fstab" "$stage/etc/fstab"
+    install -m 0644 "$res/shrc" "$stage/etc/shrc"
+    install -m 0755 "$res/halt" "$stage/canto/halt"
     # $stage/bin may be a symlink to usr/bin (Debian's merged /usr): install follows it.
     mkdir -p "$stage/bin"
     install -m 0755 "$root/target/agent/canto-agent" "$stage/bin/canto-agent"

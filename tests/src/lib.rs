@@ -98,8 +98,12 @@ pub fn driver_guest_to_run() -> Option<PathBuf> {
 /// The Linux guest `make guest` builds.
 #[derive(Debug, Clone)]
 pub struct GuestImage {
+    /// The uniprocessor kernel (target/guest/vmlinux-up) when it is built, else the SMP one: a
+    /// one-vCPU boot of the SMP kernel is seconds slower here (docs/guest-kernel.md).
     pub kernel: PathBuf,
-    /// The same kernel as a bzImage (built beside `kernel` by resources/build-guest.sh).
+    /// The SMP kernel (target/guest/vmlinux), for `--cpus N` guests.
+    pub smp_kernel: PathBuf,
+    /// The SMP kernel as a bzImage (built beside it by resources/build-guest.sh).
     pub bz_image: PathBuf,
     pub initramfs: PathBuf,
     pub test_wav: PathBuf,
@@ -128,13 +132,15 @@ impl GuestImage {
     /// The image under target/guest, or None (with the reason printed) when it was not built.
     pub fn find() -> Option<Self> {
         let dir = workspace_root().join("target/guest");
+        let up = dir.join("vmlinux-up");
         let image = Self {
-            kernel: dir.join("vmlinux"),
+            kernel: if up.exists() { up } else { dir.join("vmlinux") },
+            smp_kernel: dir.join("vmlinux"),
             bz_image: dir.join("bzImage"),
             initramfs: dir.join("initramfs.cpio"),
             test_wav: dir.join("test.wav"),
         };
-        let built = image.kernel.exists() && image.initramfs.exists();
+        let built = image.smp_kernel.exists() && image.initramfs.exists();
         prerequisite(built, "the guest image is not built (run `make guest`)").then_some(image)
     }
 

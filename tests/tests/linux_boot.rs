@@ -73,6 +73,32 @@ fn linux_guest_poweroff_ends_canto_with_status_0() {
     }
 }
 
+/// `halt -p` as the guest's interactive shell runs it (its /etc/shrc function, then
+/// /canto/halt, since busybox's own halt has no -p) powers the guest off: Canto exits with
+/// status 0, like after `poweroff`.
+#[test]
+fn linux_guest_halt_p_ends_canto_with_status_0() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(image) = GuestImage::find() else {
+        return;
+    };
+    let out = Canto::linux(&image, "halt-p")
+        .arg("--memory")
+        .arg("256M")
+        .envs([("RUST_LOG".to_string(), "info".to_string())])
+        .timeout(Duration::from_secs(240))
+        .run();
+    out.expect_line("CANTO-HALT-P");
+    assert!(
+        out.stderr.contains("guest ended: PowerOff"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("invalid option"), "{}", out.stdout);
+}
+
 /// A minimal bzImage: one setup sector after the boot sector, the boot protocol header ("HdrS",
 /// version 2.15, LOADED_HIGH, code32_start at 1 MiB), and a protected-mode part whose 64-bit
 /// entry (offset 0x200, where a real bzImage has `startup_64`) prints the command line the zero

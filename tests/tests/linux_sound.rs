@@ -61,10 +61,8 @@ exec /canto/run/play
     let path = dir.join("initramfs-pci-play.cpio");
     std::fs::write(&path, initramfs).expect("write initramfs");
     GuestImage {
-        kernel: image.kernel.clone(),
-        bz_image: image.bz_image.clone(),
         initramfs: path,
-        test_wav: image.test_wav.clone(),
+        ..image.clone()
     }
 }
 
@@ -254,10 +252,8 @@ echo "CANTO-TWO-APLAY rc=$rc0,$rc1"
     let initramfs_path = dir.join("initramfs-two-play.cpio");
     std::fs::write(&initramfs_path, initramfs).expect("write initramfs");
     let image = GuestImage {
-        kernel: image.kernel.clone(),
-        bz_image: image.bz_image.clone(),
         initramfs: initramfs_path,
-        test_wav: image.test_wav.clone(),
+        ..image.clone()
     };
 
     let out_wav = dir.join("out.wav");
@@ -452,6 +448,11 @@ fn two_cpu_guest_brings_up_both_and_aplay_still_passes() {
     let out_wav = dir.join("out.wav");
     let start = std::time::Instant::now();
     let mut cpus_at = None;
+    // The SMP kernel (the other tests boot the uniprocessor one when it is built).
+    let image = GuestImage {
+        kernel: image.smp_kernel.clone(),
+        ..image
+    };
     let out = Canto::linux(&image, "cpus")
         .arg("--cpus")
         .arg("2")

@@ -196,6 +196,32 @@ pub fn guest_dir() -> Result<PathBuf, String> {
         })
 }
 
+/// The guest kernel in `dir` for a VM with these options: the uniprocessor build (vmlinux-up,
+/// seconds faster to boot here) unless `--cpus` asks for more than one vCPU or it is not built.
+fn guest_kernel(dir: &Path, vm_args: &[OsString]) -> PathBuf {
+    let up = dir.join("vmlinux-up");
+    let smp = option_value(vm_args, "--cpus").is_some_and(|n| n.as_bytes() != b"1");
+    if !smp && up.is_file() {
+        up
+    } else {
+        dir.join("vmlinux")
+    }
+}
+
+/// The value of `NAME VALUE` or `NAME=VALUE` in `args` (the VM's parser refuses it twice).
+fn option_value<'a>(args: &'a [OsString], name: &str) -> Option<&'a OsStr> {
+    let mut value = None;
+    for (i, a) in args.iter().enumerate() {
+        let b = a.as_bytes();
+        if b == name.as_bytes() {
+            value = args.get(i + 1).map(OsString::as_os_str);
+        } else if b.starts_with(name.as_bytes()) && b.get(name.len()) == Some(&b'=') {
+            value = Some(OsStr::from_bytes(&b[name.len() + 1..]));
+        }
+    }
+    value
+}
+
 fn has_option(args: &[OsString], name: &str) -> bool {
     args.iter().any(|a| {
         let b = a.as_bytes();
@@ -368,8 +394,9 @@ pub fn run_main(args: &[OsString], signals: &crate::signals::StopSignals) -> u8 
             Ok(dir) => dir,
             Err(e) => return fail(e),
         };
+        let kernel = guest_kernel(&dir, &vm_args);
         vm_args.push("--kernel".into());
-        vm_args.push(dir.join("vmlinux").into());
+        vm_args.push(kernel.into());
         let initramfs = dir.join("initramfs.cpio");
         let disk = dir.join(ROOT_DISK);
         if root_disk.is_none() && !has_option(&vm_args, "--initramfs") {
@@ -540,6 +567,23 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<OsString> {
         list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn one_vcpu_boots_the_uniprocessor_kernel_when_it_is_built() {
+        let dir = std::env::temp_dir().join(format!("canto-guest-kernel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let smp = dir.join("vmlinux");
+        let up = dir.join("vmlinux-up");
+        std::fs::write(&smp, b"").unwrap();
+        // Not built: the SMP kernel whatever the options.
+        assert_eq!(guest_kernel(&dir, &args(&[])), smp);
+        std::fs::write(&up, b"").unwrap();
+        assert_eq!(guest_kernel(&dir, &args(&[])), up);
+        assert_eq!(guest_kernel(&dir, &args(&["--cpus", "1"])), up);
+        assert_eq!(guest_kernel(&dir, &args(&["--cpus", "2"])), smp);
+        assert_eq!(guest_kernel(&dir, &args(&["--cpus=4"])), smp);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -68,6 +68,7 @@ impl Guest {
             sample_threads: None,
             guest_bytes: self.memory_mib << 20,
             stop_when_file: None,
+            ended_by_guest_line: None,
         }
     }
 
@@ -132,6 +133,7 @@ impl Guest {
             sample_threads: None,
             guest_bytes: self.memory_mib << 20,
             stop_when_file: None,
+            ended_by_guest_line: None,
         }
     }
 }
@@ -250,6 +252,8 @@ impl Guest {
             sample_threads: None,
             guest_bytes: self.memory_mib << 20,
             stop_when_file,
+            ended_by_guest_line: (!vmm.cloud_hypervisor)
+                .then_some("Unexpected exit reason on vcpu run: Shutdown"),
         }
     }
 }
@@ -310,6 +314,14 @@ pub fn other_rows(
                     "{} in the peer column; its ratio is {} ÷ Canto",
                     other.name, other.name
                 ),
+                ..Row::default()
+            });
+        }
+        if !stats.failures.is_empty() && !stats.ready.is_empty() {
+            report.row(Row {
+                figure: format!("{}: failed {} runs", guest.name, other.name),
+                qemu: format!("{} of {runs}", stats.failures.len()),
+                note: stats.failures[0].chars().take(200).collect(),
                 ..Row::default()
             });
         }
