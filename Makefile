@@ -14,11 +14,13 @@ deps:
 	@bash resources/install-deps.sh all
 
 # The release binary ships stripped, its debug info in target/release/canto.debug (found by perf
-# and gdb through its .gnu_debuglink).
+# and gdb through its .gnu_debuglink). Its start-up functions are linked together
+# (vmm/startup-symbols.txt, vmm/build.rs); the last line says how many of them the build still has.
 build:
 	@bash resources/install-deps.sh build
 	$(CARGO) build --release -p canto
 	bash resources/split-debuginfo.sh $(CANTO)
+	@bash resources/startup-order.sh --check
 
 guest: agent
 	@bash resources/install-deps.sh guest
