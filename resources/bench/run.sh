@@ -39,13 +39,19 @@ fi
 if [ -z "${CH_BIN:-}" ] && [ -x "$peers_bin/cloud-hypervisor" ]; then
     export CH_BIN="$peers_bin/cloud-hypervisor"
 fi
-# The vhost-user sound daemon for the peers section, built once into target/peers (~10 min).
-if [ -z "${BENCH_NO_PEERS:-}" ] && [ -z "${BENCH_QUICK:-}" ] && [ -z "${VHOST_DEVICE_SOUND_BIN:-}" ] \
-   && [ ! -x target/peers/bin/vhost-device-sound ]; then
-    echo "bench: building vhost-device-sound 0.3.0 (PipeWire backend) into target/peers"
-    "$CARGO" install --locked vhost-device-sound --version 0.3.0 --no-default-features \
-        --features pw-backend --root target/peers \
-        || echo "bench: vhost-device-sound did not build: its column will be skipped" >&2
+# The vhost-user sound daemon for the peers section, built once (~10 min) from crates.io into the
+# same cache directory, so a new checkout does not build it again.
+peers_root="${XDG_CACHE_HOME:-$HOME/.cache}/canto/peers"
+if [ -z "${BENCH_NO_PEERS:-}" ] && [ -z "${BENCH_QUICK:-}" ] && [ -z "${VHOST_DEVICE_SOUND_BIN:-}" ]; then
+    if [ ! -x "$peers_root/bin/vhost-device-sound" ]; then
+        echo "bench: building vhost-device-sound 0.3.0 (PipeWire backend) into $peers_root"
+        "$CARGO" install --locked vhost-device-sound --version 0.3.0 --no-default-features \
+            --features pw-backend --root "$peers_root" \
+            || echo "bench: vhost-device-sound did not build: its column will be skipped" >&2
+    fi
+    if [ -x "$peers_root/bin/vhost-device-sound" ]; then
+        export VHOST_DEVICE_SOUND_BIN="$peers_root/bin/vhost-device-sound"
+    fi
 fi
 bash resources/bench/build-pvh-hello.sh target/bench/pvh-hello.elf
 make -s -C tests/driver-guest

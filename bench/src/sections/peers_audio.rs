@@ -306,7 +306,7 @@ pub fn run(cfg: &Config, report: &mut Report) {
             report.skip("peers audio: QEMU has no vhost-user-snd-pci");
         } else if !daemon.is_file() {
             report.skip(format!(
-                "peers audio: vhost-device-sound not found at {} (VHOST_DEVICE_SOUND_BIN; build: `cargo install --locked vhost-device-sound --version 0.3.0 --no-default-features --features pw-backend --root target/peers`)",
+                "peers audio: vhost-device-sound not found at {} (VHOST_DEVICE_SOUND_BIN; build: `cargo install --locked vhost-device-sound --version 0.3.0 --no-default-features --features pw-backend --root ~/.cache/canto/peers`, which `make bench` does)",
                 daemon.display()
             ));
         } else {
