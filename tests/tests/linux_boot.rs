@@ -5,19 +5,30 @@ use std::time::{Duration, Instant};
 
 use canto_tests::{kvm_available, prerequisite, Canto, GuestImage};
 
-#[test]
-fn linux_guest_boots_to_ready_and_exits_zero() {
+/// The Linux guest `make guest` built, or None (the reason printed, or a failure under CI=true)
+/// when there is no KVM or no image.
+fn guest_image() -> Option<GuestImage> {
     if !kvm_available() {
-        return;
+        return None;
     }
-    let Some(image) = GuestImage::find() else {
-        return;
-    };
-    let out = Canto::linux(&image, "boot")
+    GuestImage::find()
+}
+
+/// Canto booting `image` with 256 MiB in run-script `mode`, logging at info (the tests read its
+/// "guest ended: ..." line).
+fn linux_canto(image: &GuestImage, mode: &str) -> Canto {
+    Canto::linux(image, mode)
         .arg("--memory")
         .arg("256M")
         .envs([("RUST_LOG".to_string(), "info".to_string())])
-        .run();
+}
+
+#[test]
+fn linux_guest_boots_to_ready_and_exits_zero() {
+    let Some(image) = guest_image() else {
+        return;
+    };
+    let out = linux_canto(&image, "boot").run();
     out.expect_line("CANTO-READY");
     // The guest's /init ends with `reboot -f`: a reset, as before ACPI.
     assert!(out.stderr.contains("guest ended: Reset"), "{}", out.stderr);
@@ -31,19 +42,13 @@ fn linux_guest_boots_to_ready_and_exits_zero() {
 /// halted instead" and Canto never exited (this test then times out).
 #[test]
 fn linux_guest_poweroff_ends_canto_with_status_0() {
-    if !kvm_available() {
-        return;
-    }
-    let Some(image) = GuestImage::find() else {
+    let Some(image) = guest_image() else {
         return;
     };
     let start = Instant::now();
     let mut ready_at = None;
     let mut poweroff_at = None;
-    let out = Canto::linux(&image, "poweroff")
-        .arg("--memory")
-        .arg("256M")
-        .envs([("RUST_LOG".to_string(), "info".to_string())])
+    let out = linux_canto(&image, "poweroff")
         .timeout(Duration::from_secs(240))
         .run_interacting(|_, serial| {
             if ready_at.is_none() && serial.contains("CANTO-READY") {
@@ -78,16 +83,10 @@ fn linux_guest_poweroff_ends_canto_with_status_0() {
 /// status 0, like after `poweroff`.
 #[test]
 fn linux_guest_halt_p_ends_canto_with_status_0() {
-    if !kvm_available() {
-        return;
-    }
-    let Some(image) = GuestImage::find() else {
+    let Some(image) = guest_image() else {
         return;
     };
-    let out = Canto::linux(&image, "halt-p")
-        .arg("--memory")
-        .arg("256M")
-        .envs([("RUST_LOG".to_string(), "info".to_string())])
+    let out = linux_canto(&image, "halt-p")
         .timeout(Duration::from_secs(240))
         .run();
     out.expect_line("CANTO-HALT-P");
@@ -173,10 +172,7 @@ fn a_bzimage_is_entered_at_its_64_bit_entry_with_the_zero_page() {
 /// about a minute more than booting vmlinux through PVH.
 #[test]
 fn linux_guest_boots_from_its_bzimage() {
-    if !kvm_available() {
-        return;
-    }
-    let Some(mut image) = GuestImage::find() else {
+    let Some(mut image) = guest_image() else {
         return;
     };
     if !prerequisite(
@@ -186,10 +182,7 @@ fn linux_guest_boots_from_its_bzimage() {
         return;
     }
     image.kernel = image.bz_image.clone();
-    let out = Canto::linux(&image, "poweroff")
-        .arg("--memory")
-        .arg("256M")
-        .envs([("RUST_LOG".to_string(), "info".to_string())])
+    let out = linux_canto(&image, "poweroff")
         .timeout(Duration::from_secs(600))
         .run();
     out.expect_line("CANTO-POWEROFF");
