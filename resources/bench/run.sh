@@ -61,4 +61,14 @@ if [ -z "${BENCH_NO_MICRO:-}" ]; then
     CRITERION_HOME="$PWD/target/criterion" "$CARGO" bench -p canto-bench --bench micro -- --noplot
 fi
 "$CARGO" build --release -p canto-bench
+# Each VMM's binary leaves the page cache once before the runs, so that every one is mapped as read
+# from disk and not as the build or the install just wrote it: canto's peak RSS right after its
+# link varied 3.6-4.9 MiB, and 3.4-3.9 once the file was read back (docs/benchmarks.md, "Start and
+# memory").
+for vmm_bin in "${CANTO_BIN:-target/release/canto}" "${FIRECRACKER_BIN:-}" "${CH_BIN:-}" \
+    "$(command -v "${QEMU_BIN:-qemu-system-x86_64}" || true)"; do
+    if [ -n "$vmm_bin" ] && [ -f "$vmm_bin" ]; then
+        dd if="$vmm_bin" iflag=nocache count=0 status=none || true
+    fi
+done
 CRITERION_HOME="$PWD/target/criterion" ./target/release/canto-bench
