@@ -12,7 +12,7 @@ guest=(bison flex libelf-dev bc cpio xz-utils linux-source-6.12 busybox-static a
 rootfs=(mmdebstrap e2fsprogs espeak-ng)
 test=(alsa-utils libasound2-plugins pulseaudio pulseaudio-utils)
 bench=(binutils gcc make qemu-system-x86 pipewire wireplumber libpipewire-0.3-dev libspa-0.2-dev
-       clang libclang-dev pulseaudio-utils)
+       clang libclang-dev pulseaudio-utils time)
 # The bench packages that must come from bookworm-backports: QEMU 7.2 (bookworm) has no
 # virtio-sound, and vhost-device-sound 0.3's PipeWire backend needs libpipewire >= 0.3.7x.
 backports=(qemu-system-x86 pipewire wireplumber libpipewire-0.3-dev libspa-0.2-dev)

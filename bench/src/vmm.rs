@@ -1,11 +1,13 @@
 //! Runs a VMM process (Canto or QEMU) and measures it from the outside: when each serial line
-//! arrived (time since spawn), when it exited, its peak RSS (wait4's ru_maxrss), and optionally
-//! its memory map and per-thread CPU sampled from /proc while it runs.
+//! arrived (time since spawn), when it exited, its peak RSS (its ru_maxrss, taken by GNU time: see
+//! [`run`]), and optionally its memory map and per-thread CPU sampled from /proc while it runs.
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -186,15 +188,62 @@ pub fn parse_smaps(text: &str, guest_bytes: u64) -> MemSample {
     sample
 }
 
+/// GNU time: the VMM runs as its child, and it writes the VMM's own ru_maxrss to a file.
+const GNU_TIME: &str = "/usr/bin/time";
+
+/// The VMM's pid under GNU time (its only child), once it has forked.
+fn only_child(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The peak RSS GNU time wrote (its last line: "%M"; a line about the exit status may come first).
+fn time_maxrss_kb(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next_back()
+}
+
 /// Runs the invocation to its end (or its timeout, then kills it).
+///
+/// The peak RSS is not the harness's own wait4 of the VMM: a process's ru_maxrss keeps the peak
+/// of the memory it replaced at exec, and a child the harness spawns (posix_spawn, sharing the
+/// harness's memory until exec) starts with the harness's peak, ~10 MiB after the audio sections,
+/// which then hid every VMM smaller than that. GNU time, a small process, forks the VMM and
+/// reports its ru_maxrss alone; its process group is what a stop or a timeout kills.
 pub fn run(inv: &Invocation) -> RunResult {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    // Without GNU time (`make bench` installs it) the figure is the inflated ru_maxrss.
+    let wrapped = Path::new(GNU_TIME).is_file();
+    let rss_file = std::env::temp_dir().join(format!(
+        "canto-bench-maxrss-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut command = if wrapped {
+        let mut c = Command::new(GNU_TIME);
+        c.args(["-f", "%M", "-o"])
+            .arg(&rss_file)
+            .arg("--")
+            .arg(&inv.program);
+        c
+    } else {
+        Command::new(&inv.program)
+    };
     let start = Instant::now();
-    let mut child = match Command::new(&inv.program)
+    let mut child = match command
         .args(&inv.args)
         .envs(inv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
     {
         Ok(child) => child,
@@ -253,6 +302,7 @@ pub fn run(inv: &Invocation) -> RunResult {
     let mut next_threads = Instant::now();
     let mut killed = false;
     let mut stopped_on_event = false;
+    let mut vmm_pid = (!wrapped).then_some(pid);
     let (exit, r, status, usage) = loop {
         let tick = Duration::from_millis(2);
         match done_rx.recv_timeout(tick) {
@@ -264,26 +314,29 @@ pub fn run(inv: &Invocation) -> RunResult {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         let now = Instant::now();
+        if vmm_pid.is_none() {
+            vmm_pid = only_child(pid);
+        }
         if let Some((file, text)) = &inv.stop_when_file {
             if !killed && std::fs::read_to_string(file).is_ok_and(|t| t.contains(text)) {
                 result.exit = start.elapsed();
                 stopped_on_event = true;
-                // SAFETY: signals our own child, which has not been reaped yet.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: signals our own child's process group (the child, not reaped yet, leads it).
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
                 killed = true;
             }
         }
         if !killed && start.elapsed() > inv.timeout {
-            // SAFETY: signals our own child, which has not been reaped yet (its waiter has not
-            // reported).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: signals our own child's process group (the child, not reaped yet since its
+            // waiter has not reported, leads it).
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
             killed = true;
         }
-        if let Some(every) = inv.sample_memory {
+        if let (Some(every), Some(vmm_pid)) = (inv.sample_memory, vmm_pid) {
             if now >= next_mem {
                 // The last sample that still shows the guest's RAM: a VMM unmaps it while it
                 // exits, and a sample taken then would miss it.
-                if let Some(mut sample) = smaps_sample(pid, inv.guest_bytes) {
+                if let Some(mut sample) = smaps_sample(vmm_pid, inv.guest_bytes) {
                     let had_guest = result.memory.is_some_and(|m| m.found_guest);
                     if sample.rss_kb > 0 && (sample.found_guest || !had_guest) {
                         sample.at = start.elapsed();
@@ -293,10 +346,10 @@ pub fn run(inv: &Invocation) -> RunResult {
                 next_mem = Instant::now() + every;
             }
         }
-        if let Some(every) = inv.sample_threads {
+        if let (Some(every), Some(vmm_pid)) = (inv.sample_threads, vmm_pid) {
             if now >= next_threads {
-                for (tid, name) in threads(pid) {
-                    if let Some(cpu) = thread_cpu(pid, tid) {
+                for (tid, name) in threads(vmm_pid) {
+                    if let Some(cpu) = thread_cpu(vmm_pid, tid) {
                         let entry = per_thread.entry(tid).or_insert((name.clone(), cpu));
                         entry.0 = name;
                         entry.1 = entry.1.max(cpu);
@@ -318,12 +371,17 @@ pub fn run(inv: &Invocation) -> RunResult {
         if stopped_on_event {
             result.exit_code = Some(0);
         }
-        result.maxrss_kb = usage.ru_maxrss as u64;
+        result.maxrss_kb = if wrapped {
+            time_maxrss_kb(&rss_file).unwrap_or(0)
+        } else {
+            usage.ru_maxrss as u64
+        };
         let tv = |t: libc::timeval| {
             Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
         };
         result.cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
     }
+    let _ = std::fs::remove_file(&rss_file);
     result.lines = out_reader.join().unwrap_or_default();
     result.stderr = err_reader.join().unwrap_or_default();
     if let Some(text) = inv.ended_by_guest_line {

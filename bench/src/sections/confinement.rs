@@ -131,7 +131,7 @@ fn measure(cfg: &Config, elf: &Path, report: &mut Report) {
             qemu: "—".into(),
             ratio: ratio(rss, base_rss),
             target: String::new(),
-            note: "wait4's ru_maxrss (for the jail: its parent and the jailed VMM)".into(),
+            note: "the VMM's ru_maxrss, reported by GNU time (for the jail: the larger of its parent and the jailed VMM)".into(),
         });
     }
     let _ = std::fs::remove_dir_all(&jail_dir);

@@ -500,7 +500,7 @@ pub fn boot_rows(report: &mut Report, guest: &Guest, canto: &BootStats, qemu: Op
         format!("{}: peak RSS", guest.name),
         |s| &s.maxrss_mib,
         MIB,
-        "wait4 ru_maxrss",
+        "the VMM's own ru_maxrss, reported by GNU time (bench/src/vmm.rs)",
     );
     boot_row(
         format!("{}: VMM overhead (RSS − guest RAM RSS)", guest.name),
